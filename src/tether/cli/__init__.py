@@ -1,0 +1,35 @@
+"""The ``tether`` command: one Typer application with a sub-command per area."""
+
+from __future__ import annotations
+
+import typer
+
+from tether import __version__
+from tether.cli import net
+
+app = typer.Typer(
+    name="tether",
+    help="Link building/IoT edge gateways to their cloud through one outbound TLS port.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(net.app, name="net")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tether {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """tether: cloud, gateway agent and network tooling."""
+
+
+def main() -> None:
+    app()
