@@ -1,0 +1,117 @@
+"""Framing of link messages: a 6-byte header, then one msgpack-encoded message.
+
+    +---------+-------+----------------+------------------------+
+    | version | flags | length (u32 BE) | msgpack message bytes |
+    +---------+-------+----------------+------------------------+
+
+On the WebSocket tier each binary WebSocket message holds exactly one frame; on the HTTPS tiers a
+request or response body is a concatenation of frames. ``flags`` is reserved (0 in version 1) for a
+future end-to-end authenticated envelope, so message-level authentication can be added without a
+new framing. Every malformed input raises a :class:`~tether.protocol.errors.RemoteProtocolError`
+subclass; nothing else escapes the decoder, and it never waits for more bytes than a frame's
+declared length, which is itself bounded by the negotiated maximum.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+import msgspec
+
+from tether.protocol.errors import FrameTooLarge, MalformedFrame, UnsupportedVersion
+from tether.protocol.messages import Message
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "HARD_MAX_FRAME",
+    "HEADER",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "FrameDecoder",
+    "decode_frame",
+    "encode_frame",
+    "encode_frames",
+]
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+HEADER = struct.Struct(">BBI")
+DEFAULT_MAX_FRAME = 1 << 20  # 1 MiB: a telemetry batch of ~20,000 observations
+HARD_MAX_FRAME = 16 << 20  # no negotiation may go above this
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode_frame(message: Message) -> bytes:
+    """Encode one message into one frame."""
+    payload = _encoder.encode(message)
+    return HEADER.pack(PROTOCOL_VERSION, 0, len(payload)) + payload
+
+
+def encode_frames(messages: Iterable[Message]) -> bytes:
+    return b"".join(encode_frame(m) for m in messages)
+
+
+def _check_header(version: int, flags: int, length: int, max_frame: int) -> None:
+    if version not in SUPPORTED_VERSIONS:
+        raise UnsupportedVersion(f"frame protocol version {version} is not supported")
+    if flags != 0:
+        raise UnsupportedVersion(f"frame flags 0x{flags:02x} are not supported by version 1")
+    if length > max_frame:
+        raise FrameTooLarge(length, max_frame)
+
+
+def _decode_payload(payload: bytes | memoryview) -> Message:
+    try:
+        return _decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedFrame(f"undecodable message: {exc}") from None
+    except RecursionError:
+        raise MalformedFrame("undecodable message: nested too deeply") from None
+
+
+def decode_frame(data: bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> Message:
+    """Decode a buffer that must hold exactly one frame (a WebSocket message)."""
+    if len(data) < HEADER.size:
+        raise MalformedFrame(f"frame of {len(data)} bytes is shorter than its header")
+    version, flags, length = HEADER.unpack_from(data)
+    _check_header(version, flags, length, max_frame)
+    if len(data) != HEADER.size + length:
+        raise MalformedFrame(
+            f"frame declares {length} payload bytes but carries {len(data) - HEADER.size}"
+        )
+    return _decode_payload(memoryview(data)[HEADER.size :])
+
+
+class FrameDecoder:
+    """Incremental decoder for a stream of frames (HTTPS bodies): bytes in, messages out."""
+
+    def __init__(self, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes held that do not yet make a whole frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Message]:
+        self._buffer += data
+        out: list[Message] = []
+        while len(self._buffer) >= HEADER.size:
+            version, flags, length = HEADER.unpack_from(self._buffer)
+            _check_header(version, flags, length, self.max_frame)
+            end = HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            payload = bytes(self._buffer[HEADER.size : end])
+            del self._buffer[:end]
+            out.append(_decode_payload(payload))
+        return out
+
+    def finish(self) -> None:
+        """Declare the end of input: leftover bytes are a truncated frame."""
+        if self._buffer:
+            raise MalformedFrame(f"input ended inside a frame ({len(self._buffer)} bytes left)")
