@@ -65,11 +65,12 @@ def _check_header(version: int, flags: int, length: int, max_frame: int) -> None
 
 def _decode_payload(payload: bytes | memoryview) -> Message:
     try:
-        return _decoder.decode(payload)
+        message: Message = _decoder.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedFrame(f"undecodable message: {exc}") from None
     except RecursionError:
         raise MalformedFrame("undecodable message: nested too deeply") from None
+    return message
 
 
 def decode_frame(data: bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> Message:

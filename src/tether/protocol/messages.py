@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 
-class _Msg(msgspec.Struct, array_like=True, tag_field="t", frozen=True):
+class _Msg(msgspec.Struct, array_like=True, tag_field="t"):
     """Base of all link messages."""
 
 
