@@ -1,0 +1,154 @@
+"""nginx as a TLS-terminating reverse proxy in front of a test application server.
+
+With ``websocket=False`` it forwards requests without the ``Upgrade``/``Connection`` headers
+(nginx's default), so a WebSocket upgrade never reaches the application: the middlebox that
+breaks tier 1 while long-poll still works.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.testbed.certs import TestCA
+from tests.support.testbed.proc import free_port, is_listening, start_process, stop_process
+
+NGINX = "/usr/sbin/nginx"
+
+
+def available() -> bool:
+    return Path(NGINX).exists()
+
+
+@dataclass
+class Nginx:
+    host: str
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def render_config(
+    *,
+    directory: Path,
+    host: str,
+    port: int,
+    cert: Path,
+    key: Path,
+    upstream: str,
+    websocket: bool,
+    read_timeout: int,
+    user: str | None,
+) -> str:
+    d = directory
+    upgrade = (
+        "proxy_set_header Upgrade $http_upgrade;\n"
+        '            proxy_set_header Connection "upgrade";\n'
+        if websocket
+        else ""
+    )
+    user_line = f"user {user};\n" if user else ""
+    return f"""{user_line}daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 128; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen {host}:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {{
+            proxy_pass {upstream};
+            proxy_ssl_verify off;
+            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+            {upgrade}proxy_read_timeout {read_timeout}s;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(
+    *,
+    ca: TestCA,
+    names: list[str],
+    upstream: str,
+    websocket: bool = False,
+    read_timeout: int = 60,
+    host: str = "127.0.0.1",
+) -> Nginx:
+    """Serve ``names`` with a certificate from ``ca`` and proxy to ``upstream`` (a URL)."""
+    directory = Path(tempfile.mkdtemp(prefix="tether-nginx-"))
+    directory.chmod(0o755)
+    cert, key = ca.issue_server(names).write(directory)
+    user = None
+    if os.geteuid() == 0:  # workers drop to nobody; the master reads the key as root
+        nobody = pwd.getpwnam("nobody")
+        user = f"nobody {grp.getgrgid(nobody.pw_gid).gr_name}"
+        os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+    port = free_port(host)
+    config = directory / "nginx.conf"
+    config.write_text(
+        render_config(
+            directory=directory,
+            host=host,
+            port=port,
+            cert=cert,
+            key=key,
+            upstream=upstream,
+            websocket=websocket,
+            read_timeout=read_timeout,
+            user=user,
+        )
+    )
+    try:
+        process = start_process(
+            [NGINX, "-e", str(directory / "error.log"), "-p", str(directory), "-c", str(config)],
+            log=directory / "stdout.log",
+            ready=lambda: is_listening(host, port),
+            what="nginx",
+        )
+    except RuntimeError:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return Nginx(host=host, port=port, directory=directory, process=process)
+
+
+@contextmanager
+def nginx_proxy(
+    *,
+    ca: TestCA,
+    names: list[str],
+    upstream: str,
+    websocket: bool = False,
+    read_timeout: int = 60,
+) -> Iterator[Nginx]:
+    proxy = start_nginx(
+        ca=ca, names=names, upstream=upstream, websocket=websocket, read_timeout=read_timeout
+    )
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
