@@ -20,10 +20,16 @@ def backoff_delays(
     cap: float = 60.0,
     rng: random.Random | None = None,
 ) -> Iterator[float]:
-    """Yield endless full-jitter delays: uniform in ``[0, min(cap, initial * factor**n)]``."""
+    """Yield endless full-jitter delays: uniform in ``[0, min(cap, initial * factor**n)]``.
+
+    Bad parameters raise :class:`ValueError` here, at the call, not at the first ``next()``.
+    """
     if initial <= 0 or factor < 1 or cap < initial:
         raise ValueError("backoff needs initial > 0, factor >= 1 and cap >= initial")
-    draw = rng if rng is not None else random.Random()
+    return _delays(initial, factor, cap, rng if rng is not None else random.Random())
+
+
+def _delays(initial: float, factor: float, cap: float, draw: random.Random) -> Iterator[float]:
     ceiling = initial
     while True:
         yield draw.uniform(0.0, ceiling)
