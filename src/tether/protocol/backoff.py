@@ -7,6 +7,7 @@ of gateways over the whole window instead of synchronising them on each step.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 
@@ -24,8 +25,9 @@ def backoff_delays(
 
     Bad parameters raise :class:`ValueError` here, at the call, not at the first ``next()``.
     """
-    if initial <= 0 or factor < 1 or cap < initial:
-        raise ValueError("backoff needs initial > 0, factor >= 1 and cap >= initial")
+    finite = all(math.isfinite(x) for x in (initial, factor, cap))
+    if not finite or initial <= 0 or factor < 1 or cap < initial:
+        raise ValueError("backoff needs finite initial > 0, factor >= 1 and cap >= initial")
     return _delays(initial, factor, cap, rng if rng is not None else random.Random())
 
 
