@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "HARD_MAX_FRAME",
     "HEADER",
+    "MIN_FRAME",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "FrameDecoder",
@@ -39,6 +40,7 @@ SUPPORTED_VERSIONS = (1,)
 HEADER = struct.Struct(">BBI")
 DEFAULT_MAX_FRAME = 1 << 20  # 1 MiB: a telemetry batch of ~20,000 observations
 HARD_MAX_FRAME = 16 << 20  # no negotiation may go above this
+MIN_FRAME = 1024  # no negotiation may go below this: every control message (Welcome...) fits
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

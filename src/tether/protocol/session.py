@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from tether.protocol.codec import (
     DEFAULT_MAX_FRAME,
     HARD_MAX_FRAME,
+    MIN_FRAME,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     decode_frame,
@@ -119,8 +120,10 @@ class LinkSession:
         boot_id: str = "",
         tier: str = "ws",
     ) -> None:
-        if not 64 <= max_frame <= HARD_MAX_FRAME:
-            raise LocalProtocolError(f"max_frame must be within 64..{HARD_MAX_FRAME} bytes")
+        if not MIN_FRAME <= max_frame <= HARD_MAX_FRAME:
+            raise LocalProtocolError(
+                f"max_frame must be within {MIN_FRAME}..{HARD_MAX_FRAME} bytes"
+            )
         self.role = role
         self.state = SessionState.HANDSHAKE
         self.max_frame = max_frame
@@ -202,13 +205,13 @@ class LinkSession:
                     f"cloud speaks {list(SUPPORTED_VERSIONS)}",
                 )
                 return
-            self.max_frame = max(64, min(self.max_frame, message.max_frame))
+            self.max_frame = max(MIN_FRAME, min(self.max_frame, message.max_frame))
             self._events.append(HelloReceived(message))
         elif self.role is Role.CLIENT and isinstance(message, Welcome):
             if message.protocol_version not in SUPPORTED_VERSIONS:
                 self._fail(CloseCode.UNSUPPORTED_VERSION, "cloud chose an unknown version")
                 return
-            self.max_frame = max(64, min(self.max_frame, message.max_frame))
+            self.max_frame = max(MIN_FRAME, min(self.max_frame, message.max_frame))
             self.heartbeat_interval = message.heartbeat_interval
             self._open(message, now)
         else:
