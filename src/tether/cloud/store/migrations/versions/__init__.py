@@ -1,0 +1,1 @@
+"""Schema revisions of the cloud store, oldest first by revision chain."""

@@ -1,0 +1,881 @@
+"""The cloud's persistent state: gateways, certificates, tokens, commands and the audit log.
+
+SQLite (aiosqlite) is the embedded default; PostgreSQL (asyncpg) serves several cloud nodes
+sharing one database. Every method is one short transaction. Commands change state only through
+:func:`tether.protocol.commands.transition`, written as a compare-and-set on the state the
+transition was computed from (``UPDATE ... WHERE state = :old``), retried when another node got
+there first, so no two nodes ever apply an event to the same state twice.
+
+On SQLite, write transactions begin with ``BEGIN IMMEDIATE``: they queue on the database's write
+lock (bounded by a busy timeout) instead of failing when a read snapshot turns out stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy as sa
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy.engine import URL, Connection, RowMapping, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from tether.protocol.commands import (
+    CommandEvent,
+    CommandState,
+    IllegalTransition,
+    is_final,
+    transition,
+)
+
+from .errors import (
+    ApiTokenUnknown,
+    CertificateExists,
+    CertificateUnknown,
+    CommandContention,
+    CommandNotFound,
+    GatewayExists,
+    GatewayRevoked,
+    GatewayUnknown,
+    TokenAlreadyUsed,
+    TokenExpired,
+    TokenRevoked,
+    TokenUnknown,
+    UnknownRole,
+)
+from .models import (
+    api_tokens,
+    audit_log,
+    certificates,
+    commands,
+    enrollment_tokens,
+    gateways,
+)
+from .notify import (
+    CommandCallback,
+    CommandListener,
+    CommandNotifier,
+    LocalCommandNotifier,
+    PostgresCommandNotifier,
+)
+from .records import (
+    ROLES,
+    ApiTokenRecord,
+    AuditRecord,
+    CertificateRecord,
+    CommandRecord,
+    EnrollmentTokenRecord,
+    GatewayRecord,
+)
+
+__all__ = ["Store"]
+
+MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
+SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+# Each lost race means another node moved the command; a handful in a row is already absurd.
+CAS_ATTEMPTS: Final = 16
+# Serialises concurrent migrations from several nodes starting at once (PostgreSQL only).
+_MIGRATION_LOCK_KEY: Final = 0x7E7E_0001
+
+_WRITE: Final = "tether_write"
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+# --- row → record --------------------------------------------------------------------------
+
+
+def _gateway(row: RowMapping) -> GatewayRecord:
+    return GatewayRecord(
+        gateway_id=row["gateway_id"],
+        name=row["name"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+        linked=bool(row["linked"]),
+        tier=row["tier"],
+        last_seen=row["last_seen"],
+        link_since=row["link_since"],
+        agent_version=row["agent_version"],
+        peer=row["peer"],
+        cert_serial=row["cert_serial"],
+        cert_not_after=row["cert_not_after"],
+    )
+
+
+def _certificate(row: RowMapping) -> CertificateRecord:
+    return CertificateRecord(
+        serial_hex=row["serial_hex"],
+        gateway_id=row["gateway_id"],
+        fingerprint=row["fingerprint"],
+        not_before=row["not_before"],
+        not_after=row["not_after"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def _enrollment_token(row: RowMapping) -> EnrollmentTokenRecord:
+    return EnrollmentTokenRecord(
+        token_id=row["token_id"],
+        gateway_name=row["gateway_name"],
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+        expires_at=row["expires_at"],
+        used_at=row["used_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def _command(row: RowMapping) -> CommandRecord:
+    return CommandRecord(
+        command_id=row["command_id"],
+        gateway_id=row["gateway_id"],
+        kind=row["kind"],
+        args=dict(row["args"]),
+        state=CommandState(row["state"]),
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+        expires_at=row["expires_at"],
+        delivered_at=row["delivered_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        updated_at=row["updated_at"],
+        result=None if row["result"] is None else dict(row["result"]),
+        error=row["error"],
+    )
+
+
+def _api_token(row: RowMapping) -> ApiTokenRecord:
+    return ApiTokenRecord(
+        token_id=row["token_id"],
+        name=row["name"],
+        role=row["role"],
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        last_used_at=row["last_used_at"],
+    )
+
+
+def _audit(row: RowMapping) -> AuditRecord:
+    return AuditRecord(
+        audit_id=int(row["audit_id"]),
+        at=row["at"],
+        actor=row["actor"],
+        action=row["action"],
+        target=row["target"],
+        detail=None if row["detail"] is None else dict(row["detail"]),
+        source=row["source"],
+    )
+
+
+# --- engine set-up -------------------------------------------------------------------------
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL, foreign keys, a busy timeout, and BEGIN under our control (IMMEDIATE for writes)."""
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: object) -> None:
+        # Stop the driver from issuing its own deferred BEGIN; the "begin" hook below does it.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @sa.event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _upgrade(sync_conn: Connection) -> None:
+    """Run Alembic migrations to head on an open connection (no alembic.ini needed)."""
+    if sync_conn.dialect.name == "postgresql":
+        sync_conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = sync_conn
+    alembic_command.upgrade(cfg, "head")
+
+
+def _listen_dsn(url: URL) -> str:
+    """The asyncpg DSN for the dedicated LISTEN connection: the same URL without "+asyncpg"."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class Store:
+    """The cloud store. Open with :meth:`open`, close with :meth:`close`."""
+
+    def __init__(self, engine: AsyncEngine, notifier: CommandNotifier) -> None:
+        self._engine = engine
+        self._notifier = notifier
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        """Connect to *url*, migrate the schema to head, and return the store.
+
+        *url* is e.g. ``sqlite+aiosqlite:///var/lib/tether/cloud.db`` or
+        ``postgresql+asyncpg://tether@db.example:5432/tether``.
+        """
+        parsed = make_url(url)
+        backend = parsed.get_backend_name()
+        notifier: CommandNotifier
+        if backend == "sqlite":
+            database = parsed.database
+            if database and database != ":memory:" and not database.startswith("file:"):
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(parsed)
+            _configure_sqlite(engine)
+            notifier = LocalCommandNotifier()
+        elif backend == "postgresql":
+            engine = create_async_engine(parsed, pool_pre_ping=True)
+            notifier = PostgresCommandNotifier(engine, _listen_dsn(parsed))
+        else:
+            raise ValueError(
+                f"unsupported store URL {parsed!r}: use sqlite+aiosqlite or postgresql+asyncpg"
+            )
+        try:
+            async with engine.connect() as plain:
+                conn = await plain.execution_options(**{_WRITE: True})
+                async with conn.begin():
+                    await conn.run_sync(_upgrade)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine, notifier)
+
+    async def close(self) -> None:
+        await self._notifier.close()
+        await self._engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._engine.dialect.name
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The underlying engine, for bulk paths (telemetry ingest) that need it directly."""
+        return self._engine
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self._engine.connect() as plain:
+            conn = await plain.execution_options(**{_WRITE: True})
+            async with conn.begin():
+                yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self._engine.connect() as conn:
+            yield conn
+
+    # --- enrollment tokens ----------------------------------------------------------------
+
+    async def create_enrollment_token(
+        self,
+        *,
+        gateway_name: str | None,
+        ttl: timedelta,
+        created_by: str,
+        now: datetime,
+    ) -> tuple[EnrollmentTokenRecord, str]:
+        """Issue a one-time enrollment token; returns the record and the secret (shown once)."""
+        if ttl <= timedelta(0):
+            raise ValueError("an enrollment token needs a positive lifetime")
+        secret = secrets.token_urlsafe(32)
+        values = {
+            "token_id": _new_id(),
+            "token_hash": _hash_secret(secret),
+            "gateway_name": gateway_name,
+            "created_at": now,
+            "created_by": created_by,
+            "expires_at": now + ttl,
+            "used_at": None,
+            "revoked_at": None,
+        }
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    enrollment_tokens.insert().values(values).returning(*enrollment_tokens.c)
+                )
+            ).one()
+        return _enrollment_token(row._mapping), secret
+
+    async def consume_enrollment_token(
+        self, secret: str, *, now: datetime
+    ) -> EnrollmentTokenRecord:
+        """Spend a token's single use, atomically; raise why it cannot be used otherwise."""
+        token_hash = _hash_secret(secret)
+        t = enrollment_tokens.c
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    enrollment_tokens.update()
+                    .where(
+                        t.token_hash == token_hash,
+                        t.used_at.is_(None),
+                        t.revoked_at.is_(None),
+                        t.expires_at > now,
+                    )
+                    .values(used_at=now)
+                    .returning(*enrollment_tokens.c)
+                )
+            ).first()
+            if row is not None:
+                return _enrollment_token(row._mapping)
+            existing = (
+                await conn.execute(sa.select(enrollment_tokens).where(t.token_hash == token_hash))
+            ).first()
+        if existing is None:
+            raise TokenUnknown()
+        token = _enrollment_token(existing._mapping)
+        if token.revoked_at is not None:
+            raise TokenRevoked(token.token_id, token.revoked_at)
+        if token.used_at is not None:
+            raise TokenAlreadyUsed(token.token_id, token.used_at)
+        raise TokenExpired(token.token_id, token.expires_at)
+
+    async def list_enrollment_tokens(self) -> list[EnrollmentTokenRecord]:
+        """All enrollment tokens, newest first."""
+        t = enrollment_tokens.c
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(enrollment_tokens).order_by(t.created_at.desc(), t.token_id)
+            )
+            return [_enrollment_token(r._mapping) for r in rows]
+
+    async def revoke_enrollment_token(
+        self, token_id: str, *, now: datetime | None = None
+    ) -> EnrollmentTokenRecord:
+        """Withdraw an unused token. Revoking twice keeps the first time; raises TokenUnknown."""
+        t = enrollment_tokens.c
+        at = now if now is not None else datetime.now(UTC)
+        async with self._write() as conn:
+            await conn.execute(
+                enrollment_tokens.update()
+                .where(t.token_id == token_id, t.revoked_at.is_(None))
+                .values(revoked_at=at)
+            )
+            row = (
+                await conn.execute(sa.select(enrollment_tokens).where(t.token_id == token_id))
+            ).first()
+        if row is None:
+            raise TokenUnknown()
+        return _enrollment_token(row._mapping)
+
+    # --- gateways -------------------------------------------------------------------------
+
+    async def create_gateway(self, *, gateway_id: str, name: str, now: datetime) -> GatewayRecord:
+        """Register a gateway; raises GatewayExists if the id is taken."""
+        values = {
+            "gateway_id": gateway_id,
+            "name": name,
+            "created_at": now,
+            "revoked_at": None,
+            "linked": False,
+            "tier": None,
+            "last_seen": None,
+            "link_since": None,
+            "agent_version": None,
+            "peer": None,
+            "cert_serial": None,
+            "cert_not_after": None,
+        }
+        try:
+            async with self._write() as conn:
+                row = (
+                    await conn.execute(gateways.insert().values(values).returning(*gateways.c))
+                ).one()
+        except IntegrityError as error:
+            raise GatewayExists(gateway_id) from error
+        return _gateway(row._mapping)
+
+    async def get_gateway(self, gateway_id: str) -> GatewayRecord | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(sa.select(gateways).where(gateways.c.gateway_id == gateway_id))
+            ).first()
+        return None if row is None else _gateway(row._mapping)
+
+    async def list_gateways(self) -> list[GatewayRecord]:
+        """All gateways, by id."""
+        async with self._read() as conn:
+            rows = await conn.execute(sa.select(gateways).order_by(gateways.c.gateway_id))
+            return [_gateway(r._mapping) for r in rows]
+
+    async def revoke_gateway(self, gateway_id: str, *, now: datetime) -> GatewayRecord:
+        """Revoke a gateway and every certificate it holds. Idempotent; keeps the first time."""
+        g, c = gateways.c, certificates.c
+        async with self._write() as conn:
+            await conn.execute(
+                gateways.update()
+                .where(g.gateway_id == gateway_id, g.revoked_at.is_(None))
+                .values(revoked_at=now, linked=False)
+            )
+            row = (
+                await conn.execute(sa.select(gateways).where(g.gateway_id == gateway_id))
+            ).first()
+            if row is None:
+                raise GatewayUnknown(gateway_id)
+            await conn.execute(
+                certificates.update()
+                .where(c.gateway_id == gateway_id, c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+        return _gateway(row._mapping)
+
+    async def set_link_state(
+        self,
+        gateway_id: str,
+        *,
+        linked: bool,
+        now: datetime,
+        agent_version: str | None = None,
+        tier: str | None = None,
+        peer: str | None = None,
+    ) -> GatewayRecord:
+        """Record that the gateway's link came up (on *tier*, from *peer*) or went down."""
+        values: dict[str, object] = {
+            "linked": linked,
+            "tier": tier if linked else None,
+            "peer": peer,
+            "last_seen": now,
+            "link_since": now,
+        }
+        if agent_version is not None:
+            values["agent_version"] = agent_version
+        return await self._update_gateway(gateway_id, values)
+
+    async def touch_gateway(self, gateway_id: str, *, now: datetime) -> GatewayRecord:
+        """Record that the gateway was heard from."""
+        return await self._update_gateway(gateway_id, {"last_seen": now})
+
+    async def _update_gateway(self, gateway_id: str, values: dict[str, object]) -> GatewayRecord:
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    gateways.update()
+                    .where(gateways.c.gateway_id == gateway_id)
+                    .values(values)
+                    .returning(*gateways.c)
+                )
+            ).first()
+        if row is None:
+            raise GatewayUnknown(gateway_id)
+        return _gateway(row._mapping)
+
+    # --- certificates ---------------------------------------------------------------------
+
+    async def record_certificate(
+        self,
+        *,
+        gateway_id: str,
+        serial_hex: str,
+        fingerprint: str,
+        not_before: datetime,
+        not_after: datetime,
+        now: datetime,
+    ) -> CertificateRecord:
+        """Record a certificate issued to a gateway; it becomes the gateway's current one."""
+        serial = serial_hex.lower()
+        g = gateways.c
+        try:
+            async with self._write() as conn:
+                # Updating the gateway first takes its row lock, so a concurrent revoke_gateway
+                # either sees this certificate or makes this call fail with GatewayRevoked.
+                updated = (
+                    await conn.execute(
+                        gateways.update()
+                        .where(g.gateway_id == gateway_id, g.revoked_at.is_(None))
+                        .values(cert_serial=serial, cert_not_after=not_after)
+                        .returning(g.gateway_id)
+                    )
+                ).first()
+                if updated is None:
+                    exists = (
+                        await conn.execute(
+                            sa.select(g.gateway_id).where(g.gateway_id == gateway_id)
+                        )
+                    ).first()
+                    raise GatewayRevoked(gateway_id) if exists else GatewayUnknown(gateway_id)
+                row = (
+                    await conn.execute(
+                        certificates.insert()
+                        .values(
+                            serial_hex=serial,
+                            gateway_id=gateway_id,
+                            fingerprint=fingerprint,
+                            not_before=not_before,
+                            not_after=not_after,
+                            created_at=now,
+                            revoked_at=None,
+                        )
+                        .returning(*certificates.c)
+                    )
+                ).one()
+        except IntegrityError as error:
+            # The gateway row exists and is locked by us, so only the serial can clash.
+            raise CertificateExists(serial) from error
+        return _certificate(row._mapping)
+
+    async def get_certificate(self, serial_hex: str) -> CertificateRecord | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(certificates).where(certificates.c.serial_hex == serial_hex.lower())
+                )
+            ).first()
+        return None if row is None else _certificate(row._mapping)
+
+    async def certificate_is_valid(self, serial_hex: str, *, now: datetime) -> bool:
+        """Known, unrevoked, its gateway unrevoked, and *now* within its validity period."""
+        c, g = certificates.c, gateways.c
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(c.serial_hex)
+                    .join_from(certificates, gateways, c.gateway_id == g.gateway_id)
+                    .where(
+                        c.serial_hex == serial_hex.lower(),
+                        c.revoked_at.is_(None),
+                        g.revoked_at.is_(None),
+                        c.not_before <= now,
+                        c.not_after >= now,
+                    )
+                )
+            ).first()
+        return row is not None
+
+    async def revoke_certificate(self, serial_hex: str, *, now: datetime) -> CertificateRecord:
+        """Revoke one certificate (its gateway stays registered). Idempotent."""
+        c = certificates.c
+        serial = serial_hex.lower()
+        async with self._write() as conn:
+            await conn.execute(
+                certificates.update()
+                .where(c.serial_hex == serial, c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            row = (
+                await conn.execute(sa.select(certificates).where(c.serial_hex == serial))
+            ).first()
+        if row is None:
+            raise CertificateUnknown(serial)
+        return _certificate(row._mapping)
+
+    # --- commands -------------------------------------------------------------------------
+
+    async def create_command(
+        self,
+        *,
+        gateway_id: str,
+        kind: str,
+        args: dict[str, object],
+        expires_at: datetime,
+        created_by: str,
+        now: datetime,
+    ) -> CommandRecord:
+        """Queue a command for a gateway; raises GatewayUnknown or GatewayRevoked."""
+        g = gateways.c
+        async with self._write() as conn:
+            gateway = (
+                await conn.execute(sa.select(g.revoked_at).where(g.gateway_id == gateway_id))
+            ).first()
+            if gateway is None:
+                raise GatewayUnknown(gateway_id)
+            if gateway.revoked_at is not None:
+                raise GatewayRevoked(gateway_id)
+            row = (
+                await conn.execute(
+                    commands.insert()
+                    .values(
+                        command_id=_new_id(),
+                        gateway_id=gateway_id,
+                        kind=kind,
+                        args=dict(args),
+                        state=CommandState.QUEUED.value,
+                        created_at=now,
+                        created_by=created_by,
+                        expires_at=expires_at,
+                        delivered_at=None,
+                        started_at=None,
+                        finished_at=None,
+                        updated_at=now,
+                        result=None,
+                        error=None,
+                    )
+                    .returning(*commands.c)
+                )
+            ).one()
+        return _command(row._mapping)
+
+    async def get_command(self, command_id: str) -> CommandRecord | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(sa.select(commands).where(commands.c.command_id == command_id))
+            ).first()
+        return None if row is None else _command(row._mapping)
+
+    async def list_commands(
+        self,
+        *,
+        gateway_id: str | None = None,
+        state: CommandState | None = None,
+        limit: int = 100,
+    ) -> list[CommandRecord]:
+        """Commands, newest first, optionally of one gateway and/or in one state."""
+        c = commands.c
+        query = sa.select(commands).order_by(c.created_at.desc(), c.command_id.desc()).limit(limit)
+        if gateway_id is not None:
+            query = query.where(c.gateway_id == gateway_id)
+        if state is not None:
+            query = query.where(c.state == CommandState(state).value)
+        async with self._read() as conn:
+            return [_command(r._mapping) for r in await conn.execute(query)]
+
+    async def pending_commands(self, gateway_id: str, *, now: datetime) -> list[CommandRecord]:
+        """The gateway's queued, unexpired commands, oldest first."""
+        c = commands.c
+        query = (
+            sa.select(commands)
+            .where(
+                c.gateway_id == gateway_id,
+                c.state == CommandState.QUEUED.value,
+                c.expires_at > now,
+            )
+            .order_by(c.created_at, c.command_id)
+        )
+        async with self._read() as conn:
+            return [_command(r._mapping) for r in await conn.execute(query)]
+
+    async def apply_command_event(
+        self,
+        command_id: str,
+        event: CommandEvent,
+        *,
+        now: datetime,
+        gateway_id: str | None = None,
+        result: dict[str, object] | None = None,
+        error: str | None = None,
+    ) -> CommandRecord:
+        """Move a command through the lifecycle table, atomically.
+
+        With *gateway_id*, the command must belong to that gateway, else CommandNotFound (a
+        gateway cannot probe for other gateways' command ids). Illegal moves raise
+        IllegalTransition.
+        """
+        c = commands.c
+        event = CommandEvent(event)
+        for _attempt in range(CAS_ATTEMPTS):
+            async with self._write() as conn:
+                current = (
+                    await conn.execute(
+                        sa.select(c.state, c.gateway_id).where(c.command_id == command_id)
+                    )
+                ).first()
+                if current is None or (gateway_id is not None and current.gateway_id != gateway_id):
+                    raise CommandNotFound(command_id)
+                old = CommandState(current.state)
+                new = transition(old, event)
+                values: dict[str, object] = {"state": new.value, "updated_at": now}
+                if event is CommandEvent.DELIVER:
+                    values["delivered_at"] = now
+                elif event is CommandEvent.START:
+                    values["started_at"] = now
+                if is_final(new):
+                    values["finished_at"] = now
+                if result is not None:
+                    values["result"] = dict(result)
+                if error is not None:
+                    values["error"] = error
+                row = (
+                    await conn.execute(
+                        commands.update()
+                        .where(c.command_id == command_id, c.state == old.value)
+                        .values(values)
+                        .returning(*commands.c)
+                    )
+                ).first()
+            if row is not None:
+                return _command(row._mapping)
+        raise CommandContention(command_id, CAS_ATTEMPTS)
+
+    async def expire_due_commands(self, *, now: datetime) -> list[CommandRecord]:
+        """Expire every unfinished command whose deadline has passed; returns those expired."""
+        c = commands.c
+        expired: list[CommandRecord] = []
+        async with self._write() as conn:
+            for old in CommandState:
+                try:
+                    new = transition(old, CommandEvent.EXPIRE)
+                except IllegalTransition:
+                    continue
+                rows = await conn.execute(
+                    commands.update()
+                    .where(c.state == old.value, c.expires_at <= now)
+                    .values(state=new.value, updated_at=now, finished_at=now)
+                    .returning(*commands.c)
+                )
+                expired.extend(_command(r._mapping) for r in rows)
+        expired.sort(key=lambda record: (record.created_at, record.command_id))
+        return expired
+
+    async def requeue_delivered(self, gateway_id: str, *, now: datetime) -> int:
+        """Put the gateway's delivered-but-unstarted commands back in the queue (link dropped)."""
+        c = commands.c
+        old = CommandState.DELIVERED
+        new = transition(old, CommandEvent.REQUEUE)
+        async with self._write() as conn:
+            rows = await conn.execute(
+                commands.update()
+                .where(c.gateway_id == gateway_id, c.state == old.value)
+                .values(state=new.value, updated_at=now)
+                .returning(c.command_id)
+            )
+            return len(rows.all())
+
+    # --- operator API tokens --------------------------------------------------------------
+
+    async def create_api_token(
+        self,
+        *,
+        name: str,
+        role: str,
+        created_by: str,
+        now: datetime,
+        ttl: timedelta | None = None,
+    ) -> tuple[ApiTokenRecord, str]:
+        """Issue an operator API token; returns the record and the secret (shown once)."""
+        if role not in ROLES:
+            raise UnknownRole(role, ROLES)
+        if ttl is not None and ttl <= timedelta(0):
+            raise ValueError("an API token's lifetime must be positive (or None for no expiry)")
+        secret = "tt_" + secrets.token_urlsafe(32)
+        values = {
+            "token_id": _new_id(),
+            "token_hash": _hash_secret(secret),
+            "name": name,
+            "role": role,
+            "created_at": now,
+            "created_by": created_by,
+            "expires_at": None if ttl is None else now + ttl,
+            "revoked_at": None,
+            "last_used_at": None,
+        }
+        async with self._write() as conn:
+            row = (
+                await conn.execute(api_tokens.insert().values(values).returning(*api_tokens.c))
+            ).one()
+        return _api_token(row._mapping), secret
+
+    async def authenticate_api_token(self, secret: str, *, now: datetime) -> ApiTokenRecord | None:
+        """The token for *secret* if it is known, unrevoked and unexpired (marks it used)."""
+        t = api_tokens.c
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    api_tokens.update()
+                    .where(
+                        t.token_hash == _hash_secret(secret),
+                        t.revoked_at.is_(None),
+                        sa.or_(t.expires_at.is_(None), t.expires_at > now),
+                    )
+                    .values(last_used_at=now)
+                    .returning(*api_tokens.c)
+                )
+            ).first()
+        return None if row is None else _api_token(row._mapping)
+
+    async def list_api_tokens(self) -> list[ApiTokenRecord]:
+        """All API tokens, newest first."""
+        t = api_tokens.c
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(api_tokens).order_by(t.created_at.desc(), t.token_id)
+            )
+            return [_api_token(r._mapping) for r in rows]
+
+    async def revoke_api_token(
+        self, token_id: str, *, now: datetime | None = None
+    ) -> ApiTokenRecord:
+        """Revoke an API token. Idempotent (keeps the first time); raises ApiTokenUnknown."""
+        t = api_tokens.c
+        at = now if now is not None else datetime.now(UTC)
+        async with self._write() as conn:
+            await conn.execute(
+                api_tokens.update()
+                .where(t.token_id == token_id, t.revoked_at.is_(None))
+                .values(revoked_at=at)
+            )
+            row = (await conn.execute(sa.select(api_tokens).where(t.token_id == token_id))).first()
+        if row is None:
+            raise ApiTokenUnknown(token_id)
+        return _api_token(row._mapping)
+
+    # --- audit log (append-only) ----------------------------------------------------------
+
+    async def audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        target: str | None,
+        detail: dict[str, object] | None,
+        source: str | None,
+        now: datetime,
+    ) -> None:
+        """Append one entry to the audit log. There is no way to change or remove entries."""
+        async with self._write() as conn:
+            await conn.execute(
+                audit_log.insert().values(
+                    at=now,
+                    actor=actor,
+                    action=action,
+                    target=target,
+                    detail=None if detail is None else dict(detail),
+                    source=source,
+                )
+            )
+
+    async def list_audit(
+        self, *, limit: int = 200, since: datetime | None = None
+    ) -> list[AuditRecord]:
+        """Audit entries, newest first; with *since*, only those at or after it."""
+        a = audit_log.c
+        query = sa.select(audit_log).order_by(a.audit_id.desc()).limit(limit)
+        if since is not None:
+            query = query.where(a.at >= since)
+        async with self._read() as conn:
+            return [_audit(r._mapping) for r in await conn.execute(query)]
+
+    # --- command wake-ups across nodes ----------------------------------------------------
+
+    async def notify_command(self, gateway_id: str) -> None:
+        """Tell every node (PostgreSQL) or every local listener (SQLite) to look at a gateway."""
+        await self._notifier.notify(gateway_id)
+
+    def listen_commands(self, callback: CommandCallback) -> CommandListener:
+        """``async with store.listen_commands(cb):`` calls ``cb(gateway_id)`` on each wake-up."""
+        return CommandListener(self._notifier, callback)
