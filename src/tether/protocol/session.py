@@ -103,6 +103,18 @@ Event = HelloReceived | LinkOpened | LinkClosed | FrameRejected | Message
 
 _DROPPED_ON_CLOSE = (Ping, Pong)
 
+#: Bytes of UTF-8 kept of a reason or error text we send: error texts may quote the peer's
+#: input, and a Close or ErrorReport must always fit in the smallest frame (MIN_FRAME).
+_MAX_TEXT = 256
+
+
+def _clip(text: str) -> str:
+    """Cut *text* to at most :data:`_MAX_TEXT` UTF-8 bytes, on a character boundary."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= _MAX_TEXT:
+        return text
+    return raw[:_MAX_TEXT].decode("utf-8", "ignore")
+
 
 class LinkSession:
     """One link's protocol state, shared by both programs."""
@@ -166,7 +178,7 @@ class LinkSession:
             self.frames_rejected += 1
             self._events.append(FrameRejected(exc.close_code, str(exc)))
             if self.state is SessionState.OPEN:
-                self._queue(ErrorReport(code=exc.close_code, message=str(exc)))
+                self._queue(ErrorReport(code=exc.close_code, message=_clip(str(exc))))
             else:
                 self._fail(exc.close_code, str(exc))
             return
@@ -264,7 +276,7 @@ class LinkSession:
     def close(self, code: str = CloseCode.NORMAL, reason: str = "") -> None:
         if self.state is SessionState.CLOSED:
             return
-        self._queue(Close(code=code, reason=reason))
+        self._queue(Close(code=code, reason=_clip(reason)))
         self._closed(code, reason, by_peer=False)
 
     def events(self) -> list[Event]:
