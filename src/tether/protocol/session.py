@@ -20,6 +20,7 @@ does not allow, or silence beyond the liveness timeout close the session with a 
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -106,6 +107,10 @@ _DROPPED_ON_CLOSE = (Ping, Pong)
 #: Bytes of UTF-8 kept of a reason or error text we send: error texts may quote the peer's
 #: input, and a Close or ErrorReport must always fit in the smallest frame (MIN_FRAME).
 _MAX_TEXT = 256
+
+
+def _valid_interval(seconds: float) -> bool:
+    return math.isfinite(seconds) and seconds > 0
 
 
 def _clip(text: str) -> str:
@@ -223,6 +228,10 @@ class LinkSession:
             if message.protocol_version not in SUPPORTED_VERSIONS:
                 self._fail(CloseCode.UNSUPPORTED_VERSION, "cloud chose an unknown version")
                 return
+            if not _valid_interval(message.heartbeat_interval):
+                # NaN would silence every ping and liveness check; 0 or less would flap.
+                self._fail(CloseCode.PROTOCOL_ERROR, "cloud chose an invalid heartbeat interval")
+                return
             self.max_frame = max(MIN_FRAME, min(self.max_frame, message.max_frame))
             self.heartbeat_interval = message.heartbeat_interval
             self._open(message, now)
@@ -244,8 +253,10 @@ class LinkSession:
         """Server side: answer the agent's hello and open the link."""
         if self.role is not Role.SERVER or self.state is not SessionState.HANDSHAKE:
             raise LocalProtocolError("accept() is for a server session in its handshake")
-        if heartbeat_interval is not None:
-            self.heartbeat_interval = heartbeat_interval
+        interval = self.heartbeat_interval if heartbeat_interval is None else heartbeat_interval
+        if not _valid_interval(interval):
+            raise LocalProtocolError("heartbeat_interval must be a finite number of seconds > 0")
+        self.heartbeat_interval = interval
         welcome = Welcome(
             protocol_version=PROTOCOL_VERSION,
             session_id=session_id,
