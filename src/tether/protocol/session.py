@@ -307,7 +307,9 @@ class LinkSession:
         return self.heartbeat_interval * self.liveness_factor
 
     def next_deadline(self) -> float:
-        """The monotonic time at which :meth:`tick` must next be called."""
+        """The monotonic time at which :meth:`tick` must next be called (``inf`` once closed)."""
+        if self.state is SessionState.CLOSED:
+            return math.inf
         if self.state is SessionState.HANDSHAKE:
             return self._handshake_deadline
         deadline = self._last_received + self.liveness_timeout
