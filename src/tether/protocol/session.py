@@ -158,6 +158,7 @@ class LinkSession:
         self._next_ping = now + heartbeat_interval
         self._ping_seq = 0
         self._ping_sent: dict[int, float] = {}
+        self._hello_seen = False  # a second Hello while the app decides is a protocol error
         if role is Role.CLIENT:
             self._queue(
                 Hello(
@@ -213,7 +214,8 @@ class LinkSession:
             self._events.append(message)
 
     def _handshake(self, message: Message, now: float) -> None:
-        if self.role is Role.SERVER and isinstance(message, Hello):
+        if self.role is Role.SERVER and isinstance(message, Hello) and not self._hello_seen:
+            self._hello_seen = True
             common = set(message.protocol_versions) & set(SUPPORTED_VERSIONS)
             if not common:
                 self._fail(
