@@ -11,7 +11,11 @@ table below is the one place that says which moves are legal.
     expired/cancelled   expired/cancelled     expired
 
 A delivered command whose link dropped before the agent acknowledged it goes back to queued
-(``requeue``): delivery is at-least-once; the agent executes an id at most once.
+(``requeue``): delivery is at-least-once; the agent executes an id at most once. Three more
+moves follow from that: ``deliver`` again leaves a delivered command delivered (redelivery after
+a relink), ``start`` may come while still queued (an agent on a polling tier starts what it
+fetched in the same exchange), and ``succeed`` may come straight after ``deliver`` (an instant
+handler reports only its outcome).
 """
 
 from __future__ import annotations
