@@ -1,0 +1,585 @@
+"""The operator REST API: a declarative route table, bearer-token roles, audited changes.
+
+Each route names its permission, its request and response types; the OpenAPI document is built
+from the same table and the same msgspec types the handlers decode and encode, so the two cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from tether import __version__
+from tether.cloud.state import CloudState
+from tether.cloud.store.errors import GatewayRevoked, GatewayUnknown
+from tether.cloud.store.records import CommandRecord, GatewayRecord
+from tether.protocol.commands import CommandEvent, CommandState, IllegalTransition
+from tether.protocol.enrollment import encode_code
+from tether.protocol.messages import CloseCode
+
+__all__ = ["PERMISSIONS", "ROUTES", "ApiRoute", "Principal", "api_routes", "openapi_document"]
+
+# --- roles ----------------------------------------------------------------------------------
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "read": frozenset({"admin", "operator", "viewer", "support"}),
+    "command": frozenset({"admin", "operator"}),
+    "enroll": frozenset({"admin", "operator"}),
+    "revoke": frozenset({"admin"}),
+    "audit": frozenset({"admin"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: str
+    token_id: str
+
+    @property
+    def actor(self) -> str:
+        return f"{self.name} ({self.role})"
+
+
+# --- wire types -----------------------------------------------------------------------------
+
+
+class ErrorOut(msgspec.Struct):
+    error: str
+
+
+class GatewayOut(msgspec.Struct):
+    id: str
+    name: str
+    created_at: datetime
+    revoked: bool
+    linked: bool
+    tier: str | None
+    last_seen: datetime | None
+    link_since: datetime | None
+    agent_version: str | None
+    peer: str | None
+    cert_not_after: datetime | None
+
+
+class CommandIn(msgspec.Struct, forbid_unknown_fields=True):
+    kind: str
+    args: dict[str, Any] = {}
+    ttl_seconds: float | None = None
+
+
+class CommandOut(msgspec.Struct):
+    id: str
+    gateway_id: str
+    kind: str
+    args: dict[str, Any]
+    state: str
+    created_at: datetime
+    created_by: str
+    expires_at: datetime
+    delivered_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: dict[str, Any] | None
+    error: str | None
+
+
+class TokenIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: str | None = None
+    ttl_seconds: float | None = None
+
+
+class TokenOut(msgspec.Struct):
+    token_id: str
+    name: str | None
+    expires_at: datetime
+    enrollment_code: str
+
+
+class TokenInfo(msgspec.Struct):
+    token_id: str
+    name: str | None
+    created_at: datetime
+    created_by: str
+    expires_at: datetime
+    used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class AuditOut(msgspec.Struct):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    detail: dict[str, Any] | None
+    source: str | None
+
+
+class WhoAmI(msgspec.Struct):
+    name: str
+    role: str
+    version: str
+
+
+def _gateway_out(g: GatewayRecord) -> GatewayOut:
+    return GatewayOut(
+        id=g.gateway_id,
+        name=g.name,
+        created_at=g.created_at,
+        revoked=g.revoked,
+        linked=g.linked,
+        tier=g.tier,
+        last_seen=g.last_seen,
+        link_since=g.link_since,
+        agent_version=g.agent_version,
+        peer=g.peer,
+        cert_not_after=g.cert_not_after,
+    )
+
+
+def _command_out(c: CommandRecord) -> CommandOut:
+    return CommandOut(
+        id=c.command_id,
+        gateway_id=c.gateway_id,
+        kind=c.kind,
+        args=dict(c.args),
+        state=c.state.value,
+        created_at=c.created_at,
+        created_by=c.created_by,
+        expires_at=c.expires_at,
+        delivered_at=c.delivered_at,
+        started_at=c.started_at,
+        finished_at=c.finished_at,
+        result=c.result,
+        error=c.error,
+    )
+
+
+# --- plumbing -------------------------------------------------------------------------------
+
+Handler = Callable[[web.Request, CloudState, Principal], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRoute:
+    method: str
+    path: str
+    handler: Handler
+    permission: str
+    summary: str
+    request: type | None = None
+    response: Any = None
+    status: int = 200
+    query: tuple[tuple[str, str], ...] = ()  # (name, description)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(data), status=status, content_type="application/json"
+    )
+
+
+def _error(status: int, message: str) -> web.HTTPException:
+    cls = {
+        400: web.HTTPBadRequest,
+        401: web.HTTPUnauthorized,
+        403: web.HTTPForbidden,
+        404: web.HTTPNotFound,
+        409: web.HTTPConflict,
+    }[status]
+    return cls(body=msgspec.json.encode(ErrorOut(error=message)), content_type="application/json")
+
+
+async def _decode(request: web.Request, kind: type[Any]) -> Any:
+    body = await request.read()
+    try:
+        return msgspec.json.decode(body or b"{}", type=kind)
+    except msgspec.DecodeError as exc:
+        raise _error(400, f"invalid request body: {exc}") from None
+
+
+async def authenticate(request: web.Request, state: CloudState) -> Principal:
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret:
+        raise web.HTTPUnauthorized(
+            body=msgspec.json.encode(ErrorOut(error="an API token is required (Bearer)")),
+            content_type="application/json",
+            headers={"WWW-Authenticate": 'Bearer realm="tether"'},
+        )
+    record = await state.store.authenticate_api_token(secret.strip(), now=datetime.now(UTC))
+    if record is None:
+        raise _error(401, "API token unknown, expired or revoked")
+    return Principal(name=record.name, role=record.role, token_id=record.token_id)
+
+
+def _wrap(route: ApiRoute) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        state: CloudState = request.app["state"]
+        principal = await authenticate(request, state)
+        if principal.role not in PERMISSIONS[route.permission]:
+            raise _error(403, f"role {principal.role!r} may not {route.permission}")
+        result = await route.handler(request, state, principal)
+        if isinstance(result, web.StreamResponse):
+            return result
+        return _json(result, route.status)
+
+    return handler
+
+
+async def _audit(
+    request: web.Request,
+    state: CloudState,
+    principal: Principal,
+    action: str,
+    target: str | None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    await state.store.audit(
+        actor=principal.actor,
+        action=action,
+        target=target,
+        detail=detail,
+        source=request.remote,
+        now=datetime.now(UTC),
+    )
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+_KIND = re.compile(r"[a-z][a-z0-9-]{0,63}")
+
+
+async def whoami(request: web.Request, state: CloudState, p: Principal) -> WhoAmI:
+    return WhoAmI(name=p.name, role=p.role, version=__version__)
+
+
+async def list_gateways(request: web.Request, state: CloudState, p: Principal) -> list[GatewayOut]:
+    return [_gateway_out(g) for g in await state.store.list_gateways()]
+
+
+async def _gateway(state: CloudState, gateway_id: str) -> GatewayRecord:
+    record = await state.store.get_gateway(gateway_id)
+    if record is None:
+        raise _error(404, f"no gateway {gateway_id!r}")
+    return record
+
+
+async def get_gateway(request: web.Request, state: CloudState, p: Principal) -> GatewayOut:
+    return _gateway_out(await _gateway(state, request.match_info["gateway_id"]))
+
+
+async def revoke_gateway(request: web.Request, state: CloudState, p: Principal) -> GatewayOut:
+    gateway_id = request.match_info["gateway_id"]
+    try:
+        record = await state.store.revoke_gateway(gateway_id, now=datetime.now(UTC))
+    except GatewayUnknown:
+        raise _error(404, f"no gateway {gateway_id!r}") from None
+    await state.hub.close(gateway_id, CloseCode.REVOKED, "gateway revoked by an operator")
+    await state.store.notify_command(f"revoke:{gateway_id}")
+    await _audit(request, state, p, "gateway.revoke", gateway_id)
+    return _gateway_out(record)
+
+
+async def send_command(request: web.Request, state: CloudState, p: Principal) -> CommandOut:
+    gateway_id = request.match_info["gateway_id"]
+    body: CommandIn = await _decode(request, CommandIn)
+    if not _KIND.fullmatch(body.kind):
+        raise _error(400, f"command kind {body.kind!r} is not a valid name")
+    ttl = state.settings.command_ttl
+    if body.ttl_seconds is not None:
+        if not 0 < body.ttl_seconds <= 30 * 86400:
+            raise _error(400, "ttl_seconds must be within (0, 2592000]")
+        ttl = timedelta(seconds=body.ttl_seconds)
+    now = datetime.now(UTC)
+    try:
+        record = await state.store.create_command(
+            gateway_id=gateway_id,
+            kind=body.kind,
+            args=body.args,
+            expires_at=now + ttl,
+            created_by=p.actor,
+            now=now,
+        )
+    except GatewayUnknown:
+        raise _error(404, f"no gateway {gateway_id!r}") from None
+    except GatewayRevoked:
+        raise _error(409, f"gateway {gateway_id!r} is revoked") from None
+    await _audit(
+        request,
+        state,
+        p,
+        "command.send",
+        record.command_id,
+        {"gateway": gateway_id, "kind": body.kind},
+    )
+    await state.hub.wake(gateway_id)
+    await state.store.notify_command(gateway_id)
+    fresh = await state.store.get_command(record.command_id)
+    return _command_out(fresh or record)
+
+
+async def list_commands(request: web.Request, state: CloudState, p: Principal) -> list[CommandOut]:
+    gateway = request.query.get("gateway")
+    state_name = request.query.get("state")
+    try:
+        limit = int(request.query.get("limit", "100"))
+        command_state = CommandState(state_name) if state_name else None
+    except ValueError as exc:
+        raise _error(400, str(exc)) from None
+    if not 1 <= limit <= 1000:
+        raise _error(400, "limit must be within 1..1000")
+    records = await state.store.list_commands(gateway_id=gateway, state=command_state, limit=limit)
+    return [_command_out(c) for c in records]
+
+
+async def get_command(request: web.Request, state: CloudState, p: Principal) -> CommandOut:
+    record = await state.store.get_command(request.match_info["command_id"])
+    if record is None:
+        raise _error(404, "no such command")
+    return _command_out(record)
+
+
+async def cancel_command(request: web.Request, state: CloudState, p: Principal) -> CommandOut:
+    command_id = request.match_info["command_id"]
+    try:
+        record = await state.store.apply_command_event(
+            command_id, CommandEvent.CANCEL, now=datetime.now(UTC)
+        )
+    except IllegalTransition as exc:
+        raise _error(409, str(exc)) from None
+    except LookupError:
+        raise _error(404, "no such command") from None
+    await _audit(request, state, p, "command.cancel", command_id)
+    return _command_out(record)
+
+
+async def create_token(request: web.Request, state: CloudState, p: Principal) -> TokenOut:
+    body: TokenIn = await _decode(request, TokenIn)
+    ttl = state.settings.enrollment_token_ttl
+    if body.ttl_seconds is not None:
+        if not 0 < body.ttl_seconds <= 30 * 86400:
+            raise _error(400, "ttl_seconds must be within (0, 2592000]")
+        ttl = timedelta(seconds=body.ttl_seconds)
+    record, secret = await state.store.create_enrollment_token(
+        gateway_name=body.name, ttl=ttl, created_by=p.actor, now=datetime.now(UTC)
+    )
+    await _audit(request, state, p, "token.create", record.token_id, {"name": body.name})
+    code = encode_code(
+        url=state.settings.public_url, secret=secret, ca_fingerprint=state.ca.fingerprint()
+    )
+    return TokenOut(
+        token_id=record.token_id,
+        name=record.gateway_name,
+        expires_at=record.expires_at,
+        enrollment_code=code,
+    )
+
+
+async def list_tokens(request: web.Request, state: CloudState, p: Principal) -> list[TokenInfo]:
+    return [
+        TokenInfo(
+            token_id=t.token_id,
+            name=t.gateway_name,
+            created_at=t.created_at,
+            created_by=t.created_by,
+            expires_at=t.expires_at,
+            used_at=t.used_at,
+            revoked_at=t.revoked_at,
+        )
+        for t in await state.store.list_enrollment_tokens()
+    ]
+
+
+async def list_audit(request: web.Request, state: CloudState, p: Principal) -> list[AuditOut]:
+    try:
+        limit = int(request.query.get("limit", "200"))
+    except ValueError:
+        raise _error(400, "limit must be a number") from None
+    return [
+        AuditOut(
+            id=a.audit_id,
+            at=a.at,
+            actor=a.actor,
+            action=a.action,
+            target=a.target,
+            detail=a.detail,
+            source=a.source,
+        )
+        for a in await state.store.list_audit(limit=max(1, min(limit, 10_000)))
+    ]
+
+
+ROUTES: tuple[ApiRoute, ...] = (
+    ApiRoute("GET", "/api/v1/whoami", whoami, "read", "Who the token belongs to", None, WhoAmI),
+    ApiRoute(
+        "GET", "/api/v1/gateways", list_gateways, "read", "List gateways", None, list[GatewayOut]
+    ),
+    ApiRoute(
+        "GET", "/api/v1/gateways/{gateway_id}", get_gateway, "read", "One gateway", None, GatewayOut
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/gateways/{gateway_id}/revoke",
+        revoke_gateway,
+        "revoke",
+        "Revoke a gateway: its link closes and its certificates are refused",
+        None,
+        GatewayOut,
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/gateways/{gateway_id}/commands",
+        send_command,
+        "command",
+        "Queue a command for a gateway",
+        CommandIn,
+        CommandOut,
+        201,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/commands",
+        list_commands,
+        "read",
+        "List commands, newest first",
+        None,
+        list[CommandOut],
+        query=(
+            ("gateway", "only this gateway's"),
+            ("state", "only in this state"),
+            ("limit", "at most this many (1..1000)"),
+        ),
+    ),
+    ApiRoute(
+        "GET", "/api/v1/commands/{command_id}", get_command, "read", "One command", None, CommandOut
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/commands/{command_id}/cancel",
+        cancel_command,
+        "command",
+        "Cancel a command that has not started",
+        None,
+        CommandOut,
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/enrollment-tokens",
+        create_token,
+        "enroll",
+        "Create a one-time enrollment token",
+        TokenIn,
+        TokenOut,
+        201,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/enrollment-tokens",
+        list_tokens,
+        "enroll",
+        "List enrollment tokens",
+        None,
+        list[TokenInfo],
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/audit",
+        list_audit,
+        "audit",
+        "The audit log, newest first",
+        None,
+        list[AuditOut],
+        query=(("limit", "at most this many"),),
+    ),
+)
+
+
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.1 built from :data:`ROUTES` and their msgspec types."""
+    types: list[Any] = [ErrorOut]
+    for route in ROUTES:
+        if route.request is not None:
+            types.append(route.request)
+        if route.response is not None:
+            types.append(route.response)
+    schemas, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}"
+    )
+    by_type = dict(zip(types, schemas, strict=True))
+    error_ref = by_type[ErrorOut]
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        params: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"{(\w+)}", route.path)
+        ]
+        params += [
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": desc,
+                "schema": {"type": "string"},
+            }
+            for name, desc in route.query
+        ]
+        op: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": route.handler.__name__,
+            "security": [{"bearer": []}],
+            "x-tether-permission": route.permission,
+            "x-tether-roles": sorted(PERMISSIONS[route.permission]),
+            "parameters": params,
+            "responses": {
+                str(route.status): {
+                    "description": "OK",
+                    "content": {"application/json": {"schema": by_type[route.response]}},
+                },
+                **{
+                    code: {
+                        "description": desc,
+                        "content": {"application/json": {"schema": error_ref}},
+                    }
+                    for code, desc in (
+                        ("400", "Bad request"),
+                        ("401", "No valid token"),
+                        ("403", "Role not allowed"),
+                        ("404", "Not found"),
+                    )
+                },
+            },
+        }
+        if route.request is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": by_type[route.request]}},
+            }
+        paths.setdefault(route.path, {})[route.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tether operator API", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(openapi_document())
+
+
+def api_routes() -> list[web.RouteDef]:
+    defs = [web.route(r.method, r.path, _wrap(r)) for r in ROUTES]
+    defs.append(web.get("/api/v1/openapi.json", openapi))
+    return defs

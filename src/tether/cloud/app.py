@@ -1,0 +1,198 @@
+"""The cloud service: one aiohttp application on one TLS port, and how to run it.
+
+Routes on the one port:
+    /.well-known/est/…                 EST enrollment (RFC 7030)
+    /.well-known/tether/hello          an application-layer answer for preflight checks
+    /link                              the gateway's WebSocket link (mutual TLS)
+    /api/v1/…                          the operator API (bearer tokens), /api/v1/openapi.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiohttp import web
+
+from tether import __version__
+from tether.cloud import api, est
+from tether.cloud.identity import IdentityError
+from tether.cloud.link import LinkHub, WebSocketLink, max_ws_message
+from tether.cloud.service import GatewayService
+from tether.cloud.settings import CloudSettings
+from tether.cloud.state import CloudState
+from tether.cloud.store import Store
+from tether.cloud.tls import server_ssl_context
+from tether.pki.ca import CertificateAuthority
+from tether.protocol.messages import CloseCode
+
+__all__ = ["ADMIN_TOKEN_FILE", "build_app", "run", "server_context", "write_secret_file"]
+
+log = logging.getLogger(__name__)
+
+ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name, not a secret)
+SWEEP_INTERVAL = 5.0
+
+
+def write_secret_file(path: Path, content: str) -> None:
+    """Write *content* to a new file readable by its owner only (0600 from the first byte)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(content)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+async def _bootstrap_admin(settings: CloudSettings, store: Store) -> None:
+    """On first start, make an admin API token and leave it in a 0600 file (never in logs)."""
+    if await store.list_api_tokens():
+        return
+    _, secret = await store.create_api_token(
+        name="admin", role="admin", created_by="bootstrap", now=datetime.now(UTC)
+    )
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    write_secret_file(path, secret + "\n")
+    log.info("first start: admin API token written to %s", path)
+
+
+def server_context(settings: CloudSettings, ca: CertificateAuthority) -> ssl.SSLContext:
+    hostnames = [settings.hostname, *settings.extra_hostnames, *settings.hostnames.values()]
+    creds = ca.server_credentials(settings.pki_dir, list(dict.fromkeys(hostnames)))
+    return server_ssl_context(
+        cert_path=creds.cert_path, key_path=creds.key_path, ca_path=settings.pki_dir / "ca.pem"
+    )
+
+
+async def hello(request: web.Request) -> web.Response:
+    return web.json_response({"service": "tether", "version": __version__})
+
+
+async def link(request: web.Request) -> web.StreamResponse:
+    state: CloudState = request.app["state"]
+    try:
+        identity = await state.gateway_identity(request)
+    except IdentityError as exc:
+        log.warning("link refused from %s: %s", request.remote, exc.reason_text)
+        raise
+    ws = web.WebSocketResponse(
+        autoping=True,
+        heartbeat=None,
+        compress=False,  # per-message deflate costs ~64 KiB per link; telemetry is msgpack
+        max_msg_size=max_ws_message(state.settings.max_frame),
+    )
+    await ws.prepare(request)
+    conn = WebSocketLink(
+        ws,
+        identity,
+        service=state.service,
+        hub=state.hub,
+        store=state.store,
+        peer=request.remote,
+        heartbeat_interval=state.settings.heartbeat_interval,
+        max_frame=state.settings.max_frame,
+    )
+    await conn.run()
+    return ws
+
+
+async def _sweep(state: CloudState) -> None:
+    """Expire commands whose deadline passed (bounded work per round)."""
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        try:
+            expired = await state.store.expire_due_commands(now=datetime.now(UTC))
+        except Exception:  # a store hiccup must not stop the sweeper; it is logged
+            log.exception("command sweep failed")
+            continue
+        if expired:
+            log.info("expired %d commands", len(expired))
+
+
+async def _on_notify(state: CloudState, payload: str) -> None:
+    if payload.startswith("revoke:"):
+        await state.hub.close(payload[7:], CloseCode.REVOKED, "gateway revoked")
+    else:
+        await state.hub.wake(payload)
+
+
+def build_app(settings: CloudSettings) -> web.Application:
+    app = web.Application(client_max_size=2 * settings.max_frame)
+    app["settings"] = settings
+
+    async def lifespan(app: web.Application) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        ca = CertificateAuthority.load_or_create(settings.pki_dir)
+        store = await Store.open(settings.database)
+        await _bootstrap_admin(settings, store)
+        hub = LinkHub()
+        state = CloudState(
+            settings=settings, store=store, ca=ca, hub=hub, service=GatewayService(store)
+        )
+        app["state"] = state
+        sweeper = asyncio.get_running_loop().create_task(_sweep(state))
+
+        async def notified(payload: str) -> None:
+            await _on_notify(state, payload)
+
+        async with store.listen_commands(notified):
+            yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await hub.close_all(CloseCode.GOING_AWAY, "cloud shutting down")
+        await store.close()
+
+    app.cleanup_ctx.append(lifespan)
+    app.router.add_routes(est.routes())
+    app.router.add_routes(api.api_routes())
+    app.router.add_get("/.well-known/tether/hello", hello)
+    app.router.add_get("/link", link)
+    return app
+
+
+async def run(
+    settings: CloudSettings,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
+) -> None:
+    """Serve until *stop* is set (or forever)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ca = CertificateAuthority.load_or_create(settings.pki_dir)
+    ctx = server_context(settings, ca)
+    app = build_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        settings.listen_host,
+        settings.listen_port,
+        ssl_context=ctx,
+        reuse_port=reuse_port or None,
+        backlog=4096,
+    )
+    await site.start()
+    log.info(
+        "tether cloud %s listening on %s (%s)",
+        __version__,
+        settings.public_url,
+        settings.database.split("://")[0],
+    )
+    if ready is not None:
+        ready.set()
+    try:
+        await (stop.wait() if stop is not None else asyncio.Event().wait())
+    finally:
+        await runner.cleanup()

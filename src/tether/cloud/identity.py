@@ -1,0 +1,103 @@
+"""Who is calling: the gateway behind a client certificate, or the operator behind a token.
+
+A gateway is identified by its TLS client certificate on every request and WebSocket. Behind a
+TLS-terminating load balancer the certificate arrives in a header (URL-encoded PEM, as nginx's
+``$ssl_client_escaped_cert``); that header is honoured only from the configured trusted proxies
+and refused from anyone else, and the certificate is still checked against the platform CA here.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import unquote
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from tether.cloud.store import Store
+from tether.cloud.tls import PeerCertificate, peer_certificate
+from tether.pki.ca import CertificateAuthority
+
+__all__ = ["GatewayIdentity", "IdentityError", "gateway_identity"]
+
+
+class IdentityError(web.HTTPException):
+    """The caller is not an enrolled, valid gateway (403 with the reason in the body)."""
+
+    status_code = 403
+
+    def __init__(self, reason: str, status: int = 403) -> None:
+        self.status_code = status
+        super().__init__(text=reason + "\n", content_type="text/plain")
+        self.reason_text = reason
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayIdentity:
+    gateway_id: str
+    serial_hex: str
+    via_proxy: bool
+
+
+def _certificate_from_tls(request: web.Request) -> PeerCertificate | None:
+    transport = request.transport
+    if transport is None:
+        return None
+    ssl_object = transport.get_extra_info("ssl_object")
+    if not isinstance(ssl_object, ssl.SSLObject):
+        return None
+    return peer_certificate(ssl_object.getpeercert(binary_form=True))
+
+
+def _certificate_from_header(
+    request: web.Request, header: str, trusted: tuple[str, ...], ca: CertificateAuthority
+) -> PeerCertificate | None:
+    value = request.headers.get(header)
+    if value is None:
+        return None
+    if request.remote not in trusted:
+        raise IdentityError(
+            f"header {header} is accepted only from a trusted proxy, not from {request.remote}",
+            status=400,
+        )
+    try:
+        cert = x509.load_pem_x509_certificate(unquote(value).encode())
+    except ValueError:
+        raise IdentityError(f"header {header} does not hold a PEM certificate", 400) from None
+    if not ca.issued(cert):
+        raise IdentityError("client certificate was not issued by the platform CA")
+    now = datetime.now(UTC)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise IdentityError("client certificate is outside its validity period")
+    peer = peer_certificate(cert.public_bytes(Encoding.DER))
+    return peer
+
+
+async def gateway_identity(
+    request: web.Request,
+    *,
+    store: Store,
+    ca: CertificateAuthority,
+    trusted_proxies: tuple[str, ...],
+    header: str,
+) -> GatewayIdentity:
+    """Return the calling gateway or raise :class:`IdentityError` saying why not."""
+    peer = _certificate_from_header(request, header, trusted_proxies, ca)
+    via_proxy = peer is not None
+    if peer is None:
+        peer = _certificate_from_tls(request)
+    if peer is None:
+        raise IdentityError("a gateway client certificate is required", status=401)
+    now = datetime.now(UTC)
+    if not await store.certificate_is_valid(peer.serial_hex, now=now):
+        record = await store.get_certificate(peer.serial_hex)
+        if record is None:
+            raise IdentityError("client certificate is not known to this cloud")
+        raise IdentityError("gateway or certificate has been revoked")
+    record = await store.get_certificate(peer.serial_hex)
+    if record is None or record.gateway_id != peer.gateway_id:
+        raise IdentityError("client certificate does not match its gateway")
+    return GatewayIdentity(peer.gateway_id, peer.serial_hex, via_proxy)

@@ -1,0 +1,129 @@
+"""Cloud deployment settings: read once from TOML (and a few env vars), validated, frozen.
+
+Example ``cloud.toml``::
+
+    data_dir = "/var/lib/tether"
+    hostname = "tether.example.com"     # what gateways dial; the manifest is generated from it
+    listen_host = "0.0.0.0"
+    listen_port = 443
+    database_url = "postgresql+asyncpg://tether@db/tether"   # default: SQLite in data_dir
+
+    [link]
+    heartbeat_interval = 30
+
+    [hostnames]            # optional: one hostname per service area
+    ingest = "ingest.tether.example.com"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CloudSettings", "SettingsError", "load_settings"]
+
+
+class SettingsError(ValueError):
+    """A setting is missing, of the wrong type or out of range; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloudSettings:
+    data_dir: Path = Path("var/cloud")
+    hostname: str = "localhost"
+    extra_hostnames: tuple[str, ...] = ("127.0.0.1", "::1")
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8443
+    database_url: str | None = None
+    heartbeat_interval: float = 30.0
+    command_ttl: timedelta = timedelta(hours=1)
+    certificate_lifetime: timedelta = timedelta(days=90)
+    enrollment_token_ttl: timedelta = timedelta(hours=24)
+    max_frame: int = 1 << 20
+    hostnames: dict[str, str] = field(default_factory=dict)
+    #: Peers (IP addresses) allowed to pass a TLS-terminated client certificate in a header.
+    trusted_proxies: tuple[str, ...] = ()
+    client_cert_header: str = "X-Tether-Client-Cert"
+    workers: int = 1
+
+    @property
+    def database(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'tether.db').resolve()}"
+
+    @property
+    def public_url(self) -> str:
+        port = "" if self.listen_port == 443 else f":{self.listen_port}"
+        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
+        return f"https://{host}{port}"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.data_dir / "pki"
+
+
+_DURATIONS = {"command_ttl", "certificate_lifetime", "enrollment_token_ttl"}
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    if name in _DURATIONS:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return timedelta(seconds=value)
+        raise SettingsError(f"setting {name!r}: expected a positive number of seconds")
+    if isinstance(default, Path):
+        if not isinstance(value, str):
+            raise SettingsError(f"setting {name!r}: expected a path string")
+        return Path(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SettingsError(f"setting {name!r}: expected a list of strings")
+        return tuple(value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise SettingsError(f"setting {name!r}: expected a table of strings")
+        return dict(value)
+    if isinstance(default, bool) or default is None:
+        return value
+    if isinstance(default, int | float) and (
+        isinstance(value, bool) or not isinstance(value, int | float)
+    ):
+        raise SettingsError(f"setting {name!r}: expected a number")
+    if isinstance(default, str) and not isinstance(value, str):
+        raise SettingsError(f"setting {name!r}: expected a string")
+    return value
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> CloudSettings:
+    """Settings from *path* (TOML), then ``TETHER_DATABASE_URL``, then explicit *overrides*."""
+    base = CloudSettings()
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"{path}: {exc}") from None
+        link = raw.pop("link", {})
+        if "heartbeat_interval" in link:
+            raw["heartbeat_interval"] = link["heartbeat_interval"]
+    known = {f.name: f for f in fields(CloudSettings)}
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in known:
+            raise SettingsError(f"{path}: unknown setting {name!r}")
+        values[name] = _coerce(name, value, getattr(base, name))
+    if env_db := os.environ.get("TETHER_DATABASE_URL"):
+        values["database_url"] = env_db
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = value
+    settings = replace(base, **values)
+    if not 0 < settings.listen_port < 65536:
+        raise SettingsError("setting 'listen_port': expected 1..65535")
+    if settings.heartbeat_interval < 1:
+        raise SettingsError("setting 'heartbeat_interval': expected at least 1 second")
+    return settings

@@ -1,0 +1,34 @@
+"""Everything one cloud process holds while it runs, built and torn down by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from tether.cloud.identity import GatewayIdentity, gateway_identity
+from tether.cloud.link import LinkHub
+from tether.cloud.service import GatewayService
+from tether.cloud.settings import CloudSettings
+from tether.cloud.store import Store
+from tether.pki.ca import CertificateAuthority
+
+__all__ = ["CloudState"]
+
+
+@dataclass(slots=True)
+class CloudState:
+    settings: CloudSettings
+    store: Store
+    ca: CertificateAuthority
+    hub: LinkHub
+    service: GatewayService
+
+    async def gateway_identity(self, request: web.Request) -> GatewayIdentity:
+        return await gateway_identity(
+            request,
+            store=self.store,
+            ca=self.ca,
+            trusted_proxies=self.settings.trusted_proxies,
+            header=self.settings.client_cert_header,
+        )
