@@ -70,6 +70,8 @@ def _decode_payload(payload: bytes | memoryview) -> Message:
         message: Message = _decoder.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedFrame(f"undecodable message: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec lets this through for a str that is not UTF-8
+        raise MalformedFrame(f"undecodable message: string is not UTF-8 ({exc.reason})") from None
     except RecursionError:
         raise MalformedFrame("undecodable message: nested too deeply") from None
     return message
