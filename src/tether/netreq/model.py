@@ -327,11 +327,12 @@ _TLS_VERSIONS = ("1.2", "1.3")
 
 
 def is_valid_hostname(name: str) -> bool:
-    """A lowercase DNS name of at least two labels, no trailing dot, no wildcard (RFC 1123)."""
+    """A lowercase DNS name (RFC 1123 labels), no trailing dot, no wildcard, not an IP address."""
     if not name or len(name) > 253 or name.endswith("."):
         return False
     labels = name.split(".")
-    return len(labels) >= 2 and all(_LABEL.match(label) for label in labels)
+    # A numeric last label is an IPv4 literal, never a real top-level domain.
+    return all(_LABEL.match(label) for label in labels) and not labels[-1].isdigit()
 
 
 def is_valid_version(version: str) -> bool:
@@ -359,7 +360,7 @@ def host_matches(host: str, match: MatchMode, name: str) -> bool:
 
 
 class Problem(msgspec.Struct, frozen=True):
-    """A semantic problem: which entry (endpoint id, or a section name) and which field."""
+    """A semantic problem: which entry (``endpoint 'id'``, ``dns``, ``change 2``…) and field."""
 
     entry: str
     field: str
@@ -383,13 +384,13 @@ def _problems(m: Manifest) -> Iterator[Problem]:
         yield Problem("manifest", "endpoints", "a manifest lists at least one endpoint")
     ids: set[str] = set()
     for i, ep in enumerate(m.endpoints):
-        entry = ep.id or f"endpoints[{i}]"
+        entry = _endpoint_entry(i, ep)
         if ep.id in ids:
             yield Problem(entry, "id", "duplicate endpoint id")
         ids.add(ep.id)
         yield from _endpoint_problems(entry, ep)
     for i, ep in enumerate(m.endpoints):
-        entry = ep.id or f"endpoints[{i}]"
+        entry = _endpoint_entry(i, ep)
         for ref in ep.replaced_by:
             if ref not in ids:
                 yield Problem(entry, "replaced_by", f"no endpoint with id {ref!r}")
@@ -410,7 +411,7 @@ def _problems(m: Manifest) -> Iterator[Problem]:
         yield Problem("time", "https_date_hosts", "listed but https_date_fallback is false")
     known_sections = ids | {"dns", "time", "manifest"}
     for i, ch in enumerate(m.changes):
-        entry = f"changes[{i}]"
+        entry = f"change {i + 1}"
         if not is_valid_version(ch.version):
             yield Problem(entry, "version", f"{ch.version!r} is not YYYYMMDDNN")
         elif ch.version > m.version:
@@ -419,6 +420,10 @@ def _problems(m: Manifest) -> Iterator[Problem]:
             yield Problem(entry, "endpoint", f"no endpoint with id {ch.endpoint!r}")
         if not ch.summary:
             yield Problem(entry, "summary", "empty")
+
+
+def _endpoint_entry(index: int, ep: Endpoint) -> str:
+    return f"endpoint {ep.id!r}" if ep.id else f"endpoint #{index + 1}"
 
 
 def _has_port(ep: Endpoint, number: int, transport: Transport) -> bool:
@@ -475,7 +480,7 @@ def _endpoint_problems(entry: str, ep: Endpoint) -> Iterator[Problem]:
             yield Problem(entry, "probe.path", "an HTTP probe needs a path starting with '/'")
     if ep.probe.kind is ProbeKind.NTP and ep.protocol is not AppProtocol.NTP:
         yield Problem(entry, "probe.kind", "ntp probe on a non-NTP endpoint")
-    if ep.probe.kind is ProbeKind.TLS and ep.tls is None:
+    if ep.probe.kind is ProbeKind.TLS and ep.tls is None and ep.protocol not in TLS_PROTOCOLS:
         yield Problem(entry, "probe.kind", "tls probe on a non-TLS endpoint")
     for j, status in enumerate(ep.probe.expect_status):
         if not 100 <= status <= 599:
