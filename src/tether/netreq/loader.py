@@ -38,10 +38,17 @@ from tether.netreq.model import (
     Requirement,
     TimePolicy,
     Transport,
+    is_valid_version,
     problems,
 )
 
-__all__ = ["ManifestError", "load_manifest", "manifest_to_json", "parse_manifest"]
+__all__ = [
+    "ManifestError",
+    "load_manifest",
+    "manifest_to_json",
+    "parse_changes",
+    "parse_manifest",
+]
 
 Format = Literal["toml", "json"]
 _T = TypeVar("_T")
@@ -96,6 +103,21 @@ def parse_manifest(data: bytes | str, *, source: str, fmt: Format) -> Manifest:
     """Parse and validate a manifest given as TOML or JSON text."""
     top = _decode(data, source, fmt)
     return _convert(top, source)
+
+
+def parse_changes(data: bytes | str, *, source: str, fmt: Format) -> tuple[Change, ...]:
+    """A change-log document (a ``changes`` list and nothing else), validated entry by entry."""
+    top = _decode(data, source, fmt)
+    raw = top.get("changes")
+    if not isinstance(raw, list) or not raw or set(top) != {"changes"}:
+        raise ManifestError(source, None, "changes", "the document holds one non-empty list")
+    out: list[Change] = []
+    for i, entry in enumerate(raw):
+        change = _check(entry, Change, source, f"change {i + 1}", {"kind": ChangeKind})
+        if not is_valid_version(change.version):
+            raise ManifestError(source, f"change {i + 1}", "version", "not YYYYMMDDNN")
+        out.append(change)
+    return tuple(out)
 
 
 def manifest_to_json(m: Manifest) -> bytes:
