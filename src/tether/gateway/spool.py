@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -60,6 +61,7 @@ SCHEMA_VERSION = 1
 # Bytes counted per chunk on top of its payload: row header, index entries, page slack.
 ROW_OVERHEAD = 64
 DEFAULT_CHUNK_SIZE = 1024
+DEFAULT_RESERVE = 4 * 1024 * 1024
 
 Synchronous = Literal["full", "normal"]
 
@@ -214,14 +216,52 @@ class Spool:
         max_bytes: int,
         max_age: float,
         chunk_size: int,
+        reserve_bytes: int = 0,
     ) -> None:
         self._conn: sqlite3.Connection | None = conn
         self.path = path
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.chunk_size = chunk_size
+        self.reserve_bytes = reserve_bytes
         self._state = _State()
         self._stale = False
+        self.transactions = 0  # committed write transactions, for health reports and tests
+
+    @property
+    def reserve_path(self) -> Path:
+        """A file of ``reserve_bytes`` given back to the file system when the disk fills up."""
+        return self.path.with_name(self.path.name + "-reserve")
+
+    @property
+    def reserve_held(self) -> bool:
+        return self.reserve_bytes > 0 and self.reserve_path.exists()
+
+    def _hold_reserve(self) -> None:
+        """Allocate the reserve if it is missing; a full disk leaves it missing, quietly."""
+        if self.reserve_bytes <= 0 or self.reserve_path.exists():
+            return
+        partial = self.reserve_path.with_name(self.reserve_path.name + ".new")
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve_bytes)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(partial, self.reserve_path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+
+    def _release_reserve(self) -> None:
+        """The disk is full: free the reserve so acknowledgements (which free rows) still work."""
+        with contextlib.suppress(FileNotFoundError):
+            self.reserve_path.unlink()
+        if self._conn is not None:
+            # Move the WAL into the database while there is room; a partial checkpoint is safe.
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(RESTART)")
 
     # --- opening and closing --------------------------------------------------------------------
 
@@ -235,14 +275,23 @@ class Spool:
         synchronous: Synchronous = "full",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         lock_timeout: float = 0.5,
+        reserve_bytes: int = DEFAULT_RESERVE,
+        checkpoint_pages: int = 1000,
     ) -> Spool:
         """Open (creating if needed) the spool at ``path``, holding an exclusive lock on it.
 
         ``synchronous="normal"`` survives the process being killed but may lose the last
         appends on power loss; keep the default unless the storage makes that acceptable.
+
+        A full disk must not wedge the spool: acknowledging (which frees rows) itself needs a
+        little room to write. So the spool keeps ``reserve_bytes`` allocated in a side file and
+        gives them back the first time SQLite reports the disk full; the WAL is checkpointed
+        every ``checkpoint_pages`` pages so that it stays small next to the database.
         """
-        if max_bytes <= 0 or max_age <= 0 or chunk_size <= 0:
-            raise ValueError("max_bytes, max_age and chunk_size must be positive")
+        if max_bytes <= 0 or max_age <= 0 or chunk_size <= 0 or checkpoint_pages <= 0:
+            raise ValueError("max_bytes, max_age, chunk_size, checkpoint_pages must be positive")
+        if reserve_bytes < 0:
+            raise ValueError("reserve_bytes must not be negative")
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
         try:
@@ -252,7 +301,7 @@ class Spool:
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
         try:
-            version = cls._init_schema(conn, synchronous)
+            version = cls._init_schema(conn, synchronous, checkpoint_pages)
         except sqlite3.Error as exc:
             conn.close()
             raise _translate(exc) from exc
@@ -262,16 +311,26 @@ class Spool:
         if version != SCHEMA_VERSION:
             conn.close()
             raise SpoolError(f"spool {path} has schema {version}, expected {SCHEMA_VERSION}")
-        spool = cls(conn, path, max_bytes=max_bytes, max_age=max_age, chunk_size=chunk_size)
+        spool = cls(
+            conn,
+            path,
+            max_bytes=max_bytes,
+            max_age=max_age,
+            chunk_size=chunk_size,
+            reserve_bytes=reserve_bytes,
+        )
         try:
             spool._reload()
         except sqlite3.Error as exc:
             spool.close()
             raise _translate(exc) from exc
+        spool._hold_reserve()
         return spool
 
     @staticmethod
-    def _init_schema(conn: sqlite3.Connection, synchronous: Synchronous) -> int:
+    def _init_schema(
+        conn: sqlite3.Connection, synchronous: Synchronous, checkpoint_pages: int
+    ) -> int:
         # Exclusive locking: a second agent on the same file fails here instead of interleaving
         # its sequence numbers with ours; WAL then needs no shared-memory file either.
         conn.execute("PRAGMA locking_mode = EXCLUSIVE")
@@ -280,6 +339,10 @@ class Spool:
             raise SpoolError(f"spool cannot use WAL journaling (got {mode!r})")
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         conn.execute("PRAGMA journal_size_limit = 8388608")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {int(checkpoint_pages)}")
+        # Builds with SECURE_DELETE (Debian's) zero every freed page: acknowledging would then
+        # write as much as it frees, and need room on a full disk to do so.
+        conn.execute("PRAGMA secure_delete = FAST")
         conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('schema', ?) ON CONFLICT DO NOTHING",
@@ -342,9 +405,13 @@ class Spool:
             db.execute("BEGIN IMMEDIATE")
             result = work(db, delta)
             db.execute("COMMIT")
+            self.transactions += 1
         except sqlite3.Error as exc:
             self._abort(db)
-            raise _translate(exc) from exc
+            error = _translate(exc)
+            if isinstance(error, SpoolFull):
+                self._release_reserve()
+            raise error from exc
         except BaseException:
             self._abort(db)
             raise
@@ -469,7 +536,9 @@ class Spool:
             delta.add(stream, -count, -nbytes)
             return int(count)
 
-        return self._transaction(delete)
+        deleted = self._transaction(delete)
+        self._hold_reserve()  # after a full disk, take the reserve back as soon as there is room
+        return deleted
 
     # --- bounds -----------------------------------------------------------------------------------
 
@@ -660,6 +729,8 @@ class AsyncSpool:
         max_age: float,
         synchronous: Synchronous = "full",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        reserve_bytes: int = DEFAULT_RESERVE,
+        checkpoint_pages: int = 1000,
         clock: Callable[[], float] = time.time,
     ) -> AsyncSpool:
         """Open the spool in its own thread; ``clock`` dates appends given no ``now``."""
@@ -674,6 +745,8 @@ class AsyncSpool:
                     max_age=max_age,
                     synchronous=synchronous,
                     chunk_size=chunk_size,
+                    reserve_bytes=reserve_bytes,
+                    checkpoint_pages=checkpoint_pages,
                 ),
             )
         except BaseException:
@@ -684,6 +757,11 @@ class AsyncSpool:
     @property
     def path(self) -> Path:
         return self._spool.path
+
+    @property
+    def transactions(self) -> int:
+        """Write transactions committed so far (appends share them: see the class docstring)."""
+        return self._spool.transactions
 
     async def _run(self, fn: Callable[[], T]) -> T:
         if self._closed:
