@@ -12,11 +12,13 @@ lock (bounded by a busy timeout) instead of failing when a read snapshot turns o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
+import sqlite3
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -25,9 +27,10 @@ import sqlalchemy as sa
 from alembic import command as alembic_command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import URL, Connection, RowMapping, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from tether.protocol.backoff import backoff_delays
 from tether.protocol.commands import (
     CommandEvent,
     CommandState,
@@ -45,6 +48,7 @@ from .errors import (
     GatewayExists,
     GatewayRevoked,
     GatewayUnknown,
+    StoreError,
     TokenAlreadyUsed,
     TokenExpired,
     TokenRevoked,
@@ -86,6 +90,7 @@ CAS_ATTEMPTS: Final = 16
 _MIGRATION_LOCK_KEY: Final = 0x7E7E_0001
 
 _WRITE: Final = "tether_write"
+_WAL_ATTEMPTS: Final = 40
 
 
 def _hash_secret(secret: str) -> str:
@@ -197,7 +202,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
@@ -209,6 +213,28 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+async def _enable_sqlite_wal(engine: AsyncEngine) -> None:
+    """Switch the database file to write-ahead logging (a persistent property of the file).
+
+    The switch needs an exclusive lock and SQLite does not wait on the busy timeout for it, so
+    several processes opening a new file at once retry here for a short, bounded while.
+    """
+    delays = backoff_delays(initial=0.01, cap=0.25)
+    for _attempt in range(_WAL_ATTEMPTS):
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection  # aiosqlite.Connection
+            try:
+                cursor = await driver.execute("PRAGMA journal_mode = WAL")
+                await cursor.close()
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) and "busy" not in str(error):
+                    raise
+        await asyncio.sleep(next(delays))
+    raise StoreError(f"could not switch the SQLite database to WAL in {_WAL_ATTEMPTS} attempts")
+
+
 def _upgrade(sync_conn: Connection) -> None:
     """Run Alembic migrations to head on an open connection (no alembic.ini needed)."""
     if sync_conn.dialect.name == "postgresql":
@@ -217,6 +243,21 @@ def _upgrade(sync_conn: Connection) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = sync_conn
     alembic_command.upgrade(cfg, "head")
+
+
+@contextmanager
+def _caller_errors() -> Iterator[None]:
+    """Re-raise a bad argument (e.g. a naive datetime) as the caller's ValueError/TypeError.
+
+    SQLAlchemy wraps errors from bind processors in StatementError; those are the caller's
+    mistakes, not the database's, so they surface as the original exception.
+    """
+    try:
+        yield
+    except StatementError as error:
+        if not isinstance(error, DBAPIError) and isinstance(error.orig, ValueError | TypeError):
+            raise error.orig from None
+        raise
 
 
 def _listen_dsn(url: URL) -> str:
@@ -247,6 +288,11 @@ class Store:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(parsed)
             _configure_sqlite(engine)
+            try:
+                await _enable_sqlite_wal(engine)
+            except BaseException:
+                await engine.dispose()
+                raise
             notifier = LocalCommandNotifier()
         elif backend == "postgresql":
             engine = create_async_engine(parsed, pool_pre_ping=True)
@@ -281,15 +327,17 @@ class Store:
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.connect() as plain:
-            conn = await plain.execution_options(**{_WRITE: True})
-            async with conn.begin():
-                yield conn
+        with _caller_errors():
+            async with self._engine.connect() as plain:
+                conn = await plain.execution_options(**{_WRITE: True})
+                async with conn.begin():
+                    yield conn
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.connect() as conn:
-            yield conn
+        with _caller_errors():
+            async with self._engine.connect() as conn:
+                yield conn
 
     # --- enrollment tokens ----------------------------------------------------------------
 
