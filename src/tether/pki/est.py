@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.utils import CryptographyDeprecationWarning
 
 from tether.pki.errors import EstDecodeError, EstError
 
@@ -92,8 +96,28 @@ def _check_size(body: bytes, limit: int, what: str) -> None:
         raise EstDecodeError(f"{what} body of {len(body)} bytes exceeds the {limit}-byte limit")
 
 
+@contextlib.contextmanager
+def _parse_errors(what: str) -> Iterator[None]:
+    """Turn every way cryptography rejects a structure into one EstDecodeError.
+
+    Structures that cryptography still loads but deprecates (e.g. a negative serial number,
+    which RFC 5280 forbids) are refused too rather than surfacing as a warning.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CryptographyDeprecationWarning)
+            yield
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+        raise EstDecodeError(f"{what} body does not parse: {exc}") from exc
+    except CryptographyDeprecationWarning as exc:
+        raise EstDecodeError(f"{what} body is malformed: {exc}") from exc
+
+
 def encode_certs_only(certs: Sequence[x509.Certificate]) -> bytes:
-    """Base64 (76-column lines, CRLF) of a DER certs-only PKCS#7 holding ``certs`` in order."""
+    """Base64 (76-column lines, CRLF) of a DER certs-only PKCS#7 holding ``certs``.
+
+    The certificates form a DER ``SET OF``, so their order is not preserved on the wire.
+    """
     if not certs:
         raise ValueError("a certs-only message needs at least one certificate")
     der = pkcs7.serialize_certificates(list(certs), serialization.Encoding.DER)
@@ -101,16 +125,14 @@ def encode_certs_only(certs: Sequence[x509.Certificate]) -> bytes:
 
 
 def decode_certs_only(body: bytes) -> list[x509.Certificate]:
-    """The certificates of a base64 DER (or PEM) certs-only PKCS#7 body, in order."""
+    """The certificates of a base64 DER (or PEM) certs-only PKCS#7 body (in wire order)."""
     what = "certs-only PKCS#7"
     _check_size(body, MAX_CERTS_BODY, what)
-    try:
+    with _parse_errors(what):
         if bytes(body).lstrip().startswith(_PEM_MARK):
             certs = pkcs7.load_pem_pkcs7_certificates(bytes(body))
         else:
             certs = pkcs7.load_der_pkcs7_certificates(_unwrap_base64(body, what))
-    except ValueError as exc:  # includes cryptography's parse errors
-        raise EstDecodeError(f"{what} body does not parse: {exc}") from exc
     if not certs:
         raise EstDecodeError(f"{what} body contains no certificates")
     return certs
@@ -128,9 +150,7 @@ def decode_csr(body: bytes) -> x509.CertificateSigningRequest:
     """
     what = "PKCS#10 CSR"
     _check_size(body, MAX_CSR_BODY, what)
-    try:
+    with _parse_errors(what):
         if bytes(body).lstrip().startswith(_PEM_MARK):
             return x509.load_pem_x509_csr(bytes(body))
         return x509.load_der_x509_csr(_unwrap_base64(body, what))
-    except ValueError as exc:
-        raise EstDecodeError(f"{what} body does not parse: {exc}") from exc
