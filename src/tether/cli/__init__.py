@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from tether import __version__
-from tether.cli import net
+from tether.cli import cloud, demo, gateway, net, ops
 
 app = typer.Typer(
     name="tether",
@@ -13,7 +13,13 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+app.add_typer(cloud.app, name="cloud")
+app.add_typer(gateway.app, name="gateway")
+app.add_typer(ops.gateways_app, name="gateways")
+app.add_typer(ops.command_app, name="command")
+app.add_typer(ops.token_app, name="token")
 app.add_typer(net.app, name="net")
+app.command("demo")(demo.demo)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,129 @@
+"""``tether demo``: a cloud, enrollment tokens and N enrolled gateways on loopback, in one go."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import socket
+import ssl
+from pathlib import Path
+
+import httpx
+import typer
+
+from tether.cli.output import console
+from tether.cli.runtime import run_async, setup_logging
+
+
+def _free_port(preferred: int) -> int:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself does
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+
+async def _run_demo(gateways: int, seconds: float | None, data_dir: Path, port: int) -> None:
+    from tether.cloud.app import ADMIN_TOKEN_FILE, run
+    from tether.cloud.settings import load_settings
+    from tether.gateway.agent import Agent
+    from tether.gateway.identity import enroll
+    from tether.gateway.settings import load_agent_settings
+
+    settings = load_settings(
+        None,
+        data_dir=data_dir / "cloud",
+        listen_port=port,
+        hostname="127.0.0.1",
+        heartbeat_interval=15.0,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    ready = asyncio.Event()
+    cloud = loop.create_task(run(settings, ready=ready, stop=stop))
+    await ready.wait()
+    admin_token = (settings.data_dir / ADMIN_TOKEN_FILE).read_text().strip()
+    ca_path = settings.pki_dir / "ca.pem"
+    api = httpx.AsyncClient(
+        base_url=settings.public_url,
+        verify=ssl.create_default_context(cafile=str(ca_path)),
+        headers={"Authorization": f"Bearer {admin_token}"},
+        trust_env=False,
+    )
+    agents: list[asyncio.Task[None]] = []
+    with console.status("enrolling gateways…"):
+        for i in range(1, gateways + 1):
+            response = await api.post(
+                "/api/v1/enrollment-tokens", json={"name": f"demo-building-{i}"}
+            )
+            response.raise_for_status()
+            gw_dir = data_dir / f"gateway-{i}"
+            agent_settings = load_agent_settings(gw_dir, trust_env=False, reconnect_cap=5.0)
+            identity = await enroll(
+                response.json()["enrollment_code"], agent_settings.identity_dir, trust_env=False
+            )
+            agent = Agent(agent_settings, identity)
+            agents.append(loop.create_task(agent.run(stop)))
+    for _ in range(100):
+        listing = (await api.get("/api/v1/gateways")).json()
+        if sum(g["linked"] for g in listing) == gateways:
+            break
+        await asyncio.sleep(0.1)
+    await api.aclose()
+    first = listing[0]["id"] if listing else "GATEWAY"
+    console.rule("[bold]tether demo is running")
+    console.print(
+        f"cloud  {settings.public_url}  ({settings.database.split(':')[0]}, "
+        f"data in {settings.data_dir})"
+    )
+    console.print(f"{sum(g['linked'] for g in listing)}/{gateways} gateways linked\n")
+    env_file = data_dir / "env.sh"
+    env_file.write_text(
+        f"export TETHER_URL={settings.public_url}\n"
+        f"export TETHER_TOKEN=$(cat {(settings.data_dir / ADMIN_TOKEN_FILE).resolve()})\n"
+        f"export TETHER_CA={ca_path.resolve()}\n"
+    )
+    console.print("In another terminal:\n", style="bold")
+    console.print(f"  source {env_file.resolve()}", highlight=False)
+    console.print("  .venv/bin/tether gateways list", highlight=False)
+    console.print(f"  .venv/bin/tether command send {first} ping --wait", highlight=False)
+    console.print(f"  .venv/bin/tether command send {first} metrics --wait", highlight=False)
+    console.print("  .venv/bin/tether command list", highlight=False)
+    console.print("  .venv/bin/tether token create --name another-building", highlight=False)
+    console.print("  .venv/bin/tether net docs --format md", highlight=False)
+    console.print(
+        f"  curl --cacert {ca_path.resolve()} {settings.public_url}/api/v1/openapi.json",
+        highlight=False,
+    )
+    console.print(
+        "\nCtrl-C stops the demo."
+        if seconds is None
+        else f"\nThe demo stops by itself in {seconds:.0f} s."
+    )
+    if seconds is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+        stop.set()
+    await asyncio.gather(cloud, *agents, return_exceptions=True)
+    console.print("demo stopped")
+
+
+def demo(
+    gateways: int = typer.Option(3, "--gateways", "-n", min=1, max=500, help="How many."),
+    seconds: float | None = typer.Option(None, "--for", help="Stop after this many seconds."),
+    data_dir: Path = typer.Option(Path("var/demo"), "--data-dir"),
+    port: int = typer.Option(8443, "--port", help="Preferred port (a free one if taken)."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the previous demo's state."),
+) -> None:
+    """Run a cloud and N enrolled gateways on loopback, and print what to try next."""
+    setup_logging("warning")
+    if not keep and data_dir.exists():
+        shutil.rmtree(data_dir)
+    run_async(_run_demo(gateways, seconds, data_dir, _free_port(port)))

@@ -1,0 +1,85 @@
+"""``tether gateway …``: the agent on a gateway (enroll, run), and revoking one."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import typer
+
+from tether.cli import ops
+from tether.cli.client import fail
+from tether.cli.output import console
+from tether.cli.runtime import run_async, setup_logging
+from tether.gateway.settings import AgentSettingsError, load_agent_settings
+from tether.pki.errors import EstError
+from tether.protocol.enrollment import EnrollmentCodeError
+
+app = typer.Typer(help="The gateway agent.", no_args_is_help=True)
+
+DEFAULT_DATA_DIR = Path("var/gateway")
+
+
+@app.command("enroll")
+def enroll(
+    code: str = typer.Argument(..., help="The enrollment code from `tether token create`."),
+    data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
+    url: str | None = typer.Option(None, "--url", help="Reach the cloud at another URL."),
+    name: str | None = typer.Option(None, "--name", help="A name hint for the operator."),
+) -> None:
+    """Enroll this gateway: pin the platform CA, make a key, obtain a certificate."""
+    from tether.gateway.identity import enroll as do_enroll
+
+    try:
+        settings = load_agent_settings(data_dir)
+        identity = run_async(
+            do_enroll(
+                code,
+                settings.identity_dir,
+                url=url,
+                name_hint=name,
+                proxy=settings.proxy,
+                trust_env=settings.trust_env,
+            )
+        )
+    except (EnrollmentCodeError, EstError, AgentSettingsError) as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"enrolled as [bold]{identity.gateway_id}[/bold]; certificate valid until "
+        f"{identity.not_after:%Y-%m-%d %H:%M} UTC"
+    )
+    console.print(f"now run: tether gateway run --data-dir {data_dir}")
+
+
+@app.command("run")
+def run(
+    data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
+    log_level: str = typer.Option("info", "--log-level"),
+    log_format: str = typer.Option("text", "--log-format", help="text or json"),
+) -> None:
+    """Hold the link to the cloud and run what it asks."""
+    from tether.gateway.agent import Agent, AgentStopped
+    from tether.gateway.identity import NotEnrolled, load_identity
+
+    setup_logging(log_level, log_format)
+    try:
+        settings = load_agent_settings(data_dir)
+        identity = load_identity(settings.identity_dir)
+    except (NotEnrolled, AgentSettingsError) as exc:
+        raise fail(str(exc), 2) from None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Agent(settings, identity).run(stop)
+
+    try:
+        run_async(main())
+    except AgentStopped as exc:
+        raise fail(str(exc), 3) from None
+
+
+app.command("revoke")(ops.revoke)

@@ -1,0 +1,275 @@
+"""The gateway agent: holds the link, runs commands at most once, renews its certificate.
+
+The agent's core is tier-agnostic: a tier calls :meth:`Agent.on_link_open` with a ``send``
+function, feeds every message from the cloud to :meth:`Agent.on_message`, and calls
+:meth:`Agent.on_link_closed`. Anything that must not be lost (command outcomes) is durable and
+re-sent on each new link until the cloud acknowledges it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.gateway.handlers import HANDLERS, CommandContext, CommandFailed
+from tether.gateway.identity import GatewayIdentity, renew, seconds_until
+from tether.gateway.ledger import CommandLedger
+from tether.gateway.link import LinkEnded, LinkError, LinkRefused, TlsUntrusted, WebSocketTier
+from tether.gateway.settings import AgentSettings
+from tether.pki.errors import EstError
+from tether.protocol.backoff import backoff_delays
+from tether.protocol.messages import (
+    CloseCode,
+    CommandRequest,
+    CommandUpdate,
+    CommandUpdateAck,
+    ErrorReport,
+    Message,
+)
+
+__all__ = ["Agent", "AgentStopped", "LinkStatus"]
+
+log = logging.getLogger(__name__)
+
+#: A link that stayed up this long resets the reconnect backoff.
+STABLE_LINK = 30.0
+
+
+class AgentStopped(Exception):
+    """The agent cannot go on without an operator (its gateway was revoked)."""
+
+
+@dataclass(slots=True)
+class LinkStatus:
+    state: str = "starting"  # starting, connecting, linked, waiting
+    tier: str | None = None
+    last_error: str | None = None
+    links_opened: int = 0
+    last_close: str | None = None
+    history: list[tuple[float, str]] = field(default_factory=list)
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, identity: GatewayIdentity) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.boot_id = uuid.uuid4().hex
+        self.ledger = CommandLedger(settings.state_db)
+        self.status = LinkStatus()
+        self.runtime_config: dict[str, Any] = self.ledger.get_value("runtime_config") or {}
+        self.linked = asyncio.Event()
+        self._send: Callable[[Message], None] | None = None
+        self._tier: WebSocketTier | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._restart_reason: str | None = None
+        for command_id in self.ledger.recover_interrupted():
+            log.warning("command %s was interrupted by a restart; reporting it failed", command_id)
+
+    # -- the core, as tiers see it -----------------------------------------------------------
+
+    def on_link_open(self, send: Callable[[Message], None], tier: str) -> None:
+        self._send = send
+        self.status.state = "linked"
+        self.status.tier = tier
+        self.status.links_opened += 1
+        self.status.history.append((time.time(), f"linked on {tier}"))
+        self.linked.set()
+        for entry in self.ledger.unacknowledged():
+            if entry.state != "running":
+                send(
+                    CommandUpdate(
+                        command_id=entry.command_id,
+                        state=entry.state,
+                        result=entry.result,
+                        error=entry.error,
+                    )
+                )
+
+    def on_link_closed(self) -> None:
+        self._send = None
+        self.linked.clear()
+
+    async def on_message(self, message: Message) -> None:
+        if isinstance(message, CommandRequest):
+            self._spawn(self._run_command(message))
+        elif isinstance(message, CommandUpdateAck):
+            self.ledger.acknowledge(message.command_id, message.state)
+        elif isinstance(message, ErrorReport):
+            log.warning(
+                "cloud refused a message: %s %s (%s)", message.code, message.message, message.ref
+            )
+        else:
+            log.debug("ignoring %s", type(message).__name__)
+
+    def _emit(self, message: Message) -> None:
+        if self._send is not None:
+            self._send(message)
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def _run_command(self, request: CommandRequest) -> None:
+        known = self.ledger.get(request.command_id)
+        if known is not None:
+            # Seen before (a redelivery after a relink): report, never run again.
+            if known.state != "running":
+                self._emit(
+                    CommandUpdate(
+                        command_id=known.command_id,
+                        state=known.state,
+                        result=known.result,
+                        error=known.error,
+                    )
+                )
+            return
+        if not self.ledger.begin(request.command_id, request.kind):
+            return
+        if request.expires_at < time.time():
+            outcome: tuple[str, dict[str, Any] | None, str | None] = (
+                "failed",
+                None,
+                "expired before it reached the gateway",
+            )
+        else:
+            self._emit(CommandUpdate(command_id=request.command_id, state="running"))
+            outcome = await self._execute(request)
+        state, result, error = outcome
+        self.ledger.finish(request.command_id, state, result=result, error=error)
+        self._emit(
+            CommandUpdate(command_id=request.command_id, state=state, result=result, error=error)
+        )
+
+    async def _execute(
+        self, request: CommandRequest
+    ) -> tuple[str, dict[str, Any] | None, str | None]:
+        handler = HANDLERS.get(request.kind)
+        if handler is None:
+            return (
+                "failed",
+                None,
+                f"unknown command kind {request.kind!r}; known: {sorted(HANDLERS)}",
+            )
+        ctx = CommandContext(command_id=request.command_id, args=dict(request.args), agent=self)
+        try:
+            return "succeeded", await handler(ctx), None
+        except CommandFailed as exc:
+            return "failed", None, str(exc)
+        except Exception as exc:  # a handler bug must become a failed command, not a dead agent
+            log.exception("command %s (%s) crashed", request.command_id, request.kind)
+            return "failed", None, f"handler error: {type(exc).__name__}: {exc}"
+
+    def apply_runtime_config(self, changes: dict[str, Any]) -> dict[str, Any]:
+        self.runtime_config.update(changes)
+        self.ledger.set_value("runtime_config", self.runtime_config)
+        if "log_level" in changes:
+            logging.getLogger("tether").setLevel(str(changes["log_level"]).upper())
+        return dict(self.runtime_config)
+
+    def request_restart(self, reason: str) -> None:
+        """Close the link after the current replies are out, and link again at once."""
+        self._restart_reason = reason
+        tier = self._tier
+
+        async def later() -> None:
+            await asyncio.sleep(0.2)  # the succeeded update goes out first
+            if tier is not None:
+                await tier.close(CloseCode.GOING_AWAY, reason)
+
+        self._spawn(later())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        link = asyncio.get_running_loop().create_task(self._link_loop())
+        renewal = asyncio.get_running_loop().create_task(self._renewal_loop())
+        stopper = asyncio.get_running_loop().create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait({link, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if link in done:
+                link.result()  # AgentStopped surfaces here
+        finally:
+            if self._tier is not None:
+                await self._tier.close(CloseCode.GOING_AWAY, "agent stopping")
+            for task in (link, renewal, stopper, *self._tasks):
+                task.cancel()
+            for task in (link, renewal, stopper):
+                with contextlib.suppress(asyncio.CancelledError, AgentStopped):
+                    await task
+            self.ledger.close()
+
+    async def _link_loop(self) -> None:
+        delays = backoff_delays(initial=0.5, cap=self.settings.reconnect_cap)
+        while True:
+            url = self.settings.cloud_url or self.identity.cloud_url
+            tier = WebSocketTier(
+                url=url,
+                ssl_context=self.identity.ssl_context(),
+                core=self,
+                boot_id=self.boot_id,
+                max_frame=self.settings.max_frame,
+                proxy=self.settings.proxy,
+                trust_env=self.settings.trust_env,
+            )
+            self._tier = tier
+            self.status.state = "connecting"
+            try:
+                ended: LinkEnded = await tier.run_once()
+            except LinkRefused as exc:
+                self._note_error(str(exc))
+                delays = backoff_delays(initial=30.0, cap=max(900.0, self.settings.reconnect_cap))
+            except TlsUntrusted as exc:
+                self._note_error(str(exc))
+            except LinkError as exc:
+                self._note_error(str(exc))
+            else:
+                self.status.last_close = f"{ended.code}: {ended.reason}"
+                self.status.history.append((time.time(), f"closed {ended.code}"))
+                log.info(
+                    "link closed (%s %s, by %s)",
+                    ended.code,
+                    ended.reason,
+                    "cloud" if ended.by_peer else "agent",
+                )
+                if ended.code == CloseCode.REVOKED:
+                    raise AgentStopped("this gateway was revoked by an operator")
+                if self._restart_reason is not None:
+                    self._restart_reason = None
+                    delays = backoff_delays(initial=0.5, cap=self.settings.reconnect_cap)
+                    continue
+                if ended.opened and ended.duration >= STABLE_LINK:
+                    delays = backoff_delays(initial=0.5, cap=self.settings.reconnect_cap)
+            finally:
+                self._tier = None
+            self.status.state = "waiting"
+            await asyncio.sleep(next(delays))
+
+    def _note_error(self, message: str) -> None:
+        if message != self.status.last_error:
+            log.warning("link: %s", message)
+        self.status.last_error = message
+
+    async def _renewal_loop(self) -> None:
+        delays = backoff_delays(initial=5.0, cap=3600.0)
+        while True:
+            await asyncio.sleep(seconds_until(self.identity.renewal_due()))
+            try:
+                self.identity = await renew(
+                    self.identity, proxy=self.settings.proxy, trust_env=self.settings.trust_env
+                )
+            except (EstError, OSError, ValueError) as exc:
+                log.warning("certificate renewal failed, will retry: %s", exc)
+                await asyncio.sleep(next(delays))
+                continue
+            delays = backoff_delays(initial=5.0, cap=3600.0)
+            log.info("certificate renewed; valid until %s", self.identity.not_after.isoformat())

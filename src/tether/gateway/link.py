@@ -1,0 +1,216 @@
+"""The WebSocket tier on the agent side: one mutual-TLS WebSocket carrying every channel.
+
+Thin glue around :class:`~tether.protocol.session.LinkSession`. The agent's core decides what a
+message means; this module only connects, feeds frames, keeps time and writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from tether import __version__
+from tether.protocol.messages import CloseCode, Message
+from tether.protocol.session import (
+    FrameRejected,
+    LinkClosed,
+    LinkOpened,
+    LinkSession,
+    Role,
+    SessionState,
+)
+
+__all__ = [
+    "LinkCore",
+    "LinkEnded",
+    "LinkError",
+    "LinkRefused",
+    "TlsUntrusted",
+    "WebSocketTier",
+]
+
+
+class LinkError(Exception):
+    """The link could not be established (transient: retry with backoff)."""
+
+
+class LinkRefused(LinkError):
+    """The cloud refused this gateway (HTTP 401/403): revoked or unknown certificate."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"cloud refused the link ({status}): {message}")
+        self.status = status
+
+
+class TlsUntrusted(LinkError):
+    """The server's certificate does not chain to the pinned platform CA: interception?"""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEnded:
+    code: str
+    reason: str
+    by_peer: bool
+    opened: bool
+    duration: float
+
+
+class LinkCore(Protocol):
+    """What a tier needs from the agent's core."""
+
+    def on_link_open(self, send: Callable[[Message], None], tier: str) -> None: ...
+
+    async def on_message(self, message: Message) -> None: ...
+
+    def on_link_closed(self) -> None: ...
+
+
+class WebSocketTier:
+    name = "ws"
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        ssl_context: ssl.SSLContext,
+        core: LinkCore,
+        boot_id: str,
+        max_frame: int,
+        proxy: str | None,
+        trust_env: bool,
+        connect_timeout: float = 20.0,
+    ) -> None:
+        self.url = url.rstrip("/") + "/link"
+        self.ssl_context = ssl_context
+        self.core = core
+        self.boot_id = boot_id
+        self.max_frame = max_frame
+        self.proxy = proxy
+        self.trust_env = trust_env
+        self.connect_timeout = connect_timeout
+        self.session: LinkSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._wake = asyncio.Event()
+
+    async def close(self, code: str = CloseCode.GOING_AWAY, reason: str = "") -> None:
+        if self.session is not None and self.session.state is not SessionState.CLOSED:
+            self.session.close(code, reason)
+            self._wake.set()
+
+    async def run_once(self) -> LinkEnded:
+        started = time.monotonic()
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout)
+        async with aiohttp.ClientSession(trust_env=self.trust_env, timeout=timeout) as http:
+            try:
+                ws = await asyncio.wait_for(
+                    http.ws_connect(
+                        self.url,
+                        ssl=self.ssl_context,
+                        proxy=self.proxy,
+                        autoping=True,
+                        heartbeat=None,
+                        compress=0,
+                        max_msg_size=2 * self.max_frame + 64,
+                    ),
+                    self.connect_timeout,
+                )
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise TlsUntrusted(
+                    "the server's certificate is not from the platform CA "
+                    f"({exc.certificate_error}); a TLS-inspecting proxy may be intercepting: "
+                    "exempt this hostname from decryption"
+                ) from None
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status in (401, 403):
+                    raise LinkRefused(exc.status, exc.message) from None
+                raise LinkError(f"WebSocket upgrade failed ({exc.status}): {exc.message}") from None
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise LinkError(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
+            self._ws = ws
+            try:
+                return await self._serve(ws, started)
+            finally:
+                self._ws = None
+                with contextlib.suppress(aiohttp.ClientError, ConnectionError, OSError):
+                    await ws.close()
+
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse, started: float) -> LinkEnded:
+        session = LinkSession(
+            Role.CLIENT,
+            now=time.monotonic(),
+            agent_version=__version__,
+            boot_id=self.boot_id,
+            max_frame=self.max_frame,
+            tier=self.name,
+        )
+        self.session = session
+        opened = False
+        writer = asyncio.get_running_loop().create_task(self._writer(ws, session))
+        end: LinkClosed | None = None
+        try:
+            self._wake.set()
+            while end is None:
+                if session.state is SessionState.CLOSED:
+                    end = LinkClosed(
+                        session.close_code or CloseCode.NORMAL, session.close_reason, False
+                    )
+                    break
+                timeout = max(0.0, session.next_deadline() - time.monotonic())
+                try:
+                    msg = await ws.receive(timeout=timeout)
+                except TimeoutError:
+                    session.tick(time.monotonic())
+                    self._wake.set()
+                    continue
+                if msg.type is aiohttp.WSMsgType.BINARY:
+                    session.receive_frame(msg.data, now=time.monotonic())
+                elif msg.type is aiohttp.WSMsgType.TEXT:
+                    session.receive_frame(msg.data.encode(), now=time.monotonic())
+                else:
+                    session.close(CloseCode.GOING_AWAY, f"connection {msg.type.name.lower()}")
+                for event in session.events():
+                    if isinstance(event, LinkOpened):
+                        opened = True
+                        self.core.on_link_open(self._send, self.name)
+                    elif isinstance(event, LinkClosed):
+                        end = event
+                    elif isinstance(event, FrameRejected):
+                        continue
+                    else:
+                        await self.core.on_message(event)  # type: ignore[arg-type]
+                self._wake.set()
+        finally:
+            if opened:
+                self.core.on_link_closed()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            # Whatever is left (a Close frame, say) goes out before the socket closes.
+            with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+                for frame in session.data_to_send():
+                    await ws.send_bytes(frame)
+            self.session = None
+        return LinkEnded(end.code, end.reason, end.by_peer, opened, time.monotonic() - started)
+
+    def _send(self, message: Message) -> None:
+        session = self.session
+        if session is not None and session.state is SessionState.OPEN:
+            session.send(message)
+            self._wake.set()
+
+    async def _writer(self, ws: aiohttp.ClientWebSocketResponse, session: LinkSession) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for frame in session.data_to_send():
+                try:
+                    await ws.send_bytes(frame)
+                except (ConnectionError, aiohttp.ClientError, RuntimeError):
+                    return

@@ -1,0 +1,80 @@
+"""Agent settings: ``agent.toml`` in the data directory (optional), read once and frozen.
+
+Example::
+
+    proxy = "http://proxy.site:3128"      # else HTTPS_PROXY / NO_PROXY from the environment
+    [hooks]                               # system actions; absent = refused on this host
+    reboot = ["systemctl", "reboot"]
+    shutdown = ["systemctl", "poweroff"]
+    restart_service = ["systemctl", "restart"]   # the service name is appended
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AgentSettings", "AgentSettingsError", "load_agent_settings"]
+
+
+class AgentSettingsError(ValueError):
+    """``agent.toml`` is unreadable or a setting is wrong; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    data_dir: Path
+    cloud_url: str | None = None  # overrides the URL recorded at enrollment
+    proxy: str | None = None
+    trust_env: bool = True  # honour HTTPS_PROXY / NO_PROXY
+    max_frame: int = 1 << 20
+    reconnect_cap: float = 60.0
+    hooks: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def identity_dir(self) -> Path:
+        return self.data_dir / "identity"
+
+    @property
+    def state_db(self) -> Path:
+        return self.data_dir / "agent.db"
+
+
+_HOOKS = {"reboot", "shutdown", "restart_service"}
+
+
+def load_agent_settings(data_dir: Path, **overrides: Any) -> AgentSettings:
+    path = data_dir / "agent.toml"
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise AgentSettingsError(f"{path}: {exc}") from None
+    hooks = raw.pop("hooks", {})
+    if not isinstance(hooks, dict):
+        raise AgentSettingsError(f"{path}: [hooks] must be a table")
+    for name, argv in hooks.items():
+        if name not in _HOOKS:
+            raise AgentSettingsError(f"{path}: unknown hook {name!r} (known: {sorted(_HOOKS)})")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise AgentSettingsError(f"{path}: hook {name!r} must be a non-empty list of strings")
+    values: dict[str, Any] = {"data_dir": data_dir, "hooks": hooks}
+    for name in ("cloud_url", "proxy"):
+        if name in raw:
+            if not isinstance(raw[name], str):
+                raise AgentSettingsError(f"{path}: setting {name!r} must be a string")
+            values[name] = raw.pop(name)
+    if "trust_env" in raw:
+        values["trust_env"] = bool(raw.pop("trust_env"))
+    if "reconnect_cap" in raw:
+        cap = raw.pop("reconnect_cap")
+        if not isinstance(cap, int | float) or cap < 1:
+            raise AgentSettingsError(f"{path}: 'reconnect_cap' must be a number >= 1")
+        values["reconnect_cap"] = float(cap)
+    if raw:
+        raise AgentSettingsError(f"{path}: unknown settings {sorted(raw)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return AgentSettings(**values)
