@@ -169,6 +169,11 @@ def _translate_client_error(exc: aiohttp.ClientError | TimeoutError, url: URL) -
             f"({exc.certificate_error}); a TLS-inspecting proxy may be intercepting the "
             f"connection (exempt this host from decryption), or this is not the tether server"
         )
+    if isinstance(exc, aiohttp.ClientConnectorError):  # includes proxy connection failures
+        reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
+        return EstTransportError(
+            f"EST request to {url}: cannot connect to {exc.host}:{exc.port}: {reason}"
+        )
     if isinstance(exc, TimeoutError):
         return EstTransportError(f"EST request to {url} timed out")
     return EstTransportError(f"EST request to {url} failed: {exc}")
