@@ -1,0 +1,188 @@
+"""Upload of spooled observations: batches with (stream, sequence range), deleted only on ack.
+
+At-least-once on the wire: after a link opens, everything still in the spool is sent again from
+the oldest unacknowledged sequence; the cloud deduplicates on (gateway, stream, sequence). A small
+window of batches in flight keeps a replay after an outage at link speed without starving live
+data or commands: the link interleaves other messages between batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tether.gateway.spool import AsyncSpool
+from tether.protocol.codec import HEADER, encode_frame
+from tether.protocol.messages import (
+    DropReport,
+    DropReportAck,
+    Message,
+    TelemetryAck,
+    TelemetryBatch,
+    TelemetryReject,
+)
+
+__all__ = ["Uploader", "UploaderStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class UploaderStats:
+    batches_sent: int = 0
+    observations_sent: int = 0
+    observations_acked: int = 0
+    duplicates: int = 0
+    rejected_batches: int = 0
+    rejected_observations: int = 0
+    last_reject: str | None = None
+
+
+class Uploader:
+    def __init__(
+        self,
+        spool: AsyncSpool,
+        *,
+        max_batch: int = 2000,
+        window: int = 4,
+        max_frame: int = 1 << 20,
+    ) -> None:
+        self.spool = spool
+        self.max_batch = max_batch
+        self.window = window
+        self.max_frame = max_frame
+        self.stats = UploaderStats()
+        self._send: Callable[[Message], None] | None = None
+        self._sent_upto: dict[str, int] = {}  # per stream: highest sequence sent on this link
+        self._in_flight: list[tuple[str, int]] = []  # (stream, last_seq) awaiting an ack
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- link events -------------------------------------------------------------------------
+
+    def on_link_open(self, send: Callable[[Message], None]) -> None:
+        self._send = send
+        self._sent_upto.clear()
+        self._in_flight.clear()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._pump())
+        self._wake.set()
+
+    def on_link_closed(self) -> None:
+        self._send = None
+        self._in_flight.clear()
+        self._sent_upto.clear()
+
+    def wake(self) -> None:
+        """New observations are in the spool."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def on_message(self, message: Message) -> bool:
+        """Handle telemetry-related messages; False if *message* is not one."""
+        if isinstance(message, TelemetryAck):
+            removed = await self.spool.ack(message.stream, message.last_seq)
+            self.stats.observations_acked += removed
+            self.stats.duplicates += message.duplicates
+            self._in_flight = [
+                (s, last)
+                for s, last in self._in_flight
+                if not (s == message.stream and last <= message.last_seq)
+            ]
+            self._wake.set()
+            return True
+        if isinstance(message, TelemetryReject):
+            await self._rejected(message)
+            return True
+        if isinstance(message, DropReportAck):
+            await self.spool.clear_drop_report(message.stream, message.dropped_total)
+            return True
+        return False
+
+    async def _rejected(self, message: TelemetryReject) -> None:
+        self.stats.rejected_batches += 1
+        self.stats.last_reject = message.reason
+        self._in_flight = [
+            (s, last)
+            for s, last in self._in_flight
+            if not (s == message.stream and last <= message.last_seq)
+        ]
+        if message.permanent:
+            # The cloud will never take these rows; keeping them would block the stream forever.
+            # They are counted and the reason logged, never dropped silently.
+            removed = await self.spool.ack(message.stream, message.last_seq)
+            self.stats.rejected_observations += removed
+            log.error(
+                "cloud rejected %s %d..%d for good (%s); %d observations removed from the spool",
+                message.stream,
+                message.first_seq,
+                message.last_seq,
+                message.reason,
+                removed,
+            )
+        else:
+            self._sent_upto[message.stream] = message.first_seq - 1
+            log.warning(
+                "cloud deferred %s %d..%d: %s",
+                message.stream,
+                message.first_seq,
+                message.last_seq,
+                message.reason,
+            )
+        self._wake.set()
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._send_drop_reports()
+            while self._send is not None and len(self._in_flight) < self.window:
+                batches = await self.spool.peek(max_items=self.max_batch, after=self._sent_upto)
+                if not batches or self._send is None:
+                    break
+                for batch in batches:
+                    if self._send is None or len(self._in_flight) >= self.window:
+                        break
+                    for message in self._split(
+                        TelemetryBatch(
+                            stream=batch.stream,
+                            first_seq=batch.first_seq,
+                            last_seq=batch.last_seq,
+                            observations=batch.observations,
+                        )
+                    ):
+                        self._send(message)
+                        self.stats.batches_sent += 1
+                        self.stats.observations_sent += len(message.observations)
+                    self._sent_upto[batch.stream] = batch.last_seq
+                    self._in_flight.append((batch.stream, batch.last_seq))
+
+    def _split(self, batch: TelemetryBatch) -> list[TelemetryBatch]:
+        """Halve a batch until each part fits the link's frame limit."""
+        if len(encode_frame(batch)) - HEADER.size <= self.max_frame or len(batch.observations) == 1:
+            return [batch]
+        half = len(batch.observations) // 2
+        head = TelemetryBatch(
+            batch.stream, batch.first_seq, batch.first_seq + half - 1, batch.observations[:half]
+        )
+        tail = TelemetryBatch(
+            batch.stream, batch.first_seq + half, batch.last_seq, batch.observations[half:]
+        )
+        return self._split(head) + self._split(tail)
+
+    async def _send_drop_reports(self) -> None:
+        if self._send is None:
+            return
+        for stream, count in (await self.spool.drop_report()).items():
+            if count.pending > 0 and self._send is not None:
+                self._send(DropReport(stream=stream, dropped_total=count.total))
