@@ -8,6 +8,8 @@ import ipaddress
 import os
 import ssl
 import stat
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -15,7 +17,7 @@ from typing import TypeVar
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -266,6 +268,27 @@ def test_weak_keys_are_refused(ca: CertificateAuthority, make_key: object, messa
     with pytest.raises(WeakKey, match=message) as caught:
         ca.issue_client(csr, gateway_id="gw", lifetime=timedelta(days=1), now=NOW)
     assert isinstance(caught.value, CsrInvalid)
+
+
+def test_dsa_keys_are_refused(ca: CertificateAuthority) -> None:
+    key = dsa.generate_private_key(2048)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    with pytest.raises(WeakKey, match="DSA"):
+        ca.issue_client(csr, gateway_id="gw", lifetime=timedelta(days=1), now=NOW)
+
+
+def test_package_import_does_not_pull_in_aiohttp() -> None:
+    # The cloud imports the CA and the codec; only the EST client needs aiohttp.
+    code = (
+        "import sys, tether.pki, tether.pki.ca, tether.pki.est, tether.pki.keys\n"
+        "assert 'aiohttp' not in sys.modules, 'aiohttp imported'\n"
+        "assert tether.pki.PkiError is tether.pki.ca.PkiError\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_bad_csr_signature_is_refused(ca: CertificateAuthority) -> None:

@@ -113,7 +113,12 @@ def _est_app(
             return web.Response(status=401, text="client certificate required")
         return _issue(ca, await request.read(), gateway_id_from_certificate(peer))
 
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound(est.CACERTS_PATH)
+
     app = web.Application()
+    app.router.add_get("/moved" + est.CACERTS_PATH, moved)
+    app.router.add_get("/prefixed" + est.CACERTS_PATH, cacerts)
     app.router.add_get(est.CACERTS_PATH, cacerts)
     app.router.add_post(est.SIMPLEENROLL_PATH, simpleenroll_handler)
     app.router.add_post(est.SIMPLEREENROLL_PATH, simplereenroll_handler)
@@ -240,6 +245,18 @@ async def test_bootstrap_refuses_a_server_certificate_for_another_host(
     async with est_server_factory(hostnames=("elsewhere.example",)) as server:
         with pytest.raises(ServerCertificateRejected, match="subjectAltName"):
             await fetch_cacerts_bootstrap(server.base_url, platform_ca.fingerprint())
+
+
+async def test_bootstrap_honours_a_path_prefix_and_does_not_follow_redirects(
+    est_server: EstServer, platform_ca: CertificateAuthority
+) -> None:
+    fingerprint = platform_ca.fingerprint()
+    ca = await fetch_cacerts_bootstrap(est_server.base_url + "/prefixed/", fingerprint)
+    assert ca == platform_ca.certificate
+    with pytest.raises(EstHttpError) as caught:
+        await fetch_cacerts_bootstrap(est_server.base_url + "/moved", fingerprint)
+    assert caught.value.status == 302
+    assert est_server.cacerts_requests == 1
 
 
 async def test_bootstrap_argument_errors(platform_ca: CertificateAuthority) -> None:

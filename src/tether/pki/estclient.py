@@ -50,6 +50,14 @@ from tether.pki.keys import check_private_mode
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "CaFingerprintMismatch",
+    "EnrollmentPending",
+    "EnrollmentRefused",
+    "EstError",
+    "EstHttpError",
+    "EstProtocolError",
+    "EstTransportError",
+    "ServerCertificateRejected",
     "client_ssl_context",
     "fetch_cacerts_bootstrap",
     "normalize_fingerprint",
@@ -197,8 +205,15 @@ async def _exchange(
     )
     try:
         async with session:
+            # Redirects are not followed: an EST server answers at the URL it was given.
             response = await session.request(
-                method, url, ssl=context, proxy=proxy, headers=headers, data=data
+                method,
+                url,
+                ssl=context,
+                proxy=proxy,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
             )
             async with response:
                 if not isinstance(response, _PeerCertResponse):  # pragma: no cover
