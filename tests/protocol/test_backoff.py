@@ -145,4 +145,4 @@ def test_the_generator_is_endless() -> None:
 )
 def test_bad_parameters_raise_at_the_call(options: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="backoff needs"):
-        backoff_delays(**options)  # no next(): the mistake shows where it is made
+        backoff_delays(**options)  # type: ignore[arg-type]  # no next(): fails at the call

@@ -307,8 +307,8 @@ def test_corrupt_frame_during_handshake_closes() -> None:
 
 def test_messages_flow_both_ways_in_order() -> None:
     pair = _opened()
-    up = [_batch(1), _batch(2), HealthReport(ts=1.0, data={"cpu": 0.1})]
-    down = [
+    up: list[Message] = [_batch(1), _batch(2), HealthReport(ts=1.0, data={"cpu": 0.1})]
+    down: list[Message] = [
         TelemetryAck(stream="s", last_seq=2, accepted=2),
         CommandRequest(command_id="c1", kind="noop", args={}, expires_at=0.0),
     ]
@@ -468,7 +468,7 @@ def test_server_times_out_when_the_client_goes_silent() -> None:
     pair.server.tick(deadline - 0.001)
     assert pair.server.state is SessionState.OPEN
     pair.server.tick(deadline)
-    assert pair.server.state is SessionState.CLOSED
+    assert pair.server.state is SessionState.CLOSED  # type: ignore[comparison-overlap]
     assert pair.server.close_code == CloseCode.HEARTBEAT_TIMEOUT
     assert pair.server.events() == [
         LinkClosed(CloseCode.HEARTBEAT_TIMEOUT, pair.server.close_reason, False)
@@ -494,7 +494,7 @@ def test_client_handshake_timeout() -> None:
     pair.client.tick(start + 4.999)
     assert pair.client.state is SessionState.HANDSHAKE
     pair.client.tick(start + 5.0)
-    assert pair.client.state is SessionState.CLOSED
+    assert pair.client.state is SessionState.CLOSED  # type: ignore[comparison-overlap]
     assert pair.client.close_code == CloseCode.HEARTBEAT_TIMEOUT
     assert "handshake" in pair.client.close_reason
 
