@@ -95,6 +95,9 @@ def client_ssl_context(
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname on
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.verify_flags |= ssl.VERIFY_X509_STRICT
+    # Offer ALPN like every browser does: some firewalls and load balancers classify or route
+    # on it, and WebSocket upgrades and EST both run over HTTP/1.1.
+    context.set_alpn_protocols(["http/1.1"])
     try:
         if isinstance(ca, x509.Certificate):
             context.load_verify_locations(
@@ -128,6 +131,7 @@ def _bootstrap_ssl_context() -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
     return context
 
 
