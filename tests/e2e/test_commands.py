@@ -1,0 +1,95 @@
+"""Enrollment, link and command round trips between a real cloud and a real agent over TLS."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import httpx
+
+from tests.e2e.conftest import StartAgent
+from tests.support.cloudproc import run_command, wait_for, wait_gateway
+from tether import __version__
+
+
+def _times(command: dict[str, object]) -> list[datetime]:
+    stamps = [command["created_at"], command["delivered_at"], command["started_at"]]
+    stamps.append(command["finished_at"])
+    assert all(isinstance(s, str) for s in stamps), command
+    return [datetime.fromisoformat(str(s)) for s in stamps]
+
+
+async def test_enrolled_agent_links_and_shows_in_the_fleet(
+    api: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    gw = await start_agent("building-1")
+    assert gw.agent.status.tier == "ws"
+    gateway = await wait_gateway(api, gw.gateway_id, lambda g: g["linked"], what="linked")
+    assert gateway["name"] == "building-1"
+    assert gateway["tier"] == "ws"
+    assert gateway["agent_version"] == __version__
+    assert gateway["revoked"] is False
+    assert gateway["peer"] == "127.0.0.1"
+    assert gateway["cert_not_after"] is not None
+    listing = (await api.get("/api/v1/gateways")).json()
+    assert [g["id"] for g in listing] == [gw.gateway_id]
+
+
+async def test_ping_round_trip_records_every_state(
+    api: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    gw = await start_agent("building-1")
+    done = await run_command(api, gw.gateway_id, "ping")
+    assert done["state"] == "succeeded", done
+    assert done["error"] is None
+    assert done["result"]["pong"] is True
+    assert done["result"]["agent_version"] == __version__
+    created, delivered, started, finished = _times(done)
+    assert created <= delivered <= started <= finished
+    # The agent stops re-sending the outcome once the cloud acknowledged it.
+    entry = await wait_for(
+        lambda: (e := gw.agent.ledger.get(done["id"])) is not None and e.acked_state == e.state and e,
+        what="the cloud's acknowledgement in the agent's ledger",
+    )
+    assert entry.state == "succeeded"
+    assert gw.agent.ledger.unacknowledged() == []
+
+
+async def test_metrics_round_trip(api: httpx.AsyncClient, start_agent: StartAgent) -> None:
+    gw = await start_agent("building-1")
+    done = await run_command(api, gw.gateway_id, "metrics")
+    assert done["state"] == "succeeded", done
+    result = done["result"]
+    assert 0 <= result["cpu_percent"] <= 100 * result["cpu_count"]
+    assert result["memory"]["total"] > 0
+    assert 0 < result["memory"]["available"] <= result["memory"]["total"]
+    assert result["disk"]["total"] > 0
+    assert 0 <= result["disk"]["free"] <= result["disk"]["total"]
+    assert result["disk"]["path"] == str(gw.agent.settings.data_dir)
+    assert result["agent"]["version"] == __version__
+    assert result["agent"]["rss"] > 0
+    assert all(t is not None for t in _times(done))
+
+
+async def test_a_failing_command_is_reported_failed_with_its_reason(
+    api: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    gw = await start_agent("building-1")
+    refused = await run_command(api, gw.gateway_id, "reboot")
+    assert refused["state"] == "failed"
+    assert "no reboot hook is configured" in refused["error"]
+    unknown = await run_command(api, gw.gateway_id, "no-such-kind")
+    assert unknown["state"] == "failed"
+    assert "unknown command kind 'no-such-kind'" in unknown["error"]
+
+
+async def test_commands_reach_only_their_own_gateway(
+    api: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    first = await start_agent("building-1")
+    second = await start_agent("building-2")
+    done = await run_command(api, second.gateway_id, "set-config", {"label": "north wing"})
+    assert done["state"] == "succeeded", done
+    assert done["result"] == {"config": {"label": "north wing"}}
+    assert second.agent.runtime_config == {"label": "north wing"}
+    assert first.agent.runtime_config == {}
+    assert first.agent.ledger.get(done["id"]) is None
