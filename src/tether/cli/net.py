@@ -1,7 +1,176 @@
-"""``tether net …``: network-requirements documents, firewall rules and the preflight check."""
+"""``tether net …``: network-requirements documents, firewall rules and the preflight check.
+
+``docs``, ``rules`` and ``diff`` read tether's own manifest (generated from ``--hostname`` /
+``TETHER_HOSTNAME``) unless ``--manifest`` names another one: a TOML or JSON file, an
+``https://`` URL of a served manifest, or a shipped reference (``tether net formats`` lists them).
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+import httpx
 import typer
 
+from tether.cli.output import console, print_json, table
+from tether.netreq.catalog import REFERENCE_MANIFESTS, load_reference
+from tether.netreq.diff import DIFF_FORMATS
+from tether.netreq.loader import ManifestError, load_manifest, parse_manifest
+from tether.netreq.model import Manifest
+from tether.netreq.own import DEFAULT_HOSTNAME, DeploymentSettings, SettingsError
+from tether.netreq.own import build_own_manifest as _build_own
+from tether.netreq.render import (
+    DOCUMENT_FORMATS,
+    RULE_FORMATS,
+    RuleOptions,
+    UnknownFormat,
+    build_rules,
+    diff_manifests,
+    render_diff,
+    render_document,
+)
+
 app = typer.Typer(help="Network requirements: documents, firewall rules, preflight check.")
+
+_FETCH_TIMEOUT = 15.0
+
+_MANIFEST_HELP = (
+    "Manifest to read: a .toml/.json file, an https:// URL or a shipped reference name. "
+    "Default: tether's own manifest for --hostname."
+)
+_HOSTNAME_HELP = "The cloud's hostname, for tether's own manifest."
+
+
+class _Failed(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def _fetch(url: str) -> Manifest:
+    try:
+        response = httpx.get(url, timeout=_FETCH_TIMEOUT, follow_redirects=True)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise _Failed(f"{url}: {exc}") from exc
+    return parse_manifest(response.content, source=url, fmt="json")
+
+
+def _read(ref: str | None, hostname: str) -> Manifest:
+    """A manifest from a file, a URL, a reference name, or tether's own (``ref`` is None)."""
+    try:
+        if ref is None:
+            return _build_own(DeploymentSettings(hostname=hostname.lower()))
+        if ref.startswith(("https://", "http://")):
+            return _fetch(ref)
+        path = Path(ref)
+        if not path.exists() and ref in REFERENCE_MANIFESTS:
+            return load_reference(ref)
+        return load_manifest(path)
+    except (ManifestError, SettingsError) as exc:
+        raise _Failed(str(exc)) from exc
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise _Failed(f"{path}: {exc.strerror or exc}") from exc
+
+
+@app.command("docs")
+def docs(
+    fmt: str = typer.Option("md", "--format", "-f", help="md, html, csv or json."),
+    manifest: str | None = typer.Option(None, "--manifest", "-m", help=_MANIFEST_HELP),
+    hostname: str = typer.Option(
+        DEFAULT_HOSTNAME, "--hostname", envvar="TETHER_HOSTNAME", help=_HOSTNAME_HELP
+    ),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file."),
+) -> None:
+    """The network-requirements document for site IT: Markdown, standalone HTML, CSV or JSON."""
+    try:
+        text = render_document(_read(manifest, hostname), fmt)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            _write(output, text)
+    except (_Failed, UnknownFormat) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command("rules")
+def rules(
+    fmt: str = typer.Option(..., "--format", "-f", help=f"One of: {', '.join(RULE_FORMATS)}."),
+    manifest: str | None = typer.Option(None, "--manifest", "-m", help=_MANIFEST_HELP),
+    hostname: str = typer.Option(
+        DEFAULT_HOSTNAME, "--hostname", envvar="TETHER_HOSTNAME", help=_HOSTNAME_HELP
+    ),
+    legacy: bool = typer.Option(True, "--legacy/--no-legacy", help="Include legacy endpoints."),
+    optional: bool = typer.Option(
+        True, "--optional/--required-only", help="Include optional endpoints."
+    ),
+    prefix: str | None = typer.Option(None, "--prefix", help="Prefix of object names."),
+    output_dir: Path | None = typer.Option(
+        None, "--output-dir", "-o", help="Write each file of the format into this directory."
+    ),
+) -> None:
+    """Firewall configuration generated from the manifest, in one vendor's format.
+
+    Whatever the format cannot express exactly (a wildcard on a firewall that takes exact names
+    only, a protocol its filter cannot see) is listed on stderr.
+    """
+    try:
+        out = build_rules(
+            _read(manifest, hostname),
+            fmt,
+            RuleOptions(include_legacy=legacy, include_optional=optional, prefix=prefix),
+        )
+        if output_dir is None:
+            sys.stdout.write(out.text)
+        else:
+            for name, content in out.files:
+                _write(output_dir / name, content)
+                typer.echo(f"wrote {output_dir / name}", err=True)
+    except (_Failed, UnknownFormat) as exc:
+        raise _fail(str(exc)) from None
+    for gap in out.gaps:
+        typer.echo(f"note: {gap}", err=True)
+
+
+@app.command("diff")
+def diff(
+    old: str = typer.Argument(..., help="The manifest the site has configured (file, URL, name)."),
+    new: str = typer.Argument(..., help="The new manifest (file, URL or reference name)."),
+    fmt: str = typer.Option("text", "--format", "-f", help=f"One of: {', '.join(DIFF_FORMATS)}."),
+    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
+    exit_code: bool = typer.Option(
+        False, "--exit-code", help="Exit with status 3 when the site must allow something new."
+    ),
+) -> None:
+    """What changed between two manifests, and what a site must change in its firewall."""
+    try:
+        d = diff_manifests(_read(old, DEFAULT_HOSTNAME), _read(new, DEFAULT_HOSTNAME))
+        sys.stdout.write(render_diff(d, "json" if as_json else fmt))
+    except (_Failed, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if exit_code and d.action_required:
+        raise typer.Exit(3)
+
+
+@app.command("formats")
+def formats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Document formats, firewall formats and the shipped reference manifests."""
+    rows = (
+        [("document", f) for f in DOCUMENT_FORMATS]
+        + [("rules", f) for f in RULE_FORMATS]
+        + [("reference", n) for n in REFERENCE_MANIFESTS]
+    )
+    if as_json:
+        print_json([{"kind": k, "name": n} for k, n in rows])
+        return
+    table("Network-requirements formats", ["kind", "name"], rows)
+    console.print("Use: tether net docs -f FORMAT | tether net rules -f FORMAT [-m MANIFEST]")

@@ -50,7 +50,10 @@ def render(m: Manifest, options: RuleOptions) -> RuleOutput:
             gaps.append(t.gap(GapKind.NOT_EXPRESSIBLE, "UDP does not pass an HTTP proxy"))
         elif not t.proxy_ok:
             gaps.append(
-                t.gap(GapKind.NOT_EXPRESSIBLE, "does not work through an HTTP proxy; allow direct")
+                t.gap(
+                    GapKind.NOT_EXPRESSIBLE,
+                    "not stated to work through an HTTP proxy; allow it directly",
+                )
             )
         else:
             usable.append(t)
