@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-
-from tests.support.cloudproc import Cloud, RunningAgent, create_token, running_agent, running_cloud
-
-StartAgent = Callable[..., Awaitable[RunningAgent]]
+from tests.support.cloudproc import (
+    Cloud,
+    RunningAgent,
+    StartAgent,
+    create_token,
+    running_agent,
+    running_cloud,
+)
 
 _HERE = Path(__file__).parent
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 import httpx
+from tests.support.cloudproc import StartAgent, run_command, wait_for, wait_gateway
 
-from tests.e2e.conftest import StartAgent
-from tests.support.cloudproc import run_command, wait_for, wait_gateway
 from tether import __version__
+from tether.gateway.ledger import LedgerEntry
 
 
 def _times(command: dict[str, object]) -> list[datetime]:
@@ -45,11 +45,13 @@ async def test_ping_round_trip_records_every_state(
     assert done["result"]["agent_version"] == __version__
     created, delivered, started, finished = _times(done)
     assert created <= delivered <= started <= finished
+
     # The agent stops re-sending the outcome once the cloud acknowledged it.
-    entry = await wait_for(
-        lambda: (e := gw.agent.ledger.get(done["id"])) is not None and e.acked_state == e.state and e,
-        what="the cloud's acknowledgement in the agent's ledger",
-    )
+    def acknowledged() -> LedgerEntry | None:
+        entry = gw.agent.ledger.get(done["id"])
+        return entry if entry is not None and entry.acked_state == entry.state else None
+
+    entry = await wait_for(acknowledged, what="the acknowledgement in the agent's ledger")
     assert entry.state == "succeeded"
     assert gw.agent.ledger.unacknowledged() == []
 

@@ -58,6 +58,7 @@ __all__ = [
     "CloudProcess",
     "RawLink",
     "RunningAgent",
+    "StartAgent",
     "agent_settings",
     "cloud_settings",
     "create_token",
@@ -479,6 +480,10 @@ def start_agent(
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(agent.run(stop))
     return RunningAgent(agent=agent, task=task, stop_event=stop)
+
+
+#: ``await start_agent("name", **settings)``: enroll a new gateway and run its agent (fixture).
+StartAgent = Callable[..., Awaitable[RunningAgent]]
 
 
 @asynccontextmanager
