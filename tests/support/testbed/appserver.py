@@ -1,13 +1,15 @@
 """The tether application endpoints over real TLS, served by aiohttp in a background thread.
 
 Serves what ``tether.netcheck.http`` probes: ``GET /.well-known/tether/hello`` (JSON with
-``"service": "tether"``), the WebSocket upgrade at ``/link`` and the long-poll at ``/link/poll``.
+``"service": "tether"``), the WebSocket upgrade at ``/link``, the long-poll at ``/link/poll`` and
+the EST CA distribution ``/.well-known/est/cacerts`` (RFC 7030, base64 PKCS#7 of the CA).
 With ``tether=False`` the same server answers 404 everywhere (some other web server).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import threading
 from collections.abc import Iterator
@@ -16,14 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import WSMsgType, web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
 
 from tests.support.testbed.certs import TestCA
 
 _MAX_POLL_WAIT = 10.0
 
 
-def _build_app(*, tether: bool) -> web.Application:
+def _build_app(*, tether: bool, cacerts: bytes) -> web.Application:
     app = web.Application()
+
+    async def est_cacerts(request: web.Request) -> web.Response:
+        return web.Response(
+            body=cacerts,
+            content_type="application/pkcs7-mime",
+            headers={"Content-Transfer-Encoding": "base64"},
+        )
 
     async def hello(request: web.Request) -> web.Response:
         return web.json_response({"service": "tether", "version": "test"})
@@ -55,6 +66,7 @@ def _build_app(*, tether: bool) -> web.Application:
         app.router.add_get("/.well-known/tether/hello", hello)
         app.router.add_get("/link", link)
         app.router.add_get("/link/poll", poll)
+        app.router.add_get("/.well-known/est/cacerts", est_cacerts)
     app.router.add_route("*", "/{tail:.*}", generic)
     return app
 
@@ -67,6 +79,7 @@ class AppServer:
     host: str = "127.0.0.1"
     port: int = 0
     tether: bool = True
+    cacerts: bytes = b""  # base64 PKCS#7 served at /.well-known/est/cacerts
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     _ready: threading.Event = field(default_factory=threading.Event)
     _error: BaseException | None = None
@@ -82,7 +95,9 @@ class AppServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        runner = web.AppRunner(_build_app(tether=self.tether), access_log=None)
+        runner = web.AppRunner(
+            _build_app(tether=self.tether, cacerts=self.cacerts), access_log=None
+        )
         try:
             self._loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
@@ -106,6 +121,12 @@ class AppServer:
             self._thread.join(timeout=15)
 
 
+def est_cacerts_body(ca: TestCA) -> bytes:
+    """The CA as an EST ``cacerts`` answer: base64 of a certs-only PKCS#7."""
+    der = pkcs7.serialize_certificates([ca.cert], serialization.Encoding.DER)
+    return base64.encodebytes(der)
+
+
 def server_context(ca: TestCA, names: list[str], directory: Path) -> ssl.SSLContext:
     """A TLS 1.2+ server context presenting a certificate from ``ca`` for ``names``."""
     cert_path, key_path = ca.issue_server(names).write(directory, stem="app-" + names[0])
@@ -126,7 +147,11 @@ def app_server(
     tether: bool = True,
 ) -> Iterator[AppServer]:
     server = AppServer(
-        ssl_context=server_context(ca, names, directory), host=host, port=port, tether=tether
+        ssl_context=server_context(ca, names, directory),
+        host=host,
+        port=port,
+        tether=tether,
+        cacerts=est_cacerts_body(ca),
     ).start()
     try:
         yield server

@@ -1,0 +1,88 @@
+"""Resolution through a specific resolver, against the test bed's DNS server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tests.support.testbed.dnsserver import DNSServer
+
+from tether.netcheck.dns import Outcome, Resolver, dedupe, parse_resolver, resolve, system_resolvers
+
+
+@pytest.mark.parametrize(
+    ("text", "address", "port"),
+    [
+        ("192.0.2.1", "192.0.2.1", 53),
+        ("192.0.2.1:5353", "192.0.2.1", 5353),
+        ("::1", "::1", 53),
+        ("[::1]:5353", "::1", 5353),
+        ("[2001:db8::1]", "2001:db8::1", 53),
+    ],
+)
+def test_parse_resolver(text: str, address: str, port: int) -> None:
+    resolver = parse_resolver(text)
+    assert (resolver.address, resolver.port) == (address, port)
+
+
+@pytest.mark.parametrize("text", ["resolver.test", "192.0.2.1:x", "[::1]x", "192.0.2.1:70000"])
+def test_parse_resolver_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="bad resolver"):
+        parse_resolver(text)
+
+
+def test_resolv_conf(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(
+        "# generated\nsearch site.test\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\n"
+        "nameserver bogus\noptions edns0\n"
+    )
+    assert [(r.address, r.source) for r in system_resolvers(conf)] == [
+        ("192.0.2.53", "system"),
+        ("fe80::1", "system"),
+    ]
+    assert system_resolvers(tmp_path / "missing") == []
+
+
+def test_dedupe_merges_sources() -> None:
+    merged = dedupe([Resolver("192.0.2.1", 53, "system"), Resolver("192.0.2.1", 53, "dhcp eth0")])
+    assert merged == [Resolver("192.0.2.1", 53, "system, dhcp eth0")]
+
+
+async def test_resolve_outcomes(dns_factory: Callable[..., DNSServer]) -> None:
+    server = dns_factory(
+        {
+            "api.site.test": ["127.0.0.1", "::1"],
+            "v4only.site.test": ["127.0.0.2"],
+            "*.wild.site.test": ["127.0.0.3"],
+        },
+        nxdomain=["gone.site.test"],
+        silent=["slow.site.test"],
+    )
+    resolver = Resolver("127.0.0.1", server.port)
+
+    ok = await resolve("api.site.test", resolver)
+    assert ok.outcome is Outcome.OK
+    assert ok.ipv4 == ("127.0.0.1",)
+    assert ok.ipv6 == ("::1",)
+    assert (await resolve("x.wild.site.test", resolver)).addresses == ("127.0.0.3",)
+    assert (await resolve("gone.site.test", resolver)).outcome is Outcome.NXDOMAIN
+    assert (await resolve("v4only.site.test", resolver)).ipv6 == ()
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await resolve("slow.site.test", resolver)
+    assert ("slow.site.test", "A") in server.queries
+
+
+async def test_resolver_port_closed() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Nothing listens: the query goes unanswered, which the caller's bound turns into a timeout.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await resolve("api.site.test", Resolver("127.0.0.1", port))
