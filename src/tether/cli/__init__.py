@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from tether import __version__
-from tether.cli import cloud, demo, gateway, net, ops
+from tether.cli import cloud, demo, gateway, net, ops, points
 
 app = typer.Typer(
     name="tether",
@@ -18,6 +18,8 @@ app.add_typer(gateway.app, name="gateway")
 app.add_typer(ops.gateways_app, name="gateways")
 app.add_typer(ops.command_app, name="command")
 app.add_typer(ops.token_app, name="token")
+app.add_typer(points.points_app, name="points")
+app.add_typer(points.config_app, name="config")
 app.add_typer(net.app, name="net")
 app.command("demo")(demo.demo)
 

@@ -69,6 +69,22 @@ async def _run_demo(gateways: int, seconds: float | None, data_dir: Path, port: 
             identity = await enroll(
                 response.json()["enrollment_code"], agent_settings.identity_dir, trust_env=False
             )
+            connectors = {
+                "instances": {
+                    "building": {
+                        "connector": "simulated-building",
+                        "config": {
+                            "seed": i,
+                            "building": f"Demo Building {i}",
+                            "poll_interval": 5.0,
+                        },
+                    }
+                }
+            }
+            put = await api.put(
+                f"/api/v1/gateways/{identity.gateway_id}/config/connectors", json=connectors
+            )
+            put.raise_for_status()
             agent = Agent(agent_settings, identity)
             agents.append(loop.create_task(agent.run(stop)))
     for _ in range(100):
@@ -96,6 +112,8 @@ async def _run_demo(gateways: int, seconds: float | None, data_dir: Path, port: 
     console.print(f"  .venv/bin/tether command send {first} ping --wait", highlight=False)
     console.print(f"  .venv/bin/tether command send {first} metrics --wait", highlight=False)
     console.print("  .venv/bin/tether command list", highlight=False)
+    console.print(f"  .venv/bin/tether points list {first}", highlight=False)
+    console.print(f"  .venv/bin/tether points tail {first}", highlight=False)
     console.print("  .venv/bin/tether token create --name another-building", highlight=False)
     console.print("  .venv/bin/tether net docs --format md", highlight=False)
     console.print(

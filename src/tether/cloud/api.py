@@ -123,6 +123,54 @@ class AuditOut(msgspec.Struct):
     source: str | None
 
 
+class ConfigOut(msgspec.Struct):
+    section: str
+    version: int
+    data: dict[str, Any]
+    updated_at: datetime
+    updated_by: str
+    applied_version: int | None
+    applied_error: str | None
+    applied_at: datetime | None
+
+
+class PointOut(msgspec.Struct):
+    point_id: str
+    device_id: str
+    name: str
+    kind: str
+    unit: str
+    writable: bool
+    last_ts: float | None
+    last_value: float | str | None
+
+
+class DeviceOut(msgspec.Struct):
+    device_id: str
+    connector: str
+    name: str
+    kind: str
+    vendor: str
+    model: str
+    location: str
+
+
+class ObservationOut(msgspec.Struct, array_like=False):
+    point_id: str
+    ts: float
+    value: float | str | None
+    quality: str
+
+
+class StreamOut(msgspec.Struct):
+    stream: str
+    last_seq: int
+    accepted: int
+    duplicates: int
+    gaps: int
+    dropped_on_gateway: int
+
+
 class WhoAmI(msgspec.Struct):
     name: str
     role: str
@@ -418,6 +466,132 @@ async def list_audit(request: web.Request, state: CloudState, p: Principal) -> l
     ]
 
 
+_SECTION = re.compile(r"[a-z][a-z0-9-]{0,63}")
+
+
+async def put_config(request: web.Request, state: CloudState, p: Principal) -> ConfigOut:
+    gateway_id = request.match_info["gateway_id"]
+    section = request.match_info["section"]
+    if not _SECTION.fullmatch(section):
+        raise _error(400, f"configuration section {section!r} is not a valid name")
+    await _gateway(state, gateway_id)
+    body = await _decode(request, dict[str, Any])
+    record = await state.service.config.put(gateway_id, section, body, by=p.actor)
+    await _audit(
+        request, state, p, "config.set", gateway_id, {"section": section, "version": record.version}
+    )
+    await state.hub.wake(gateway_id)
+    await state.store.notify_command(gateway_id)
+    return _config_out(await state.service.config.get(gateway_id, section) or record)
+
+
+def _config_out(c: Any) -> ConfigOut:
+    return ConfigOut(
+        section=c.section,
+        version=c.version,
+        data=c.data,
+        updated_at=c.updated_at,
+        updated_by=c.updated_by,
+        applied_version=c.applied_version,
+        applied_error=c.applied_error,
+        applied_at=c.applied_at,
+    )
+
+
+async def get_config(request: web.Request, state: CloudState, p: Principal) -> list[ConfigOut]:
+    gateway_id = request.match_info["gateway_id"]
+    await _gateway(state, gateway_id)
+    return [_config_out(c) for c in await state.service.config.all_for(gateway_id)]
+
+
+async def list_points(request: web.Request, state: CloudState, p: Principal) -> list[PointOut]:
+    gateway_id = request.match_info["gateway_id"]
+    await _gateway(state, gateway_id)
+    return [
+        PointOut(
+            point_id=r.point_id,
+            device_id=r.device_id,
+            name=r.name,
+            kind=r.kind,
+            unit=r.unit,
+            writable=r.writable,
+            last_ts=r.last_ts,
+            last_value=r.last_value,
+        )
+        for r in await state.telemetry.list_points(gateway_id)
+    ]
+
+
+async def list_devices(request: web.Request, state: CloudState, p: Principal) -> list[DeviceOut]:
+    gateway_id = request.match_info["gateway_id"]
+    await _gateway(state, gateway_id)
+    return [
+        DeviceOut(
+            device_id=d["device_id"],
+            connector=d["connector"],
+            name=d["name"],
+            kind=d["kind"],
+            vendor=d["vendor"],
+            model=d["model"],
+            location=d["location"],
+        )
+        for d in await state.telemetry.list_devices(gateway_id)
+    ]
+
+
+def _float_param(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        try:
+            return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise _error(400, f"{name} must be a Unix time or an ISO 8601 time") from None
+
+
+async def query_observations(
+    request: web.Request, state: CloudState, p: Principal
+) -> list[ObservationOut]:
+    gateway_id = request.match_info["gateway_id"]
+    await _gateway(state, gateway_id)
+    try:
+        limit = int(request.query.get("limit", "10000"))
+    except ValueError:
+        raise _error(400, "limit must be a number") from None
+    if not 1 <= limit <= 100_000:
+        raise _error(400, "limit must be within 1..100000")
+    rows = await state.telemetry.query(
+        gateway_id,
+        point_id=request.query.get("point") or None,
+        since=_float_param(request, "since"),
+        until=_float_param(request, "until"),
+        after=_float_param(request, "after"),
+        limit=limit,
+    )
+    return [
+        ObservationOut(point_id=r.point_id, ts=r.ts, value=r.value, quality=r.quality) for r in rows
+    ]
+
+
+async def list_streams(request: web.Request, state: CloudState, p: Principal) -> list[StreamOut]:
+    gateway_id = request.match_info["gateway_id"]
+    await _gateway(state, gateway_id)
+    return [
+        StreamOut(
+            stream=r.stream,
+            last_seq=r.hwm,
+            accepted=r.accepted,
+            duplicates=r.duplicates,
+            gaps=r.gaps,
+            dropped_on_gateway=r.dropped_reported,
+        )
+        for r in await state.telemetry.streams(gateway_id)
+    ]
+
+
 ROUTES: tuple[ApiRoute, ...] = (
     ApiRoute("GET", "/api/v1/whoami", whoami, "read", "Who the token belongs to", None, WhoAmI),
     ApiRoute(
@@ -489,6 +663,67 @@ ROUTES: tuple[ApiRoute, ...] = (
         "List enrollment tokens",
         None,
         list[TokenInfo],
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/gateways/{gateway_id}/config",
+        get_config,
+        "read",
+        "A gateway's configuration sections and what it applied",
+        None,
+        list[ConfigOut],
+    ),
+    ApiRoute(
+        "PUT",
+        "/api/v1/gateways/{gateway_id}/config/{section}",
+        put_config,
+        "command",
+        "Set a configuration section (e.g. connectors); pushed to the gateway",
+        dict[str, Any],
+        ConfigOut,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/gateways/{gateway_id}/devices",
+        list_devices,
+        "read",
+        "Devices the gateway discovered",
+        None,
+        list[DeviceOut],
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/gateways/{gateway_id}/points",
+        list_points,
+        "read",
+        "Points the gateway discovered, with their latest value",
+        None,
+        list[PointOut],
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/gateways/{gateway_id}/observations",
+        query_observations,
+        "read",
+        "Observations, oldest first",
+        None,
+        list[ObservationOut],
+        query=(
+            ("point", "only this point"),
+            ("since", "from (Unix or ISO 8601)"),
+            ("until", "before (Unix or ISO 8601)"),
+            ("after", "strictly after this time (a live tail's cursor)"),
+            ("limit", "at most this many (1..100000)"),
+        ),
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/gateways/{gateway_id}/streams",
+        list_streams,
+        "read",
+        "Telemetry streams: last sequence, counts, gaps and drops",
+        None,
+        list[StreamOut],
     ),
     ApiRoute(
         "GET",

@@ -23,14 +23,16 @@ from aiohttp import web
 from tether import __version__
 from tether.cloud import api, est
 from tether.cloud.identity import IdentityError
+from tether.cloud.ingest import IngestPipeline
 from tether.cloud.link import LinkHub, WebSocketLink, max_ws_message
 from tether.cloud.service import GatewayService
 from tether.cloud.settings import CloudSettings
 from tether.cloud.state import CloudState
 from tether.cloud.store import Store
+from tether.cloud.store.telemetry import TelemetryStore
 from tether.cloud.tls import server_ssl_context
 from tether.pki.ca import CertificateAuthority
-from tether.protocol.messages import CloseCode
+from tether.protocol.messages import CloseCode, Discovery, DropReport, TelemetryBatch
 
 __all__ = ["ADMIN_TOKEN_FILE", "build_app", "run", "server_context", "write_secret_file"]
 
@@ -136,8 +138,21 @@ def build_app(settings: CloudSettings) -> web.Application:
         store = await Store.open(settings.database)
         await _bootstrap_admin(settings, store)
         hub = LinkHub()
+        service = GatewayService(store)
+        telemetry = TelemetryStore(store.engine)
+        ingest = IngestPipeline(telemetry)
+        service.register(TelemetryBatch, ingest.on_batch)
+        service.register(Discovery, ingest.on_discovery)
+        service.register(DropReport, ingest.on_drop_report)
+        ingest.start()
         state = CloudState(
-            settings=settings, store=store, ca=ca, hub=hub, service=GatewayService(store)
+            settings=settings,
+            store=store,
+            ca=ca,
+            hub=hub,
+            service=service,
+            telemetry=telemetry,
+            ingest=ingest,
         )
         app["state"] = state
         sweeper = asyncio.get_running_loop().create_task(_sweep(state))
@@ -151,6 +166,7 @@ def build_app(settings: CloudSettings) -> web.Application:
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
         await hub.close_all(CloseCode.GOING_AWAY, "cloud shutting down")
+        await ingest.stop()
         await store.close()
 
     app.cleanup_ctx.append(lifespan)

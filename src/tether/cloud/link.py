@@ -21,7 +21,7 @@ from tether.cloud.identity import GatewayIdentity
 from tether.cloud.service import GatewayService
 from tether.cloud.store import Store
 from tether.protocol.codec import HEADER
-from tether.protocol.messages import CloseCode, Message
+from tether.protocol.messages import CloseCode, Message, TelemetryBatch
 from tether.protocol.session import (
     FrameRejected,
     HelloReceived,
@@ -111,6 +111,7 @@ class WebSocketLink:
         )
         self._send_lock = asyncio.Lock()
         self._deliver_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         try:
@@ -171,14 +172,28 @@ class WebSocketLink:
             )
             log.info("gateway %s linked (agent %s)", self.gateway_id, event.hello.agent_version)
         elif isinstance(event, LinkOpened):
-            asyncio.get_running_loop().create_task(self.deliver())
+            task = asyncio.get_running_loop().create_task(self.deliver(link_opened=True))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         elif isinstance(event, LinkClosed):
             log.info("gateway %s link closed: %s %s", self.gateway_id, event.code, event.reason)
         elif isinstance(event, FrameRejected):
             log.warning("gateway %s sent a refused frame: %s", self.gateway_id, event.reason)
+        elif isinstance(event, TelemetryBatch):
+            # Acknowledged after the group commit: do not stop reading while it happens, so a
+            # window of batches (and any command update between them) keeps flowing.
+            task = asyncio.get_running_loop().create_task(self._handle_later(event))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         else:
             replies = await self.service.handle(self.gateway_id, event)  # type: ignore[arg-type]
             self._send_all(replies)
+
+    async def _handle_later(self, message: Message) -> None:
+        replies = await self.service.handle(self.gateway_id, message)
+        self._send_all(replies)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.flush()
 
     def _send_all(self, messages: list[Message]) -> None:
         for message in messages:
@@ -192,12 +207,12 @@ class WebSocketLink:
                     return
                 await self.ws.send_bytes(frame)
 
-    async def deliver(self) -> None:
-        """Send whatever waits for this gateway (queued commands)."""
+    async def deliver(self, *, link_opened: bool = False) -> None:
+        """Send whatever waits for this gateway (configuration, queued commands)."""
         if self.session.state is not SessionState.OPEN:
             return
         async with self._deliver_lock:
-            self._send_all(await self.service.outgoing(self.gateway_id))
+            self._send_all(await self.service.outgoing(self.gateway_id, link_opened=link_opened))
             with contextlib.suppress(ConnectionError):
                 await self.flush()
 

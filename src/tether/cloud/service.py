@@ -13,12 +13,15 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from tether.cloud.store import Store
+from tether.cloud.store.config import ConfigStore
 from tether.cloud.store.errors import CommandNotFound
 from tether.protocol.commands import CommandEvent, CommandState, IllegalTransition
 from tether.protocol.messages import (
     CommandRequest,
     CommandUpdate,
     CommandUpdateAck,
+    ConfigAck,
+    ConfigUpdate,
     ErrorReport,
     Message,
 )
@@ -45,7 +48,11 @@ class GatewayService:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._handlers: dict[type, MessageHandler] = {CommandUpdate: self._command_update}
+        self.config = ConfigStore(store.engine)
+        self._handlers: dict[type, MessageHandler] = {
+            CommandUpdate: self._command_update,
+            ConfigAck: self._config_ack,
+        }
 
     def register(self, message_type: type, handler: MessageHandler) -> None:
         """Add the handler of one message type; a second handler for the same type is a bug."""
@@ -64,10 +71,15 @@ class GatewayService:
             ]
         return await handler(gateway_id, message)
 
-    async def outgoing(self, gateway_id: str) -> list[Message]:
-        """Queued, unexpired commands for the gateway, marked delivered (oldest first)."""
+    async def outgoing(self, gateway_id: str, *, link_opened: bool = False) -> list[Message]:
+        """What waits for the gateway: configuration it has not applied (every section when
+        a link just opened), then queued unexpired commands, marked delivered, oldest first."""
         now = _now()
-        out: list[Message] = []
+        out: list[Message] = [
+            ConfigUpdate(section=c.section, version=c.version, data=c.data)
+            for c in await self.config.all_for(gateway_id)
+            if link_opened or c.pending
+        ]
         for command in await self.store.pending_commands(gateway_id, now=now):
             try:
                 record = await self.store.apply_command_event(
@@ -84,6 +96,24 @@ class GatewayService:
                 )
             )
         return out
+
+    async def _config_ack(self, gateway_id: str, message: Message) -> list[Message]:
+        assert isinstance(message, ConfigAck)
+        await self.config.applied(
+            gateway_id,
+            message.section,
+            message.version,
+            None if message.ok else (message.error or "refused"),
+        )
+        if not message.ok:
+            log.warning(
+                "gateway %s refused %s v%d: %s",
+                gateway_id,
+                message.section,
+                message.version,
+                message.error,
+            )
+        return []
 
     async def _command_update(self, gateway_id: str, message: Message) -> list[Message]:
         assert isinstance(message, CommandUpdate)

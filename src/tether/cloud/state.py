@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from tether.cloud.identity import GatewayIdentity, gateway_identity
+from tether.cloud.ingest import IngestPipeline
 from tether.cloud.link import LinkHub
 from tether.cloud.service import GatewayService
 from tether.cloud.settings import CloudSettings
 from tether.cloud.store import Store
+from tether.cloud.store.telemetry import TelemetryStore
 from tether.pki.ca import CertificateAuthority
 
 __all__ = ["CloudState"]
@@ -23,6 +25,8 @@ class CloudState:
     ca: CertificateAuthority
     hub: LinkHub
     service: GatewayService
+    telemetry: TelemetryStore
+    ingest: IngestPipeline
 
     async def gateway_identity(self, request: web.Request) -> GatewayIdentity:
         return await gateway_identity(

@@ -13,15 +13,24 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether.gateway.connectors import (
+    ConnectorRunner,
+    ConnectorsConfigInvalid,
+    StaleConnectorsConfig,
+    builtin_registry,
+    decode_connectors_config,
+)
 from tether.gateway.handlers import HANDLERS, CommandContext, CommandFailed
 from tether.gateway.identity import GatewayIdentity, renew, seconds_until
 from tether.gateway.ledger import CommandLedger
 from tether.gateway.link import LinkEnded, LinkError, LinkRefused, TlsUntrusted, WebSocketTier
 from tether.gateway.settings import AgentSettings
+from tether.gateway.spool import AsyncSpool
+from tether.gateway.uploader import Uploader
 from tether.pki.errors import EstError
 from tether.protocol.backoff import backoff_delays
 from tether.protocol.messages import (
@@ -29,9 +38,15 @@ from tether.protocol.messages import (
     CommandRequest,
     CommandUpdate,
     CommandUpdateAck,
+    ConfigAck,
+    ConfigUpdate,
+    Discovery,
+    DiscoveryAck,
     ErrorReport,
     Message,
 )
+from tether.protocol.telemetry import Discovery as FoundDiscovery
+from tether.protocol.telemetry import Observation
 
 __all__ = ["Agent", "AgentStopped", "LinkStatus"]
 
@@ -68,6 +83,10 @@ class Agent:
         self._tier: WebSocketTier | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._restart_reason: str | None = None
+        self.spool: AsyncSpool | None = None
+        self.uploader: Uploader | None = None
+        self.connectors: ConnectorRunner | None = None
+        self._discoveries: dict[str, FoundDiscovery] = {}
         for command_id in self.ledger.recover_interrupted():
             log.warning("command %s was interrupted by a restart; reporting it failed", command_id)
 
@@ -80,6 +99,10 @@ class Agent:
         self.status.links_opened += 1
         self.status.history.append((time.time(), f"linked on {tier}"))
         self.linked.set()
+        if self.uploader is not None:
+            self.uploader.on_link_open(send)
+        for instance, found in self._discoveries.items():
+            send(_discovery_message(instance, found))
         for entry in self.ledger.unacknowledged():
             if entry.state != "running":
                 send(
@@ -94,12 +117,20 @@ class Agent:
     def on_link_closed(self) -> None:
         self._send = None
         self.linked.clear()
+        if self.uploader is not None:
+            self.uploader.on_link_closed()
 
     async def on_message(self, message: Message) -> None:
+        if self.uploader is not None and await self.uploader.on_message(message):
+            return
         if isinstance(message, CommandRequest):
             self._spawn(self._run_command(message))
         elif isinstance(message, CommandUpdateAck):
             self.ledger.acknowledge(message.command_id, message.state)
+        elif isinstance(message, ConfigUpdate):
+            self._emit(await self._apply_config(message.section, message.version, message.data))
+        elif isinstance(message, DiscoveryAck):
+            log.debug("cloud stored %d points of %s", message.points, message.connector)
         elif isinstance(message, ErrorReport):
             log.warning(
                 "cloud refused a message: %s %s (%s)", message.code, message.message, message.ref
@@ -110,6 +141,89 @@ class Agent:
     def _emit(self, message: Message) -> None:
         if self._send is not None:
             self._send(message)
+
+    # -- telemetry and configuration ---------------------------------------------------------
+
+    async def _submit(self, stream: str, observations: Sequence[Observation]) -> tuple[int, int]:
+        """The connectors' sink: durable in the spool, then the uploader is woken."""
+        assert self.spool is not None
+        seqs = await self.spool.append(stream, observations)
+        if self.uploader is not None:
+            self.uploader.wake()
+        return seqs
+
+    async def _on_discovery(self, instance: str, found: FoundDiscovery) -> None:
+        self._discoveries[instance] = found
+        self._emit(_discovery_message(instance, found))
+
+    async def _apply_config(self, section: str, version: int, data: dict[str, Any]) -> ConfigAck:
+        if section != "connectors":
+            return ConfigAck(
+                section=section,
+                version=version,
+                ok=False,
+                error=f"unknown configuration section {section!r}",
+            )
+        if self.connectors is None:
+            return ConfigAck(
+                section=section, version=version, ok=False, error="connectors are not running yet"
+            )
+        current = self.ledger.get_value("config:connectors")
+        if current is not None and current["version"] == version:
+            return ConfigAck(section=section, version=version, ok=True)
+        try:
+            config = decode_connectors_config({**data, "version": version})
+            result = await self.connectors.apply_config(config)
+        except (ConnectorsConfigInvalid, StaleConnectorsConfig) as exc:
+            return ConfigAck(section=section, version=version, ok=False, error=str(exc))
+        self.ledger.set_value("config:connectors", {"version": version, "data": data})
+        for name in result.stopped:
+            self._discoveries.pop(name, None)
+        if result.invalid:
+            errors = "; ".join(f"{k}: {v}" for k, v in sorted(result.invalid.items()))
+            return ConfigAck(section=section, version=version, ok=False, error=errors)
+        log.info(
+            "connectors configuration v%d applied (%d started, %d restarted, %d stopped)",
+            version,
+            len(result.started),
+            len(result.restarted),
+            len(result.stopped),
+        )
+        return ConfigAck(section=section, version=version, ok=True)
+
+    async def _start_telemetry(self) -> None:
+        self.spool = await AsyncSpool.open(
+            self.settings.spool_path,
+            max_bytes=self.settings.spool_max_bytes,
+            max_age=self.settings.spool_max_age,
+        )
+        self.uploader = Uploader(
+            self.spool,
+            max_batch=self.settings.upload_batch,
+            window=self.settings.upload_window,
+            max_frame=self.settings.max_frame,
+        )
+        self.connectors = ConnectorRunner(builtin_registry(), self, on_discovery=self._on_discovery)
+        saved = self.ledger.get_value("config:connectors")
+        if saved is not None:
+            # The last configuration the cloud gave runs at once, even before the link is up.
+            try:
+                await self.connectors.apply_config(
+                    decode_connectors_config({**saved["data"], "version": saved["version"]})
+                )
+            except (ConnectorsConfigInvalid, StaleConnectorsConfig) as exc:
+                log.error("saved connectors configuration unusable: %s", exc)
+
+    async def append(self, stream: str, observations: Sequence[Observation]) -> tuple[int, int]:
+        return await self._submit(stream, observations)
+
+    async def _stop_telemetry(self) -> None:
+        if self.connectors is not None:
+            await self.connectors.close()
+        if self.uploader is not None:
+            await self.uploader.stop()
+        if self.spool is not None:
+            await self.spool.close()
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -191,6 +305,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
+        await self._start_telemetry()
         link = asyncio.get_running_loop().create_task(self._link_loop())
         renewal = asyncio.get_running_loop().create_task(self._renewal_loop())
         stopper = asyncio.get_running_loop().create_task(stop.wait())
@@ -206,6 +321,7 @@ class Agent:
             for task in (link, renewal, stopper):
                 with contextlib.suppress(asyncio.CancelledError, AgentStopped):
                     await task
+            await self._stop_telemetry()
             self.ledger.close()
 
     async def _link_loop(self) -> None:
@@ -273,3 +389,7 @@ class Agent:
                 continue
             delays = backoff_delays(initial=5.0, cap=3600.0)
             log.info("certificate renewed; valid until %s", self.identity.not_after.isoformat())
+
+
+def _discovery_message(instance: str, found: FoundDiscovery) -> Discovery:
+    return Discovery(connector=instance, devices=list(found.devices), points=list(found.points))

@@ -31,6 +31,10 @@ class AgentSettings:
     trust_env: bool = True  # honour HTTPS_PROXY / NO_PROXY
     max_frame: int = 1 << 20
     reconnect_cap: float = 60.0
+    spool_max_bytes: int = 256 * 1024 * 1024
+    spool_max_age: float = 7 * 86400.0
+    upload_batch: int = 2000
+    upload_window: int = 4
     hooks: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -40,6 +44,10 @@ class AgentSettings:
     @property
     def state_db(self) -> Path:
         return self.data_dir / "agent.db"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.data_dir / "spool.db"
 
 
 _HOOKS = {"reboot", "shutdown", "restart_service"}
@@ -69,6 +77,17 @@ def load_agent_settings(data_dir: Path, **overrides: Any) -> AgentSettings:
             values[name] = raw.pop(name)
     if "trust_env" in raw:
         values["trust_env"] = bool(raw.pop("trust_env"))
+    for name in ("spool_max_bytes", "upload_batch", "upload_window"):
+        if name in raw:
+            value = raw.pop(name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise AgentSettingsError(f"{path}: {name!r} must be a positive integer")
+            values[name] = value
+    if "spool_max_age" in raw:
+        age = raw.pop("spool_max_age")
+        if not isinstance(age, int | float) or age <= 0:
+            raise AgentSettingsError(f"{path}: 'spool_max_age' must be a positive number")
+        values["spool_max_age"] = float(age)
     if "reconnect_cap" in raw:
         cap = raw.pop("reconnect_cap")
         if not isinstance(cap, int | float) or cap < 1:

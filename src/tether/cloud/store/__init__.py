@@ -64,3 +64,7 @@ __all__ = [
     "TokenUnknown",
     "UnknownRole",
 ]
+
+# Telemetry tables live beside the core ones on the same metadata (and in migration r0002).
+from . import config as config
+from . import telemetry as telemetry

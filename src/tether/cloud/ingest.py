@@ -1,0 +1,225 @@
+"""Telemetry ingest: validate each batch, commit batches in groups, acknowledge after commit.
+
+Batches from every link wait in one queue; a single writer takes whatever has gathered (up to
+:attr:`IngestPipeline.max_rows` observations) and commits it in one transaction with the store's
+bulk path. Each batch is acknowledged only after its group committed. A batch that is malformed
+is refused with a clear reason and the link goes on; a store failure defers the batch (the
+gateway keeps it spooled and sends it again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from tether.cloud.store.telemetry import IncomingBatch, TelemetryStore
+from tether.protocol.messages import (
+    Discovery,
+    DiscoveryAck,
+    DropReport,
+    DropReportAck,
+    Message,
+    TelemetryAck,
+    TelemetryBatch,
+    TelemetryReject,
+)
+
+__all__ = ["BatchInvalid", "IngestPipeline", "IngestStats", "validate_batch"]
+
+log = logging.getLogger(__name__)
+
+MAX_OBSERVATIONS = 100_000
+_STREAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+
+
+class BatchInvalid(ValueError):
+    """A telemetry batch that can never be accepted; the message says why."""
+
+
+def validate_batch(batch: TelemetryBatch) -> None:
+    if not _STREAM.fullmatch(batch.stream):
+        raise BatchInvalid(f"stream name {batch.stream[:64]!r} is not valid")
+    if batch.first_seq < 1:
+        raise BatchInvalid(f"first_seq {batch.first_seq} must be at least 1")
+    if batch.last_seq < batch.first_seq:
+        raise BatchInvalid(
+            f"out of order: last_seq {batch.last_seq} is before first_seq {batch.first_seq}"
+        )
+    count = len(batch.observations)
+    if count == 0:
+        raise BatchInvalid("batch carries no observations")
+    if count > MAX_OBSERVATIONS:
+        raise BatchInvalid(f"batch of {count} observations exceeds {MAX_OBSERVATIONS}")
+    if batch.last_seq - batch.first_seq + 1 != count:
+        raise BatchInvalid(
+            f"sequence range {batch.first_seq}..{batch.last_seq} does not match "
+            f"{count} observations"
+        )
+    for o in batch.observations:
+        if not o.point_id or len(o.point_id) > 255:
+            raise BatchInvalid("an observation has an empty or over-long point id")
+        if not math.isfinite(o.ts):
+            raise BatchInvalid(f"point {o.point_id!r}: timestamp is not a finite number")
+        if isinstance(o.value, float) and not math.isfinite(o.value):
+            raise BatchInvalid(f"point {o.point_id!r}: value is not a finite number")
+        if isinstance(o.value, str) and len(o.value) > 4096:
+            raise BatchInvalid(f"point {o.point_id!r}: text value longer than 4096 characters")
+
+
+@dataclass(slots=True)
+class IngestStats:
+    batches: int = 0
+    observations: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    groups: int = 0
+    failures: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    batch: IncomingBatch
+    future: asyncio.Future[TelemetryAck | TelemetryReject] = field(repr=False)
+
+
+class IngestPipeline:
+    def __init__(self, telemetry: TelemetryStore, *, max_rows: int = 50_000) -> None:
+        self.telemetry = telemetry
+        self.max_rows = max_rows
+        self.stats = IngestStats()
+        self._queue: list[_Pending] = []
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._writer())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_result(self._deferred(pending.batch, "cloud shutting down"))
+        self._queue.clear()
+
+    # -- message handlers (registered with GatewayService) ------------------------------------
+
+    async def on_batch(self, gateway_id: str, message: Message) -> list[Message]:
+        assert isinstance(message, TelemetryBatch)
+        try:
+            validate_batch(message)
+        except BatchInvalid as exc:
+            self.stats.rejected += 1
+            log.warning(
+                "gateway %s: batch %s %d..%d refused: %s",
+                gateway_id,
+                message.stream,
+                message.first_seq,
+                message.last_seq,
+                exc,
+            )
+            return [
+                TelemetryReject(
+                    stream=message.stream,
+                    first_seq=message.first_seq,
+                    last_seq=message.last_seq,
+                    reason=str(exc),
+                    permanent=True,
+                )
+            ]
+        future: asyncio.Future[TelemetryAck | TelemetryReject] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.append(
+            _Pending(
+                IncomingBatch(
+                    gateway_id,
+                    message.stream,
+                    message.first_seq,
+                    message.last_seq,
+                    message.observations,
+                ),
+                future,
+            )
+        )
+        self._ready.set()
+        return [await future]
+
+    async def on_discovery(self, gateway_id: str, message: Message) -> list[Message]:
+        assert isinstance(message, Discovery)
+        await self.telemetry.record_discovery(
+            gateway_id, message.connector, message.devices, message.points
+        )
+        return [DiscoveryAck(connector=message.connector, points=len(message.points))]
+
+    async def on_drop_report(self, gateway_id: str, message: Message) -> list[Message]:
+        assert isinstance(message, DropReport)
+        await self.telemetry.record_drops(gateway_id, message.stream, message.dropped_total)
+        log.warning(
+            "gateway %s: %d observations of %s dropped on the gateway so far",
+            gateway_id,
+            message.dropped_total,
+            message.stream,
+        )
+        return [DropReportAck(stream=message.stream, dropped_total=message.dropped_total)]
+
+    # -- the writer --------------------------------------------------------------------------
+
+    @staticmethod
+    def _deferred(batch: IncomingBatch, reason: str) -> TelemetryReject:
+        return TelemetryReject(
+            stream=batch.stream,
+            first_seq=batch.first_seq,
+            last_seq=batch.last_seq,
+            reason=reason,
+            permanent=False,
+        )
+
+    def _take(self) -> list[_Pending]:
+        group: list[_Pending] = []
+        rows = 0
+        while self._queue and (
+            not group or rows + len(self._queue[0].batch.observations) <= self.max_rows
+        ):
+            item = self._queue.pop(0)
+            group.append(item)
+            rows += len(item.batch.observations)
+        return group
+
+    async def _writer(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._queue:
+                group = self._take()
+                try:
+                    outcomes = await self.telemetry.commit_batches([p.batch for p in group])
+                except (SQLAlchemyError, OSError) as exc:
+                    self.stats.failures += 1
+                    log.error("ingest of %d batches failed, deferred: %s", len(group), exc)
+                    for p in group:
+                        if not p.future.done():
+                            p.future.set_result(self._deferred(p.batch, "store unavailable"))
+                    continue
+                self.stats.groups += 1
+                for p, outcome in zip(group, outcomes, strict=True):
+                    self.stats.batches += 1
+                    self.stats.observations += outcome.accepted
+                    self.stats.duplicates += outcome.duplicates
+                    if not p.future.done():
+                        p.future.set_result(
+                            TelemetryAck(
+                                stream=p.batch.stream,
+                                last_seq=p.batch.last_seq,
+                                accepted=outcome.accepted,
+                                duplicates=outcome.duplicates,
+                            )
+                        )
