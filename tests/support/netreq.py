@@ -67,7 +67,9 @@ def tricky_manifest() -> Manifest:
         endpoints=(
             endpoint("exact", "api.example.com"),
             endpoint("apex", "example.net", MatchMode.APEX_AND_SUBDOMAINS),
-            endpoint("subs", "cdn.example.org", MatchMode.SUBDOMAINS, examples=("a.cdn.example.org",)),
+            endpoint(
+                "subs", "cdn.example.org", MatchMode.SUBDOMAINS, examples=("a.cdn.example.org",)
+            ),
             endpoint("subs-bare", "edge.example.io", MatchMode.SUBDOMAINS),
             # A wildcard parent and a child of it on another port set (dnsmasq longest match).
             endpoint("parent", "svc.example.com", MatchMode.APEX_AND_SUBDOMAINS),

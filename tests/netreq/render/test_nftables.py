@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from tests.support.netreq import all_manifests
+
 from tether.netreq.render import build_rules
 from tether.netreq.render.plan import GapKind
 
@@ -63,7 +63,8 @@ def test_every_set_the_dnsmasq_lines_fill_exists_and_is_used() -> None:
         if line.startswith("nftset="):
             for spec in line.rsplit("/", 1)[1].split(","):
                 family, fam, table, name = spec.split("#")
-                assert fam == "inet" and table == "example_corp"
+                assert fam == "inet"
+                assert table == "example_corp"
                 assert f"set {name} {{" in nft
                 assert f"daddr @{name} " in nft
                 assert name.endswith(f"_v{family}")

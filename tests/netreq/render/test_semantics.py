@@ -9,14 +9,15 @@ then look-alikes and siblings must always be rejected.
 from __future__ import annotations
 
 import pytest
-
 from tests.support.netreq import all_manifests, candidate_names, endpoint
+
 from tether.netreq.model import Manifest, MatchMode
 from tether.netreq.render import RULE_FORMATS, build_rules
 from tether.netreq.render.plan import GapKind, RuleOptions, RuleOutput, plan
 from tether.netreq.render.semantics import UnknownMatcher, matcher
 
 MANIFESTS = all_manifests()
+
 
 def _excused(m: Manifest, out: RuleOutput, name: str, *, want: bool) -> bool:
     """Whether a declared gap explains the matcher disagreeing with the manifest on ``name``.
@@ -52,7 +53,11 @@ def test_rules_admit_exactly_the_manifest(fmt: str, manifest_name: str) -> None:
             got = admits(probe.name)
             if got == want:
                 continue
-            if probe.kind in ("lookalike", "sibling") and got and not _under_any_host(m, probe.name):
+            if (
+                probe.kind in ("lookalike", "sibling")
+                and got
+                and not _under_any_host(m, probe.name)
+            ):
                 disagreements.append(f"{probe.name} ({probe.kind} of {ep.id}) admitted")
             elif not _excused(m, out, probe.name, want=want):
                 disagreements.append(f"{probe.name} ({probe.kind} of {ep.id}): {got=} {want=}")
@@ -187,7 +192,14 @@ def test_subdomains_only_rules_exclude_the_apex_where_the_vendor_can() -> None:
         product="p",
         endpoints=(endpoint("w", "example.com", MatchMode.SUBDOMAINS),),
     )
-    for fmt in ("fqdn", "paloalto-edl", "fortigate", "squid", "aws-network-firewall", "azure-firewall"):
+    for fmt in (
+        "fqdn",
+        "paloalto-edl",
+        "fortigate",
+        "squid",
+        "aws-network-firewall",
+        "azure-firewall",
+    ):
         admits = matcher(fmt, build_rules(m, fmt))
         assert admits("a.example.com"), fmt
         assert not admits("example.com"), fmt

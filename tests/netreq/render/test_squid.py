@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from tests.support.netreq import all_manifests
+
 from tether.netreq.render import build_rules
 from tether.netreq.render.plan import GapKind
 from tether.netreq.render.semantics import matcher
@@ -44,7 +44,8 @@ def test_squid_parses_the_acls(manifest_name: str, tmp_path: Path) -> None:
     out = build_rules(MANIFESTS[manifest_name], "squid")
     result = _parse(tmp_path, out.text)
     assert result.returncode == 0, result.stderr
-    assert "ERROR" not in result.stderr and "WARNING" not in result.stderr, result.stderr
+    assert "ERROR" not in result.stderr, result.stderr
+    assert "WARNING" not in result.stderr, result.stderr
     if "acl " in out.text:
         assert "Processing: acl " in result.stderr  # the snippet really was read
 
@@ -62,14 +63,16 @@ def test_covered_entries_are_left_out() -> None:
     entries = dst.split()[3:]
     assert ".svc.example.com" in entries
     assert "x.svc.example.com" not in entries  # on 8443 in its own ACL; not covered here
-    assert ".data.example.com" in entries and "data.example.com" not in entries
+    assert ".data.example.com" in entries
+    assert "data.example.com" not in entries
 
 
 def test_subdomains_only_gets_an_exclusion() -> None:
     text = build_rules(MANIFESTS["tricky"], "squid").text
     line = next(x for x in text.splitlines() if x.startswith("acl example_corp_tcp443_not "))
     excluded = line.split()[3:]
-    assert "edge.example.io" in excluded and "cdn.example.org" in excluded
+    assert "edge.example.io" in excluded
+    assert "cdn.example.org" in excluded
     assert "data.example.com" not in excluded
     assert "http_access allow CONNECT example_corp_tcp443_dst" in text
     admits = matcher("squid", build_rules(MANIFESTS["tricky"], "squid"))

@@ -123,7 +123,7 @@ def build_document(m: Manifest) -> Document:
             "Use",
             "If blocked",
         )
-        endpoints.tables.append((area.capitalize(), Table(headers, rows)))
+        endpoints.tables.append((area[:1].upper() + area[1:], Table(headers, rows)))
     sections.append(endpoints)
 
     tls = Section("TLS and proxies")
@@ -183,25 +183,20 @@ def build_document(m: Manifest) -> Document:
         sections.append(legacy)
 
     dns_time = Section("DNS and time")
-    dns_time.bullets.append(
-        "DNS: DHCP option"
-        + _plural_options(m.dns.dhcp_options)
-        + " honoured"
-        + (
-            f"; fallback resolvers {', '.join(m.dns.fallback_resolvers)}"
-            if m.dns.fallback_resolvers
-            else "; no fallback resolvers"
-        )
-        + "."
-        + (f" {m.dns.notes}" if m.dns.notes else "")
+    dns_parts = [_dhcp(m.dns.dhcp_options)]
+    dns_parts.append(
+        f"fallback resolvers {', '.join(m.dns.fallback_resolvers)}"
+        if m.dns.fallback_resolvers
+        else "no fallback resolvers"
     )
-    time_text = "Time: DHCP option" + _plural_options(m.time.dhcp_options) + " honoured"
+    dns_time.bullets.append(_sentence("DNS", dns_parts, m.dns.notes))
+    time_parts = [_dhcp(m.time.dhcp_options)]
     if m.time.fallback_ntp:
-        time_text += f"; fallback NTP {', '.join(m.time.fallback_ntp)} (UDP 123)"
+        time_parts.append(f"fallback NTP {', '.join(m.time.fallback_ntp)} (UDP 123)")
     if m.time.https_date_fallback:
         hosts = ", ".join(m.time.https_date_hosts) or "its HTTPS endpoints"
-        time_text += f"; without NTP, time comes from the HTTPS Date header of {hosts}"
-    dns_time.bullets.append(time_text + "." + (f" {m.time.notes}" if m.time.notes else ""))
+        time_parts.append(f"without NTP, time comes from the HTTPS Date header of {hosts}")
+    dns_time.bullets.append(_sentence("Time", time_parts, m.time.notes))
     sections.append(dns_time)
 
     if m.notes:
@@ -251,8 +246,12 @@ def _replacement(m: Manifest, endpoint_id: str) -> str:
         return endpoint_id
 
 
-def _plural_options(options: tuple[int, ...]) -> str:
+def _dhcp(options: tuple[int, ...]) -> str:
     if not options:
-        return "s: none"
-    text = ", ".join(str(o) for o in options)
-    return f"s {text}" if len(options) > 1 else f" {text}"
+        return "DHCP options not stated"
+    plural = "s" if len(options) > 1 else ""
+    return f"DHCP option{plural} {', '.join(str(o) for o in options)} honoured"
+
+
+def _sentence(label: str, parts: list[str], notes: str) -> str:
+    return f"{label}: {'; '.join(parts)}." + (f" {notes}" if notes else "")
