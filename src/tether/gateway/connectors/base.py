@@ -19,7 +19,8 @@ shaped like a Home Assistant integration:
      └── InstanceStopped       submit()/announce() after the instance was stopped
 
   Any other exception escaping ``start`` or a spawned task is treated as ``ConnectorNotReady``
-  (and logged with its traceback): an unattended gateway keeps trying.
+  (and logged with its traceback, unless it is a spool error such as a full disk): an
+  unattended gateway keeps trying.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class ConnectorContext(Protocol):
 
         Raises ``tether.gateway.spool.SpoolError`` (e.g. ``SpoolFull``) when they were *not*
         stored: the connector still owns them. Raises :class:`InstanceStopped` after stop.
+        A submit cancelled while waiting may still have been stored (at least once, never lost).
         """
         ...
 

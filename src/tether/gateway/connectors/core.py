@@ -41,6 +41,7 @@ from tether.gateway.connectors.base import (
     InstanceStopped,
 )
 from tether.gateway.connectors.registry import ConnectorRegistry, Registration, UnknownConnector
+from tether.gateway.spool import SpoolError
 from tether.protocol.backoff import backoff_delays
 from tether.protocol.telemetry import Discovery, Observation
 
@@ -431,7 +432,7 @@ class ConnectorRunner:
             await self._shutdown(instance, connector, ctx)
             final = isinstance(error, ConnectorConfigError | ConnectorFatal)
             # Expected signals are logged as one line; anything else with its traceback.
-            unexpected = None if isinstance(error, ConnectorError) else error
+            unexpected = None if isinstance(error, ConnectorError | SpoolError) else error
             self._record_error(instance, _describe(error), exc=unexpected)
             if final:
                 stats.state = InstanceState.FAILED
