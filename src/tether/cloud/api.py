@@ -243,7 +243,10 @@ def _error(status: int, message: str) -> web.HTTPException:
         404: web.HTTPNotFound,
         409: web.HTTPConflict,
     }[status]
-    return cls(body=msgspec.json.encode(ErrorOut(error=message)), content_type="application/json")
+    return cls(
+        text=msgspec.json.encode(ErrorOut(error=message)).decode(),
+        content_type="application/json",
+    )
 
 
 async def _decode(request: web.Request, kind: type[Any]) -> Any:
@@ -259,7 +262,7 @@ async def authenticate(request: web.Request, state: CloudState) -> Principal:
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret:
         raise web.HTTPUnauthorized(
-            body=msgspec.json.encode(ErrorOut(error="an API token is required (Bearer)")),
+            text=msgspec.json.encode(ErrorOut(error="an API token is required (Bearer)")).decode(),
             content_type="application/json",
             headers={"WWW-Authenticate": 'Bearer realm="tether"'},
         )
