@@ -21,17 +21,26 @@ from tether.cloud.store import Store
 from tether.cloud.tls import PeerCertificate, peer_certificate
 from tether.pki.ca import CertificateAuthority
 
-__all__ = ["GatewayIdentity", "IdentityError", "gateway_identity"]
+__all__ = ["ERROR_HEADER", "GatewayIdentity", "IdentityError", "gateway_identity"]
+
+#: Response header with the reason a gateway was refused (mirrored in tether.gateway.link).
+ERROR_HEADER = "X-Tether-Error"
 
 
 class IdentityError(web.HTTPException):
-    """The caller is not an enrolled, valid gateway (403 with the reason in the body)."""
+    """The caller is not an enrolled, valid gateway (403 with the reason in the body).
+
+    The reason is also in the ``X-Tether-Error`` header: a WebSocket client sees the headers of
+    a refused upgrade but not its body.
+    """
 
     status_code = 403
 
     def __init__(self, reason: str, status: int = 403) -> None:
         self.status_code = status
-        super().__init__(text=reason + "\n", content_type="text/plain")
+        super().__init__(
+            text=reason + "\n", content_type="text/plain", headers={ERROR_HEADER: reason}
+        )
         self.reason_text = reason
 
 

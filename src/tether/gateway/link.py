@@ -37,6 +37,10 @@ __all__ = [
 ]
 
 
+#: Response header in which the cloud says why it refused the link.
+ERROR_HEADER = "X-Tether-Error"
+
+
 class LinkError(Exception):
     """The link could not be established (transient: retry with backoff)."""
 
@@ -129,7 +133,8 @@ class WebSocketTier:
                 ) from None
             except aiohttp.WSServerHandshakeError as exc:
                 if exc.status in (401, 403):
-                    raise LinkRefused(exc.status, exc.message) from None
+                    reason = exc.headers.get(ERROR_HEADER) if exc.headers else None
+                    raise LinkRefused(exc.status, reason or exc.message) from None
                 raise LinkError(f"WebSocket upgrade failed ({exc.status}): {exc.message}") from None
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise LinkError(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
