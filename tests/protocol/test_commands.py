@@ -42,6 +42,8 @@ DOCUMENTED: dict[tuple[CommandState, CommandEvent], CommandState] = {
     (S.DELIVERED, E.DELIVER): S.DELIVERED,
     (S.QUEUED, E.START): S.RUNNING,
     (S.DELIVERED, E.SUCCEED): S.SUCCEEDED,
+    (S.QUEUED, E.SUCCEED): S.SUCCEEDED,
+    (S.QUEUED, E.FAIL): S.FAILED,
 }
 
 ALL_PAIRS = list(itertools.product(CommandState, CommandEvent))
@@ -67,7 +69,7 @@ def test_every_other_pair_raises(state: CommandState, event: CommandEvent) -> No
 
 def test_legal_and_illegal_cover_every_pair_once() -> None:
     assert len(LEGAL) + len(ILLEGAL) == len(CommandState) * len(CommandEvent)
-    assert len(LEGAL) == 14
+    assert len(LEGAL) == 16
 
 
 def test_illegal_transition_is_a_value_error() -> None:

@@ -15,7 +15,9 @@ A delivered command whose link dropped before the agent acknowledged it goes bac
 moves follow from that: ``deliver`` again leaves a delivered command delivered (redelivery after
 a relink), ``start`` may come while still queued (an agent on a polling tier starts what it
 fetched in the same exchange), and ``succeed`` may come straight after ``deliver`` (an instant
-handler reports only its outcome).
+handler reports only its outcome). Because a requeue can cross the agent's report on the wire,
+``succeed`` and ``fail`` are also taken while queued: the outcome of a command the agent did run
+must never be refused (else it would be redelivered for ever and its result lost).
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ TRANSITIONS: Mapping[tuple[CommandState, CommandEvent], CommandState] = {
     (S.QUEUED, E.CANCEL): S.CANCELLED,
     # An agent on a polling tier may start a command it fetched in the same exchange.
     (S.QUEUED, E.START): S.RUNNING,
+    (S.QUEUED, E.SUCCEED): S.SUCCEEDED,  # the report crossed a requeue
+    (S.QUEUED, E.FAIL): S.FAILED,
     (S.DELIVERED, E.REQUEUE): S.QUEUED,
     (S.DELIVERED, E.DELIVER): S.DELIVERED,  # redelivery after a relink is harmless
     (S.DELIVERED, E.START): S.RUNNING,
