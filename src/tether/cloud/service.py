@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
 
 from tether.cloud.store import Store
 from tether.cloud.store.config import ConfigStore
@@ -41,6 +44,17 @@ _UPDATE_EVENTS = {
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _storable(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A result as JSON can hold it: msgpack extension values cannot be stored as they are."""
+    if result is None:
+        return None
+    try:
+        converted: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(result))
+    except (TypeError, msgspec.EncodeError, msgspec.DecodeError):
+        return {"unrepresentable": repr(result)[:2000]}
+    return converted
 
 
 class GatewayService:
@@ -132,7 +146,7 @@ class GatewayService:
                 event,
                 now=_now(),
                 gateway_id=gateway_id,
-                result=message.result,
+                result=_storable(message.result),
                 error=message.error,
             )
         except CommandNotFound:
