@@ -17,7 +17,7 @@ import msgspec
 from aiohttp import web
 
 from tether import __version__
-from tether.cloud.state import CloudState
+from tether.cloud.state import STATE_KEY, CloudState
 from tether.cloud.store.errors import GatewayRevoked, GatewayUnknown
 from tether.cloud.store.records import CommandRecord, GatewayRecord
 from tether.protocol.commands import CommandEvent, CommandState, IllegalTransition
@@ -274,7 +274,7 @@ async def authenticate(request: web.Request, state: CloudState) -> Principal:
 
 def _wrap(route: ApiRoute) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
-        state: CloudState = request.app["state"]
+        state: CloudState = request.app[STATE_KEY]
         principal = await authenticate(request, state)
         if principal.role not in PERMISSIONS[route.permission]:
             raise _error(403, f"role {principal.role!r} may not {route.permission}")

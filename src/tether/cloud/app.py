@@ -27,7 +27,7 @@ from tether.cloud.ingest import IngestPipeline
 from tether.cloud.link import LinkHub, WebSocketLink, max_ws_message
 from tether.cloud.service import GatewayService
 from tether.cloud.settings import CloudSettings
-from tether.cloud.state import CloudState
+from tether.cloud.state import STATE_KEY, CloudState
 from tether.cloud.store import Store
 from tether.cloud.store.telemetry import TelemetryStore
 from tether.cloud.tls import server_ssl_context
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name, not a secret)
 SWEEP_INTERVAL = 5.0
+SETTINGS_KEY = web.AppKey("settings", CloudSettings)
 
 
 def write_secret_file(path: Path, content: str) -> None:
@@ -81,7 +82,7 @@ async def hello(request: web.Request) -> web.Response:
 
 
 async def link(request: web.Request) -> web.StreamResponse:
-    state: CloudState = request.app["state"]
+    state: CloudState = request.app[STATE_KEY]
     try:
         identity = await state.gateway_identity(request)
     except IdentityError as exc:
@@ -130,7 +131,7 @@ async def _on_notify(state: CloudState, payload: str) -> None:
 
 def build_app(settings: CloudSettings) -> web.Application:
     app = web.Application(client_max_size=2 * settings.max_frame)
-    app["settings"] = settings
+    app[SETTINGS_KEY] = settings
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +155,7 @@ def build_app(settings: CloudSettings) -> web.Application:
             telemetry=telemetry,
             ingest=ingest,
         )
-        app["state"] = state
+        app[STATE_KEY] = state
         sweeper = asyncio.get_running_loop().create_task(_sweep(state))
 
         async def notified(payload: str) -> None:

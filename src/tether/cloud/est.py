@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from tether.cloud.identity import IdentityError
-from tether.cloud.state import CloudState
+from tether.cloud.state import STATE_KEY, CloudState
 from tether.cloud.store.errors import TokenAlreadyUsed, TokenExpired, TokenUnknown
 from tether.pki.ca import certificate_fingerprint, certificate_serial_hex
 from tether.pki.errors import CsrInvalid, EstDecodeError
@@ -47,7 +47,7 @@ def _refuse(status: int, text: str) -> web.HTTPException:
 
 
 async def cacerts(request: web.Request) -> web.Response:
-    state: CloudState = request.app["state"]
+    state: CloudState = request.app[STATE_KEY]
     return _certs_response(encode_certs_only([state.ca.certificate]))
 
 
@@ -64,7 +64,7 @@ async def _read_csr(request: web.Request):  # type: ignore[no-untyped-def]
 
 
 async def _issue(request: web.Request, gateway_id: str) -> web.Response:
-    state: CloudState = request.app["state"]
+    state: CloudState = request.app[STATE_KEY]
     csr = await _read_csr(request)
     now = datetime.now(UTC)
     try:
@@ -96,7 +96,7 @@ def _bearer(request: web.Request) -> str:
 
 
 async def simpleenroll(request: web.Request) -> web.Response:
-    state: CloudState = request.app["state"]
+    state: CloudState = request.app[STATE_KEY]
     secret = _bearer(request)
     now = datetime.now(UTC)
     # Parse the request before spending the token: a malformed CSR must not burn it.
@@ -139,7 +139,7 @@ async def simpleenroll(request: web.Request) -> web.Response:
 
 
 async def simplereenroll(request: web.Request) -> web.Response:
-    state: CloudState = request.app["state"]
+    state: CloudState = request.app[STATE_KEY]
     try:
         identity = await state.gateway_identity(request)
     except IdentityError as exc:

@@ -15,7 +15,7 @@ from tether.cloud.store import Store
 from tether.cloud.store.telemetry import TelemetryStore
 from tether.pki.ca import CertificateAuthority
 
-__all__ = ["CloudState"]
+__all__ = ["STATE_KEY", "CloudState"]
 
 
 @dataclass(slots=True)
@@ -36,3 +36,7 @@ class CloudState:
             trusted_proxies=self.settings.trusted_proxies,
             header=self.settings.client_cert_header,
         )
+
+
+#: Where the running cloud keeps its :class:`CloudState` in the aiohttp application.
+STATE_KEY = web.AppKey("state", CloudState)
