@@ -18,18 +18,6 @@ from tests.support.cloudproc import (
     running_cloud,
 )
 
-_HERE = Path(__file__).parent
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The cloud keeps its state under string keys of the aiohttp application, which aiohttp
-    # answers with NotAppKeyWarning; the warnings filter of the suite would make that fatal.
-    for item in items:
-        if item.path.is_relative_to(_HERE):
-            item.add_marker(
-                pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
-            )
-
 
 @pytest.fixture
 async def cloud(tmp_path: Path) -> AsyncIterator[Cloud]:
