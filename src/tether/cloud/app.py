@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import ssl
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -178,6 +179,14 @@ def build_app(settings: CloudSettings) -> web.Application:
     return app
 
 
+def _raise_fd_limit() -> None:
+    """One descriptor per link: lift the soft limit (often 1,024) to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def run(
     settings: CloudSettings,
     *,
@@ -186,6 +195,7 @@ async def run(
     reuse_port: bool = False,
 ) -> None:
     """Serve until *stop* is set (or forever)."""
+    _raise_fd_limit()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ca = CertificateAuthority.load_or_create(settings.pki_dir)
     ctx = server_context(settings, ca)
