@@ -174,3 +174,50 @@ def formats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
         return
     table("Network-requirements formats", ["kind", "name"], rows)
     console.print("Use: tether net docs -f FORMAT | tether net rules -f FORMAT [-m MANIFEST]")
+
+
+@app.command("check")
+def check(
+    manifest: str | None = typer.Option(None, "--manifest", "-m", help=_MANIFEST_HELP),
+    hostname: str = typer.Option(
+        DEFAULT_HOSTNAME, "--hostname", envvar="TETHER_HOSTNAME", help=_HOSTNAME_HELP
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    firewall_format: str | None = typer.Option(
+        None, "--firewall-format", "-f", help="Render allow rules for blocked endpoints."
+    ),
+    resolver: list[str] = typer.Option(
+        [], "--resolver", help="IP[:PORT] of a resolver to use (repeatable); default: discover."
+    ),
+    ca: Path | None = typer.Option(None, "--ca", help="Pinned CA certificate (PEM) for TLS."),
+    timeout: float = typer.Option(5.0, "--timeout", help="Seconds per probe."),
+    idle_survival: float = typer.Option(
+        0.0, "--idle-survival", help="Hold a link idle this many seconds and check it survives."
+    ),
+    lease_root: Path = typer.Option(
+        Path("/"), "--lease-root", help="Read DHCP leases under this directory."
+    ),
+    legacy: bool = typer.Option(False, "--legacy", help="Also probe legacy endpoints."),
+) -> None:
+    """Preflight from this network: can a gateway here reach everything the manifest lists?
+
+    Exit code 0 pass, 1 warnings, 2 failures, 3 the check could not run.
+    """
+    from tether.netcheck.command import EXIT_UNUSABLE, CheckCommand, UsageError, run_command
+
+    command = CheckCommand(
+        as_json=as_json,
+        firewall_format=firewall_format,
+        resolvers=resolver,
+        ca=ca,
+        timeout=timeout,
+        idle_survival=idle_survival,
+        lease_root=lease_root,
+        include_legacy=legacy,
+    )
+    try:
+        code = run_command(_read(manifest, hostname), command)
+    except (_Failed, UsageError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_UNUSABLE) from None
+    raise typer.Exit(code)

@@ -1,0 +1,149 @@
+"""Showing a :class:`CheckReport`: a Rich table for people, JSON for machines, and the fixes for
+blocked endpoints rendered in the firewall format the user names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from tether.netcheck.report import CheckReport, Status
+from tether.netcheck.runner import ProgressEvent
+from tether.netreq.model import Manifest, TimePolicy
+from tether.netreq.render import RuleOptions, RuleOutput, build_rules
+
+__all__ = ["firewall_fix", "print_report", "progress_display", "report_json"]
+
+_STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Status.SKIP: "dim"}
+
+
+def firewall_fix(manifest: Manifest, report: CheckReport, fmt: str) -> RuleOutput | None:
+    """Allow rules, in ``fmt``, for just the endpoints whose fix is a firewall rule.
+
+    Raises ``tether.netreq.render.UnknownFormat`` for an unknown format.
+    """
+    blocked = set(report.blocked_endpoints())
+    if not blocked:
+        build_rules(manifest, fmt)  # still reject an unknown format
+        return None
+    subset = msgspec.structs.replace(
+        manifest,
+        endpoints=tuple(e for e in manifest.endpoints if e.id in blocked),
+        time=TimePolicy(),  # its references may point at endpoints left out
+        changes=(),
+    )
+    return build_rules(subset, fmt, RuleOptions(include_legacy=True, include_optional=True))
+
+
+def report_json(report: CheckReport, fix: RuleOutput | None = None) -> bytes:
+    """The report as JSON (``decode_report`` reads it back), with ``firewall_fix`` if given."""
+    data: dict[str, Any] = msgspec.to_builtins(report)
+    if fix is not None:
+        data["firewall_fix"] = {
+            "format": fix.format,
+            "files": [{"name": n, "content": c} for n, c in fix.files],
+            "gaps": [str(g) for g in fix.gaps],
+        }
+    return msgspec.json.format(msgspec.json.encode(data), indent=2) + b"\n"
+
+
+def print_report(
+    report: CheckReport,
+    console: Console,
+    *,
+    fix: RuleOutput | None = None,
+    formats_hint: tuple[str, ...] = (),
+) -> None:
+    title = (
+        f"Preflight: {report.manifest_product} (manifest {report.manifest_version}, "
+        f"{report.manifest_publisher}) from {report.host or 'this machine'}"
+    )
+    table = Table(title=title, title_justify="left", show_lines=False, expand=True)
+    table.add_column("", no_wrap=True, width=4)
+    table.add_column("check", no_wrap=True)
+    table.add_column("target", overflow="fold", ratio=2)
+    table.add_column("finding / fix", overflow="fold", ratio=5)
+    last_endpoint: str | None = "\0"
+    for result in report.results:
+        if result.endpoint != last_endpoint:
+            if last_endpoint != "\0":
+                table.add_section()
+            last_endpoint = result.endpoint
+        cell = Text(result.finding)
+        if result.fix:
+            cell.append("\n→ " + result.fix, style="cyan")
+        label = result.check.value
+        if result.endpoint:
+            label = f"{label}\n[{result.endpoint}]"
+        table.add_row(
+            Text(result.status.value.upper(), style=_STYLE[result.status]),
+            Text(label),
+            Text(result.target),
+            cell,
+        )
+    console.print(table)
+    counts = report.counts()
+    summary = " · ".join(f"{s.value.upper()} {counts[s]}" for s in Status if counts[s])
+    verdict = report.status
+    console.print(
+        Text.assemble(
+            ("Result: ", "bold"),
+            (verdict.value.upper(), _STYLE[verdict]),
+            f"  ({summary}; exit code {report.exit_code})",
+        )
+    )
+    if report.proxy:
+        console.print(f"Proxy: {report.proxy}", markup=False, highlight=False)
+    if fix is not None:
+        console.print(
+            Text(
+                f"\nAllow rules for the blocked endpoints ({fix.format}), for the firewall team:",
+                style="bold",
+            )
+        )
+        console.print(fix.text.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+        for gap in fix.gaps:
+            console.print(f"note: {gap}", markup=False, highlight=False)
+    elif report.blocked_endpoints() and formats_hint:
+        console.print(
+            "\nAdd --firewall-format FORMAT for the allow rules in your firewall's terms "
+            f"(one of: {', '.join(formats_hint)}).",
+            markup=False,
+            highlight=False,
+        )
+
+
+@contextmanager
+def progress_display(console: Console) -> Iterator[Callable[[ProgressEvent], None]]:
+    """A transient Rich progress bar; yields the callback for ``CheckOptions.progress``."""
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    task = progress.add_task("probing", total=None)
+
+    def update(event: ProgressEvent) -> None:
+        progress.update(
+            task, total=event.total, completed=event.completed, description=event.label[:60]
+        )
+
+    with progress:
+        yield update
