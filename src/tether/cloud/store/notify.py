@@ -13,7 +13,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self
 
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
@@ -78,13 +78,22 @@ class _Dispatcher:
 
 
 class LocalCommandNotifier:
-    """SQLite: one process holds every link, so a notification is a local call."""
+    """SQLite: one process holds every link, so a notification is a call within the process.
 
-    def __init__(self) -> None:
+    Stores opened in the same process on the same database file hear each other's
+    notifications (*key* names the database); other processes do not.
+    """
+
+    _peers: ClassVar[dict[str, set[LocalCommandNotifier]]] = {}
+
+    def __init__(self, key: str | None = None) -> None:
+        self._key = key if key is not None else f"private:{id(self)}"
         self._dispatcher = _Dispatcher()
+        self._peers.setdefault(self._key, set()).add(self)
 
     async def notify(self, gateway_id: str) -> None:
-        self._dispatcher.dispatch(gateway_id)
+        for peer in list(self._peers.get(self._key, ())):
+            peer._dispatcher.dispatch(gateway_id)
 
     async def add(self, callback: CommandCallback) -> None:
         self._dispatcher.callbacks.append(callback)
@@ -93,6 +102,11 @@ class LocalCommandNotifier:
         self._dispatcher.callbacks.remove(callback)
 
     async def close(self) -> None:
+        peers = self._peers.get(self._key)
+        if peers is not None:
+            peers.discard(self)
+            if not peers:
+                del self._peers[self._key]
         self._dispatcher.callbacks.clear()
         await self._dispatcher.drain()
 

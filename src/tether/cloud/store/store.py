@@ -284,8 +284,11 @@ class Store:
         notifier: CommandNotifier
         if backend == "sqlite":
             database = parsed.database
+            key = None
             if database and database != ":memory:" and not database.startswith("file:"):
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                path = Path(database).absolute()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                key = str(path.resolve())
             engine = create_async_engine(parsed)
             _configure_sqlite(engine)
             try:
@@ -293,7 +296,7 @@ class Store:
             except BaseException:
                 await engine.dispose()
                 raise
-            notifier = LocalCommandNotifier()
+            notifier = LocalCommandNotifier(key)
         elif backend == "postgresql":
             engine = create_async_engine(parsed, pool_pre_ping=True)
             notifier = PostgresCommandNotifier(engine, _listen_dsn(parsed))

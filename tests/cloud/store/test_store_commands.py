@@ -1,0 +1,364 @@
+"""Commands in the store: the lifecycle table applied atomically, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+
+from tether.cloud.store import (
+    CommandNotFound,
+    CommandRecord,
+    GatewayRevoked,
+    GatewayUnknown,
+    Store,
+)
+from tether.protocol.commands import (
+    TRANSITIONS,
+    CommandEvent,
+    CommandState,
+    IllegalTransition,
+)
+
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+
+E, S = CommandEvent, CommandState
+
+# How to bring a fresh (queued) command into each state.
+PATHS: dict[CommandState, tuple[CommandEvent, ...]] = {
+    S.QUEUED: (),
+    S.DELIVERED: (E.DELIVER,),
+    S.RUNNING: (E.DELIVER, E.START),
+    S.SUCCEEDED: (E.DELIVER, E.START, E.SUCCEED),
+    S.FAILED: (E.DELIVER, E.FAIL),
+    S.EXPIRED: (E.EXPIRE,),
+    S.CANCELLED: (E.CANCEL,),
+}
+
+
+@pytest.fixture
+async def gateway_store(store: Store) -> Store:
+    await store.create_gateway(gateway_id="gw-1", name="one", now=NOW)
+    await store.create_gateway(gateway_id="gw-2", name="two", now=NOW)
+    return store
+
+
+async def _command(
+    store: Store,
+    gateway_id: str = "gw-1",
+    *,
+    at: datetime = NOW,
+    ttl: timedelta = HOUR,
+    kind: str = "reboot",
+) -> CommandRecord:
+    return await store.create_command(
+        gateway_id=gateway_id,
+        kind=kind,
+        args={"delay_s": 5, "reason": "update"},
+        expires_at=at + ttl,
+        created_by="alice",
+        now=at,
+    )
+
+
+async def _bring_to(store: Store, state: CommandState, *, at: datetime = NOW) -> CommandRecord:
+    record = await _command(store, at=at)
+    for event in PATHS[state]:
+        record = await store.apply_command_event(record.command_id, event, now=at)
+    assert record.state is state
+    return record
+
+
+async def test_create_and_get(gateway_store: Store) -> None:
+    record = await _command(gateway_store)
+    assert len(record.command_id) == 32
+    int(record.command_id, 16)
+    assert record.state is S.QUEUED
+    assert record.args == {"delay_s": 5, "reason": "update"}
+    assert (record.created_at, record.updated_at, record.expires_at) == (NOW, NOW, NOW + HOUR)
+    assert (record.delivered_at, record.started_at, record.finished_at) == (None, None, None)
+    assert (record.result, record.error, record.created_by) == (None, None, "alice")
+    assert await gateway_store.get_command(record.command_id) == record
+    assert await gateway_store.get_command("0" * 32) is None
+
+
+async def test_commands_only_for_registered_unrevoked_gateways(gateway_store: Store) -> None:
+    with pytest.raises(GatewayUnknown):
+        await _command(gateway_store, "gw-nope")
+    await gateway_store.revoke_gateway("gw-2", now=NOW)
+    with pytest.raises(GatewayRevoked):
+        await _command(gateway_store, "gw-2")
+    assert await gateway_store.list_commands() == []
+
+
+async def test_full_lifecycle_sets_timestamps_result_and_error(gateway_store: Store) -> None:
+    ok = await _command(gateway_store)
+    delivered = await gateway_store.apply_command_event(
+        ok.command_id, E.DELIVER, now=NOW + MINUTE, gateway_id="gw-1"
+    )
+    assert (delivered.state, delivered.delivered_at) == (S.DELIVERED, NOW + MINUTE)
+    running = await gateway_store.apply_command_event(
+        ok.command_id, E.START, now=NOW + 2 * MINUTE, gateway_id="gw-1"
+    )
+    assert (running.state, running.started_at, running.finished_at) == (
+        S.RUNNING,
+        NOW + 2 * MINUTE,
+        None,
+    )
+    done = await gateway_store.apply_command_event(
+        ok.command_id,
+        E.SUCCEED,
+        now=NOW + 3 * MINUTE,
+        gateway_id="gw-1",
+        result={"uptime_s": 12, "log": ["a", "b"]},
+    )
+    assert done.state is S.SUCCEEDED
+    assert done.finished_at == done.updated_at == NOW + 3 * MINUTE
+    assert done.delivered_at == NOW + MINUTE
+    assert done.started_at == NOW + 2 * MINUTE
+    assert done.result == {"uptime_s": 12, "log": ["a", "b"]}
+    assert await gateway_store.get_command(ok.command_id) == done
+
+    bad = await _command(gateway_store)
+    await gateway_store.apply_command_event(bad.command_id, E.DELIVER, now=NOW)
+    failed = await gateway_store.apply_command_event(
+        bad.command_id, E.FAIL, now=NOW + MINUTE, error="no such handler: reboot"
+    )
+    assert (failed.state, failed.error, failed.finished_at) == (
+        S.FAILED,
+        "no such handler: reboot",
+        NOW + MINUTE,
+    )
+
+
+async def test_store_agrees_with_the_lifecycle_table(gateway_store: Store) -> None:
+    for state in CommandState:
+        for event in CommandEvent:
+            record = await _bring_to(gateway_store, state)
+            expected = TRANSITIONS.get((state, event))
+            if expected is None:
+                with pytest.raises(IllegalTransition) as caught:
+                    await gateway_store.apply_command_event(record.command_id, event, now=NOW)
+                assert (caught.value.state, caught.value.event) == (state, event)
+                unchanged = await gateway_store.get_command(record.command_id)
+                assert unchanged == record
+            else:
+                after = await gateway_store.apply_command_event(
+                    record.command_id, event, now=NOW + MINUTE
+                )
+                assert after.state is expected, (state, event)
+                assert after.updated_at == NOW + MINUTE
+                assert (after.finished_at is not None) == (
+                    expected in {S.SUCCEEDED, S.FAILED, S.EXPIRED, S.CANCELLED}
+                )
+
+
+async def test_gateway_cannot_touch_or_detect_other_gateways_commands(
+    gateway_store: Store,
+) -> None:
+    theirs = await _command(gateway_store, "gw-2")
+    with pytest.raises(CommandNotFound) as foreign:
+        await gateway_store.apply_command_event(
+            theirs.command_id, E.DELIVER, now=NOW, gateway_id="gw-1"
+        )
+    with pytest.raises(CommandNotFound) as missing:
+        await gateway_store.apply_command_event("f" * 32, E.DELIVER, now=NOW, gateway_id="gw-1")
+    # Same error class and the same wording apart from the id: nothing to tell the two apart.
+    assert str(foreign.value).replace(theirs.command_id, "X") == str(missing.value).replace(
+        "f" * 32, "X"
+    )
+    assert await gateway_store.get_command(theirs.command_id) == theirs
+    # Even an illegal event on a foreign command reports "not found", not the lifecycle error.
+    with pytest.raises(CommandNotFound):
+        await gateway_store.apply_command_event(
+            theirs.command_id, E.SUCCEED, now=NOW, gateway_id="gw-1"
+        )
+
+
+async def test_concurrent_starts_from_two_nodes_have_one_winner(store_url: str) -> None:
+    nodes = [await Store.open(store_url) for _ in range(2)]
+    try:
+        await nodes[0].create_gateway(gateway_id="gw-1", name="one", now=NOW)
+        record = await _command(nodes[0])
+        await nodes[1].apply_command_event(record.command_id, E.DELIVER, now=NOW)
+        outcomes = await asyncio.gather(
+            *(
+                nodes[i % 2].apply_command_event(
+                    record.command_id, E.START, now=NOW + i * MINUTE, gateway_id="gw-1"
+                )
+                for i in range(8)
+            ),
+            return_exceptions=True,
+        )
+        final = await nodes[0].get_command(record.command_id)
+    finally:
+        for node in nodes:
+            await node.close()
+    winners = [o for o in outcomes if isinstance(o, CommandRecord)]
+    losers = [o for o in outcomes if not isinstance(o, CommandRecord)]
+    assert len(winners) == 1, outcomes
+    assert all(isinstance(o, IllegalTransition) for o in losers), losers
+    assert all(o.state is S.RUNNING for o in losers if isinstance(o, IllegalTransition))
+    assert final == winners[0]
+
+
+async def test_event_computed_from_a_stale_state_is_never_applied(
+    gateway_store: Store, store_url: str
+) -> None:
+    """Another node moves the command while our update is in flight: ours must not land."""
+    record = await _bring_to(gateway_store, S.DELIVERED)
+    other_start = NOW + MINUTE
+    ours_start = NOW + 2 * MINUTE
+    if gateway_store.dialect == "postgresql":
+        dsn = store_url.replace("postgresql+asyncpg://", "postgresql://")
+        other = await asyncpg.connect(dsn)
+        try:
+            transaction = other.transaction()
+            await transaction.start()
+            await other.execute(
+                "UPDATE commands SET state = 'running', started_at = $2 WHERE command_id = $1",
+                record.command_id,
+                other_start,
+            )
+            ours = asyncio.create_task(
+                gateway_store.apply_command_event(record.command_id, E.START, now=ours_start)
+            )
+            # Our store read "delivered" and now waits on the other node's row lock.
+            await _wait_for_lock_waiter(other, ours)
+            await transaction.commit()
+            with pytest.raises(IllegalTransition) as caught:
+                await ours
+        finally:
+            await other.close()
+    else:
+        database = store_url.split("///", 1)[1]
+        other_sqlite = sqlite3.connect(database, isolation_level=None)
+        try:
+            other_sqlite.execute("BEGIN IMMEDIATE")
+            other_sqlite.execute(
+                "UPDATE commands SET state = 'running', started_at = ? WHERE command_id = ?",
+                (other_start.replace(tzinfo=None).isoformat(sep=" "), record.command_id),
+            )
+            # SQLite serialises writers: ours queues on the write lock, then reads "running".
+            ours = asyncio.create_task(
+                gateway_store.apply_command_event(record.command_id, E.START, now=ours_start)
+            )
+            await asyncio.sleep(0)
+            other_sqlite.execute("COMMIT")
+            with pytest.raises(IllegalTransition) as caught:
+                await ours
+        finally:
+            other_sqlite.close()
+    assert (caught.value.state, caught.value.event) == (S.RUNNING, E.START)
+    final = await gateway_store.get_command(record.command_id)
+    assert final is not None
+    assert (final.state, final.started_at) == (S.RUNNING, other_start)
+
+
+async def _wait_for_lock_waiter(conn: asyncpg.Connection, task: asyncio.Task[object]) -> None:
+    for _ in range(1000):
+        if task.done():
+            return  # it failed early; awaiting it shows why
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the store's update never waited on the row lock")
+
+
+async def test_listing_newest_first_with_filters(gateway_store: Store) -> None:
+    first = await _command(gateway_store, "gw-1", at=NOW)
+    second = await _command(gateway_store, "gw-2", at=NOW + MINUTE)
+    third = await _command(gateway_store, "gw-1", at=NOW + 2 * MINUTE)
+    await gateway_store.apply_command_event(third.command_id, E.DELIVER, now=NOW + 3 * MINUTE)
+
+    def ids(records: list[CommandRecord]) -> list[str]:
+        return [r.command_id for r in records]
+
+    everything = await gateway_store.list_commands()
+    assert ids(everything) == [third.command_id, second.command_id, first.command_id]
+    assert ids(await gateway_store.list_commands(gateway_id="gw-1")) == [
+        third.command_id,
+        first.command_id,
+    ]
+    assert ids(await gateway_store.list_commands(state=S.QUEUED)) == [
+        second.command_id,
+        first.command_id,
+    ]
+    assert ids(await gateway_store.list_commands(gateway_id="gw-1", state=S.DELIVERED)) == [
+        third.command_id
+    ]
+    assert ids(await gateway_store.list_commands(limit=1)) == [third.command_id]
+
+
+async def test_pending_is_queued_unexpired_oldest_first(gateway_store: Store) -> None:
+    older = await _command(gateway_store, at=NOW)
+    newer = await _command(gateway_store, at=NOW + MINUTE)
+    short = await _command(gateway_store, at=NOW, ttl=MINUTE)
+    await _command(gateway_store, "gw-2", at=NOW)
+    delivered = await _command(gateway_store, at=NOW)
+    await gateway_store.apply_command_event(delivered.command_id, E.DELIVER, now=NOW)
+
+    pending = await gateway_store.pending_commands("gw-1", now=NOW + 30 * MINUTE)
+    assert [c.command_id for c in pending] == [older.command_id, newer.command_id]
+    at_start = await gateway_store.pending_commands("gw-1", now=NOW + timedelta(seconds=59))
+    assert short.command_id in {c.command_id for c in at_start}
+
+
+async def test_expire_due_commands(gateway_store: Store) -> None:
+    due = {state: await _bring_to(gateway_store, state) for state in CommandState}
+    fresh = await _command(gateway_store, at=NOW, ttl=10 * HOUR)
+    await gateway_store.apply_command_event(fresh.command_id, E.DELIVER, now=NOW)
+
+    expired = await gateway_store.expire_due_commands(now=NOW + HOUR)
+    unfinished = {S.QUEUED, S.DELIVERED, S.RUNNING}
+    assert {c.command_id for c in expired} == {due[s].command_id for s in unfinished}
+    for record in expired:
+        assert record.state is S.EXPIRED
+        assert record.finished_at == record.updated_at == NOW + HOUR
+    for state in set(CommandState) - unfinished:
+        assert await gateway_store.get_command(due[state].command_id) == due[state]
+    still = await gateway_store.get_command(fresh.command_id)
+    assert still is not None
+    assert still.state is S.DELIVERED
+    assert await gateway_store.expire_due_commands(now=NOW + HOUR) == []
+
+
+async def test_requeue_delivered_when_link_drops(gateway_store: Store) -> None:
+    delivered = [await _bring_to(gateway_store, S.DELIVERED) for _ in range(2)]
+    running = await _bring_to(gateway_store, S.RUNNING)
+    theirs = await _command(gateway_store, "gw-2")
+    await gateway_store.apply_command_event(theirs.command_id, E.DELIVER, now=NOW)
+
+    assert await gateway_store.requeue_delivered("gw-1", now=NOW + MINUTE) == 2
+    for record in delivered:
+        after = await gateway_store.get_command(record.command_id)
+        assert after is not None
+        assert (after.state, after.updated_at) == (S.QUEUED, NOW + MINUTE)
+    pending = await gateway_store.pending_commands("gw-1", now=NOW + MINUTE)
+    assert {c.command_id for c in pending} == {r.command_id for r in delivered}
+    still_running = await gateway_store.get_command(running.command_id)
+    assert still_running is not None
+    assert still_running.state is S.RUNNING
+    other = await gateway_store.get_command(theirs.command_id)
+    assert other is not None
+    assert other.state is S.DELIVERED
+    assert await gateway_store.requeue_delivered("gw-1", now=NOW + MINUTE) == 0
+
+
+async def test_commands_of_a_revoked_gateway_are_kept(gateway_store: Store) -> None:
+    record = await _command(gateway_store)
+    await gateway_store.revoke_gateway("gw-1", now=NOW)
+    async with gateway_store.engine.connect() as conn:
+        count = await conn.scalar(sa.text("SELECT count(*) FROM commands"))
+    assert count == 1
+    assert await gateway_store.get_command(record.command_id) == record
