@@ -1,0 +1,183 @@
+"""``tether net docs | rules | diff | formats`` through the real command line."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from tests.support.netreq import own_split
+from typer.testing import CliRunner
+
+from tether.cli import app
+from tether.netreq.catalog import reference_text
+from tether.netreq.loader import manifest_to_json
+from tether.netreq.serve import MANIFEST_PATH, manifest_body
+
+runner = CliRunner()
+
+
+def _run(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["net", *args], env=env)
+
+
+def test_docs_default_is_tethers_own_manifest_in_markdown() -> None:
+    result = _run("docs")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("# Network requirements: tether gateway")
+    assert "| tether.example.com | TCP 443 | WebSocket (TLS 1.3+) |" in result.stdout
+
+
+def test_docs_hostname_from_option_and_environment() -> None:
+    by_option = _run("docs", "--hostname", "cloud.example.org", "--format", "csv")
+    assert by_option.exit_code == 0
+    assert by_option.stdout.splitlines()[1].split(",")[2] == "cloud.example.org"
+    by_env = _run("docs", "-f", "json", env={"TETHER_HOSTNAME": "env.example.org"})
+    assert by_env.exit_code == 0
+    assert {e["host"] for e in json.loads(by_env.stdout)["endpoints"]} == {"env.example.org"}
+
+
+def test_docs_html_to_a_file(tmp_path: Path) -> None:
+    out = tmp_path / "requirements.html"
+    result = _run("docs", "-f", "html", "-m", "mapped-gateway", "-o", str(out))
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "cloudlink.mgmt.edge.mapped.com" in out.read_text()
+
+
+def test_rules_print_the_format_and_gaps_on_stderr() -> None:
+    result = _run("rules", "--format", "cisco-asa", "--manifest", "mapped-gateway")
+    assert result.exit_code == 0
+    assert " fqdn v4 cloudlink.mgmt.edge.mapped.com" in result.stdout
+    assert "note: *.balena-cloud.com (legacy-balena)" in result.stderr
+    assert "note:" not in result.stdout
+
+
+def test_rules_options(tmp_path: Path) -> None:
+    result = _run(
+        "rules",
+        "-f",
+        "nftables",
+        "-m",
+        "mapped-gateway",
+        "--no-legacy",
+        "--prefix",
+        "site",
+        "--output-dir",
+        str(tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site-dnsmasq.conf", "site.nft"]
+    conf = (tmp_path / "site-dnsmasq.conf").read_text()
+    assert "datadog" not in conf
+    assert "#inet#site#tcp443_v4" in conf
+
+
+def test_rules_from_a_manifest_file(tmp_path: Path) -> None:
+    path = tmp_path / "dt.toml"
+    path.write_bytes(reference_text("dt-cloud-connector-2nd-gen"))
+    result = _run("rules", "-f", "fqdn", "-m", str(path), "--required-only")
+    assert result.exit_code == 0
+    names = [line for line in result.stdout.splitlines() if not line.startswith("#")]
+    assert names == [
+        "ccon-manager.prod.disruptive-technologies.com",
+        "est.prod.disruptive-technologies.com",
+        "mender.prod.disruptive-technologies.com",
+        "mender-artifacts.prod.disruptive-technologies.com",
+    ]
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'version = "2026010101"\npublisher = "p"\nproduct = "g"\n'
+        '[[endpoints]]\nid = "api"\narea = "a"\npurpose = "p"\nhost = "api.example.com"\n'
+        'ports = [{ port = "https" }]\n'
+    )
+    for args in (
+        ("rules", "-f", "fqdn", "-m", str(bad)),
+        ("docs", "-m", str(tmp_path / "missing.json")),
+        ("rules", "-f", "iptables"),
+        ("docs", "-f", "pdf"),
+        ("docs", "--hostname", "Not A Host"),
+    ):
+        result = _run(*args)
+        assert result.exit_code == 1, args
+        assert result.stderr.startswith("error: "), args
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "Traceback" not in result.output
+    result = _run("rules", "-f", "fqdn", "-m", str(bad))
+    assert result.stderr == (
+        f"error: {bad}: endpoint 'api': field 'ports[0].port': expected int, got str\n"
+    )
+
+
+def test_diff_between_files(tmp_path: Path) -> None:
+    old = tmp_path / "old.json"
+    new = tmp_path / "new.json"
+    old.write_bytes(manifest_to_json(own_split()))
+    split = own_split()
+    new.write_bytes(
+        manifest_to_json(split).replace(b"ingest.tether.example.com", b"data.tether.example.com")
+    )
+    result = _run("diff", str(old), str(new))
+    assert result.exit_code == 0
+    assert "- data.tether.example.com TCP 443" in result.stdout
+    as_json = _run("diff", str(old), str(new), "--json", "--exit-code")
+    assert as_json.exit_code == 3
+    assert json.loads(as_json.stdout)["action_required"] is True
+    same = _run("diff", str(old), str(old), "--exit-code")
+    assert same.exit_code == 0
+    assert "Nothing a site needs to change." in same.stdout
+
+
+class _Handler(BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:
+        if self.path != MANIFEST_PATH:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def served() -> Iterator[str]:
+    _Handler.body = manifest_body(own_split())
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_manifest_from_the_served_url(served: str) -> None:
+    result = _run("rules", "-f", "fqdn", "-m", served + MANIFEST_PATH)
+    assert result.exit_code == 0, result.output
+    assert "ingest.tether.example.com" in result.stdout
+    missing = _run("docs", "-m", served + "/nope")
+    assert missing.exit_code == 1
+    assert "404" in missing.stderr
+
+
+def test_formats_lists_everything() -> None:
+    result = _run("formats", "--json")
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert {"kind": "rules", "name": "paloalto-edl"} in rows
+    assert {"kind": "reference", "name": "mapped-gateway"} in rows
+    assert "nftables" in _run("formats").stdout
