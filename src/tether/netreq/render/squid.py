@@ -14,7 +14,8 @@ Semantics encoded here, from Squid's ``acl`` directive documentation and its dom
   through an HTTP proxy (``proxy_ok = false``) are reported as gaps.
 
 Gateways use HTTPS through the proxy, so each line allows ``CONNECT`` to the listed names on the
-listed ports. Place the lines before your ``http_access deny all``.
+listed ports (Squid 5 and later predefine the ``CONNECT`` ACL; older default configurations define
+it as ``acl CONNECT method CONNECT``). Place the lines before your ``http_access deny all``.
 """
 
 from __future__ import annotations
