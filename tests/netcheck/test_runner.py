@@ -40,7 +40,9 @@ def own_manifest(port: int, **hostnames: str) -> Manifest:
 def options(dns: DNSServer | list[DNSServer], test_ca: TestCA, **kw: Any) -> CheckOptions:
     servers = dns if isinstance(dns, list) else [dns]
     defaults: dict[str, Any] = {
-        "resolvers": tuple(Resolver("127.0.0.1", s.port, f"test {i}") for i, s in enumerate(servers)),
+        "resolvers": tuple(
+            Resolver("127.0.0.1", s.port, f"test {i}") for i, s in enumerate(servers)
+        ),
         "anchors": TrustAnchors((test_ca.cert,)),
         "environ": {},
         "timeout": 3.0,
@@ -115,7 +117,12 @@ async def test_clean_network_passes(
     assert statuses(find(report, Check.CAPTIVE)) == {Status.PASS}
     assert find(report, Check.PROXY)[0].status is Status.SKIP
     assert {r.endpoint for r in find(report, Check.APP)} == {
-        "control", "enrollment", "ingest", "updates", "logs", "support"
+        "control",
+        "enrollment",
+        "ingest",
+        "updates",
+        "logs",
+        "support",
     }
     # progress: one event per unit of work, ending at the total
     assert events[-1].completed == events[-1].total == len(events)
@@ -172,7 +179,12 @@ async def test_refused_and_broken_ipv6(
     assert find(report, Check.TLS, "ingest") == []  # later probes stop at the failure
     # firewall fixes: ingest (blocked) and every endpoint on the tether host (its IPv6 path)
     assert set(report.blocked_endpoints()) == {
-        "control", "enrollment", "ingest", "updates", "logs", "support"
+        "control",
+        "enrollment",
+        "ingest",
+        "updates",
+        "logs",
+        "support",
     }
 
     v6 = find(report, Check.TCP, "control", target="(IPv6)")
@@ -200,8 +212,7 @@ async def test_squid_with_authentication(
     [denied] = find(report, Check.PROXY, "ingest")
     assert denied.status is Status.FAIL
     assert denied.fix == (
-        f"proxy refuses CONNECT to ingest.blocked.test:{app.port}: ask the proxy admins to "
-        "allow it"
+        f"proxy refuses CONNECT to ingest.blocked.test:{app.port}: ask the proxy admins to allow it"
     )
     assert denied.firewall
     assert statuses(find(report, Check.PROXY, "control")) == {Status.PASS}

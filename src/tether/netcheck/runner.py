@@ -1087,11 +1087,13 @@ class _Run:
                 "synchronisation",
                 details={"offset": f"{offset:.3f}", "source": source},
             )
+        # An HTTP Date has one-second resolution: do not claim more.
+        within = f"{abs(offset):.3f} s" if self.ntp_answers else f"{max(1, round(abs(offset)))} s"
         return CheckResult(
             check=Check.TIME,
             target="clock",
             status=Status.PASS,
-            finding=f"clock within {abs(offset):.1f} s of {source}{note}",
+            finding=f"clock within {within} of {source}{note}",
             details={"offset": f"{offset:.3f}", "source": source},
         )
 

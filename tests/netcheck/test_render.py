@@ -1,0 +1,126 @@
+"""Showing a report: table, JSON round trip, exit codes, and fixes in a firewall's terms."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from tether.netcheck.render import firewall_fix, print_report, report_json
+from tether.netcheck.report import Check, CheckReport, CheckResult, Status, decode_report
+from tether.netreq.own import DeploymentSettings, build_own_manifest
+from tether.netreq.render import UnknownFormat
+
+NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+MANIFEST = build_own_manifest(
+    DeploymentSettings(hostname="tether.site.test", area_hostnames={"ingest": "ingest.site.test"})
+)
+
+
+def report(*results: CheckResult) -> CheckReport:
+    return CheckReport(
+        manifest_product="tether gateway",
+        manifest_version=MANIFEST.version,
+        manifest_publisher="tether",
+        started_at=NOW,
+        finished_at=NOW,
+        host="site-laptop",
+        proxy="http://alice:***@proxy:3128",
+        results=results,
+    )
+
+
+PASS_TLS = CheckResult(
+    check=Check.TLS,
+    target="tether.site.test:443",
+    status=Status.PASS,
+    finding="TLSv1.3",
+    endpoint="control",
+)
+WARN_WS = CheckResult(
+    check=Check.WEBSOCKET,
+    target="tether.site.test:443/link",
+    status=Status.WARN,
+    finding="WebSocket upgrade refused",
+    fix="allow WebSocket upgrades",
+    endpoint="control",
+    firewall=True,
+)
+FAIL_TCP = CheckResult(
+    check=Check.TCP,
+    target="ingest.site.test:443 (IPv4)",
+    status=Status.FAIL,
+    finding="TCP 443 to 192.0.2.9 refused",
+    fix="allow outbound TCP 443",
+    endpoint="ingest",
+    firewall=True,
+)
+SKIP = CheckResult(check=Check.PROXY, target="HTTPS_PROXY", status=Status.SKIP, finding="none")
+
+
+@pytest.mark.parametrize(
+    ("results", "status", "code"),
+    [
+        ((), Status.PASS, 0),
+        ((PASS_TLS, SKIP), Status.PASS, 0),
+        ((PASS_TLS, WARN_WS), Status.WARN, 1),
+        ((WARN_WS, FAIL_TCP, PASS_TLS), Status.FAIL, 2),
+    ],
+)
+def test_verdict_and_exit_code(results: tuple[CheckResult, ...], status: Status, code: int) -> None:
+    r = report(*results)
+    assert r.status is status
+    assert r.exit_code == code
+
+
+def test_json_round_trip() -> None:
+    original = report(PASS_TLS, WARN_WS, FAIL_TCP)
+    data = report_json(original)
+    assert decode_report(data) == original
+    parsed = json.loads(data)
+    assert parsed["results"][2]["status"] == "fail"
+    assert "firewall_fix" not in parsed
+
+
+def test_fixes_only_for_blocked_endpoints() -> None:
+    r = report(PASS_TLS, FAIL_TCP)
+    fix = firewall_fix(MANIFEST, r, "fqdn-exact")
+    assert fix is not None
+    assert "ingest.site.test" in fix.text
+    assert "tether.site.test" not in fix.text.replace("# ", "").split("\n", 5)[-1]
+    data = json.loads(report_json(r, fix))
+    assert data["firewall_fix"]["format"] == "fqdn-exact"
+    assert decode_report(report_json(r, fix)) == r  # extra key ignored by readers
+
+    assert firewall_fix(MANIFEST, report(PASS_TLS), "fqdn") is None
+    with pytest.raises(UnknownFormat):
+        firewall_fix(MANIFEST, report(PASS_TLS), "iptables-by-hand")
+
+
+def test_table() -> None:
+    out = io.StringIO()
+    r = report(PASS_TLS, WARN_WS, FAIL_TCP, SKIP)
+    print_report(
+        r,
+        Console(file=out, width=200, color_system=None),
+        fix=firewall_fix(MANIFEST, r, "squid"),
+    )
+    text = out.getvalue()
+    assert "FAIL" in text
+    assert "TCP 443 to 192.0.2.9 refused" in text
+    assert "→ allow outbound TCP 443" in text
+    assert "Result: FAIL" in text
+    assert "exit code 2" in text
+    assert "Allow rules for the blocked endpoints (squid)" in text
+    assert "dstdomain" in text
+    assert "ingest.site.test" in text
+    assert "alice:***@proxy" in text
+
+
+def test_hint_when_no_format_named() -> None:
+    out = io.StringIO()
+    print_report(report(FAIL_TCP), Console(file=out, width=200), formats_hint=("fqdn", "squid"))
+    assert "--firewall-format FORMAT" in out.getvalue()
