@@ -146,8 +146,10 @@ class WebSocketLink:
             else:  # CLOSE, CLOSING, CLOSED, ERROR: the transport is gone
                 session.close(CloseCode.GOING_AWAY, f"websocket {msg.type.name.lower()}")
                 break
-            for event in session.events():
-                await self._on_event(event)
+            # Handling one event may raise another (accept() raises LinkOpened): drain them all.
+            while events := session.events():
+                for event in events:
+                    await self._on_event(event)
             await self.flush()
 
     async def _on_event(self, event: object) -> None:
