@@ -555,7 +555,7 @@ class Spool:
         """Inside a transaction: drop expired chunks, then the oldest until ``room_for`` fits."""
         victims: list[_Victim] = db.execute(
             "SELECT id, stream, first_seq, last_seq, nbytes FROM chunks"
-            " WHERE stored_at < ? ORDER BY id",
+            " WHERE stored_at < ?",  # no ORDER BY: the planner would scan by id
             (cutoff,),
         ).fetchall()
         held = self._state.nbytes - sum(v[4] for v in victims)
