@@ -60,7 +60,27 @@ def gateways_show(
     if as_json:
         print_json(data)
         return
-    table(f"gateway {gateway}", ["field", "value"], [[k, v] for k, v in data.items()])
+    g = data["gateway"]
+    state = "revoked" if g["revoked"] else ("linked" if g["linked"] else "offline")
+    rows = [
+        ["name", g["name"]],
+        ["state", state],
+        ["tier", g["tier"]],
+        ["tier reason", data["tier_reason"] or "-"],
+        ["on this tier since", age(data["tier_since"])],
+        ["last seen", age(g["last_seen"])],
+        ["agent", g["agent_version"]],
+        ["peer", g["peer"]],
+        ["certificate expires", g["cert_not_after"]],
+        ["enrolled", g["created_at"]],
+    ]
+    table(f"gateway {gateway}", ["field", "value"], rows)
+    if data["tier_history"]:
+        table(
+            "tier history",
+            ["at", "tier", "reason"],
+            [[h["at"][:19], h["tier"], h["reason"] or "-"] for h in data["tier_history"][-10:]],
+        )
 
 
 def revoke(gateway: str) -> None:

@@ -69,6 +69,19 @@ class GatewayOut(msgspec.Struct):
     cert_not_after: datetime | None
 
 
+class TierChange(msgspec.Struct):
+    at: str
+    tier: str
+    reason: str
+
+
+class GatewayDetail(msgspec.Struct):
+    gateway: GatewayOut
+    tier_reason: str | None
+    tier_since: datetime | None
+    tier_history: list[TierChange]
+
+
 class CommandIn(msgspec.Struct, forbid_unknown_fields=True):
     kind: str
     args: dict[str, Any] = {}
@@ -324,8 +337,15 @@ async def _gateway(state: CloudState, gateway_id: str) -> GatewayRecord:
     return record
 
 
-async def get_gateway(request: web.Request, state: CloudState, p: Principal) -> GatewayOut:
-    return _gateway_out(await _gateway(state, request.match_info["gateway_id"]))
+async def get_gateway(request: web.Request, state: CloudState, p: Principal) -> GatewayDetail:
+    gateway = await _gateway(state, request.match_info["gateway_id"])
+    link = await state.links.get(gateway.gateway_id)
+    return GatewayDetail(
+        gateway=_gateway_out(gateway),
+        tier_reason=link.reason if link else None,
+        tier_since=link.since if link else None,
+        tier_history=[TierChange(**h) for h in link.history] if link else [],
+    )
 
 
 async def revoke_gateway(request: web.Request, state: CloudState, p: Principal) -> GatewayOut:
@@ -601,7 +621,13 @@ ROUTES: tuple[ApiRoute, ...] = (
         "GET", "/api/v1/gateways", list_gateways, "read", "List gateways", None, list[GatewayOut]
     ),
     ApiRoute(
-        "GET", "/api/v1/gateways/{gateway_id}", get_gateway, "read", "One gateway", None, GatewayOut
+        "GET",
+        "/api/v1/gateways/{gateway_id}",
+        get_gateway,
+        "read",
+        "One gateway with its link tier, the reason and recent tier changes",
+        None,
+        GatewayDetail,
     ),
     ApiRoute(
         "POST",

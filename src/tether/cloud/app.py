@@ -22,7 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from tether import __version__
-from tether.cloud import api, est
+from tether.cloud import api, est, poll
 from tether.cloud.identity import IdentityError
 from tether.cloud.ingest import IngestPipeline
 from tether.cloud.link import LinkHub, WebSocketLink, max_ws_message
@@ -30,6 +30,7 @@ from tether.cloud.service import GatewayService
 from tether.cloud.settings import CloudSettings
 from tether.cloud.state import STATE_KEY, CloudState
 from tether.cloud.store import Store
+from tether.cloud.store.links import LinkStore
 from tether.cloud.store.telemetry import TelemetryStore
 from tether.cloud.tls import server_ssl_context
 from tether.pki.ca import CertificateAuthority
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name, not a secret)
 SWEEP_INTERVAL = 5.0
+#: A gateway on the periodic-poll tier counts as linked this long after its last poll.
+POLL_GRACE = 2 * 900 + 120.0
 SETTINGS_KEY = web.AppKey("settings", CloudSettings)
 
 
@@ -96,12 +99,17 @@ async def link(request: web.Request) -> web.StreamResponse:
         max_msg_size=max_ws_message(state.settings.max_frame),
     )
     await ws.prepare(request)
+    if "probe" in request.query:
+        # An agent on an HTTPS tier checking whether WebSocket upgrades pass again.
+        await ws.close(message=b"probe ok")
+        return ws
     conn = WebSocketLink(
         ws,
         identity,
         service=state.service,
         hub=state.hub,
         store=state.store,
+        links=state.links,
         peer=request.remote,
         heartbeat_interval=state.settings.heartbeat_interval,
         max_frame=state.settings.max_frame,
@@ -121,6 +129,12 @@ async def _sweep(state: CloudState) -> None:
             continue
         if expired:
             log.info("expired %d commands", len(expired))
+        with contextlib.suppress(Exception):
+            await state.links.mark_stale(
+                now=datetime.now(UTC),
+                long_poll_grace=poll.MAX_WAIT * 2 + 30,
+                poll_grace=POLL_GRACE,
+            )
 
 
 async def _on_notify(state: CloudState, payload: str) -> None:
@@ -155,6 +169,7 @@ def build_app(settings: CloudSettings) -> web.Application:
             service=service,
             telemetry=telemetry,
             ingest=ingest,
+            links=LinkStore(store.engine),
         )
         app[STATE_KEY] = state
         sweeper = asyncio.get_running_loop().create_task(_sweep(state))
@@ -176,6 +191,7 @@ def build_app(settings: CloudSettings) -> web.Application:
     app.router.add_routes(api.api_routes())
     app.router.add_get("/.well-known/tether/hello", hello)
     app.router.add_get("/link", link)
+    app.router.add_routes(poll.routes())
     return app
 
 

@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 from tether.cloud.identity import GatewayIdentity
 from tether.cloud.service import GatewayService
 from tether.cloud.store import Store
+from tether.cloud.store.links import LinkStore
 from tether.protocol.codec import HEADER
 from tether.protocol.messages import CloseCode, Message, TelemetryBatch
 from tether.protocol.session import (
@@ -42,6 +43,7 @@ class LinkHub:
 
     def __init__(self) -> None:
         self._links: dict[str, WebSocketLink] = {}
+        self._waiters: dict[str, set[asyncio.Event]] = {}
 
     def __len__(self) -> int:
         return len(self._links)
@@ -61,8 +63,23 @@ class LinkHub:
             return True
         return False
 
+    def waiter(self, gateway_id: str) -> asyncio.Event:
+        """An event set when something arrives for the gateway (an HTTPS long-poll waits)."""
+        event = asyncio.Event()
+        self._waiters.setdefault(gateway_id, set()).add(event)
+        return event
+
+    def forget_waiter(self, gateway_id: str, event: asyncio.Event) -> None:
+        waiting = self._waiters.get(gateway_id)
+        if waiting is not None:
+            waiting.discard(event)
+            if not waiting:
+                del self._waiters[gateway_id]
+
     async def wake(self, gateway_id: str) -> None:
         """Something waits for the gateway: push it now if it is linked here."""
+        for event in self._waiters.get(gateway_id, ()):
+            event.set()
         link = self._links.get(gateway_id)
         if link is not None:
             await link.deliver()
@@ -92,6 +109,7 @@ class WebSocketLink:
         service: GatewayService,
         hub: LinkHub,
         store: Store,
+        links: LinkStore,
         peer: str | None,
         heartbeat_interval: float,
         max_frame: int,
@@ -102,6 +120,7 @@ class WebSocketLink:
         self.service = service
         self.hub = hub
         self.store = store
+        self.links = links
         self.peer = peer
         self.session = LinkSession(
             Role.SERVER,
@@ -164,12 +183,11 @@ class WebSocketLink:
             previous = self.hub.register(self)
             if previous is not None:
                 await previous.close(CloseCode.REPLACED, "a newer link of this gateway took over")
-            await self.store.set_link_state(
+            await self.links.opened(
                 self.gateway_id,
-                linked=True,
-                now=datetime.now(UTC),
-                agent_version=event.hello.agent_version,
                 tier="ws",
+                reason=event.hello.tier_reason,
+                agent_version=event.hello.agent_version,
                 peer=self.peer,
             )
             log.info("gateway %s linked (agent %s)", self.gateway_id, event.hello.agent_version)

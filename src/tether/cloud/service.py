@@ -85,7 +85,9 @@ class GatewayService:
             ]
         return await handler(gateway_id, message)
 
-    async def outgoing(self, gateway_id: str, *, link_opened: bool = False) -> list[Message]:
+    async def outgoing(
+        self, gateway_id: str, *, link_opened: bool = False, redeliver: bool = False
+    ) -> list[Message]:
         """What waits for the gateway: configuration it has not applied (every section when
         a link just opened), then queued unexpired commands, marked delivered, oldest first."""
         now = _now()
@@ -94,7 +96,14 @@ class GatewayService:
             for c in await self.config.all_for(gateway_id)
             if link_opened or c.pending
         ]
-        for command in await self.store.pending_commands(gateway_id, now=now):
+        commands = await self.store.pending_commands(gateway_id, now=now)
+        if redeliver:
+            # HTTPS tiers: a response may have been lost; delivered-not-started goes again.
+            delivered = await self.store.list_commands(
+                gateway_id=gateway_id, state=CommandState.DELIVERED, limit=100
+            )
+            commands = [c for c in reversed(delivered) if c.expires_at > now] + commands
+        for command in commands:
             try:
                 record = await self.store.apply_command_event(
                     command.command_id, CommandEvent.DELIVER, now=now, gateway_id=gateway_id

@@ -12,6 +12,7 @@ from tether.cloud.link import LinkHub
 from tether.cloud.service import GatewayService
 from tether.cloud.settings import CloudSettings
 from tether.cloud.store import Store
+from tether.cloud.store.links import LinkStore
 from tether.cloud.store.telemetry import TelemetryStore
 from tether.pki.ca import CertificateAuthority
 
@@ -27,6 +28,7 @@ class CloudState:
     service: GatewayService
     telemetry: TelemetryStore
     ingest: IngestPipeline
+    links: LinkStore
 
     async def gateway_identity(self, request: web.Request) -> GatewayIdentity:
         return await gateway_identity(

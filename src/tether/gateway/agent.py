@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import aiohttp
 
 from tether.gateway.connectors import (
     ConnectorRunner,
@@ -25,9 +28,17 @@ from tether.gateway.connectors import (
     decode_connectors_config,
 )
 from tether.gateway.handlers import HANDLERS, CommandContext, CommandFailed
+from tether.gateway.httptier import HttpTier
 from tether.gateway.identity import GatewayIdentity, renew, seconds_until
 from tether.gateway.ledger import CommandLedger
-from tether.gateway.link import LinkEnded, LinkError, LinkRefused, TlsUntrusted, WebSocketTier
+from tether.gateway.link import (
+    LinkEnded,
+    LinkError,
+    LinkRefused,
+    TlsUntrusted,
+    WebSocketTier,
+    probe_websocket,
+)
 from tether.gateway.settings import AgentSettings
 from tether.gateway.spool import AsyncSpool
 from tether.gateway.uploader import Uploader
@@ -52,8 +63,12 @@ __all__ = ["Agent", "AgentStopped", "LinkStatus"]
 
 log = logging.getLogger(__name__)
 
-#: A link that stayed up this long resets the reconnect backoff.
-STABLE_LINK = 30.0
+#: The tiers, best first: one WebSocket; HTTPS long-poll; periodic HTTPS poll.
+TIERS = ("ws", "long-poll", "poll")
+#: Tier-specific failures in a row before the agent moves down a tier.
+DOWN_AFTER = 2
+#: The close code a tier ends with when the agent switches up; the reason is the new index.
+UPGRADE = "upgrade"
 
 
 class AgentStopped(Exception):
@@ -80,7 +95,7 @@ class Agent:
         self.runtime_config: dict[str, Any] = self.ledger.get_value("runtime_config") or {}
         self.linked = asyncio.Event()
         self._send: Callable[[Message], None] | None = None
-        self._tier: WebSocketTier | None = None
+        self._tier: WebSocketTier | HttpTier | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._restart_reason: str | None = None
         self.spool: AsyncSpool | None = None
@@ -324,11 +339,10 @@ class Agent:
             await self._stop_telemetry()
             self.ledger.close()
 
-    async def _link_loop(self) -> None:
-        delays = backoff_delays(initial=0.5, cap=self.settings.reconnect_cap)
-        while True:
-            url = self.settings.cloud_url or self.identity.cloud_url
-            tier = WebSocketTier(
+    def _make_tier(self, index: int, reason: str) -> WebSocketTier | HttpTier:
+        url = self.settings.cloud_url or self.identity.cloud_url
+        if index == 0:
+            return WebSocketTier(
                 url=url,
                 ssl_context=self.identity.ssl_context(),
                 core=self,
@@ -336,18 +350,55 @@ class Agent:
                 max_frame=self.settings.max_frame,
                 proxy=self.settings.proxy,
                 trust_env=self.settings.trust_env,
+                tier_reason=reason,
             )
+        return HttpTier(
+            mode=TIERS[index],
+            url=url,
+            ssl_context=self.identity.ssl_context(),
+            core=self,
+            boot_id=self.boot_id,
+            max_frame=self.settings.max_frame,
+            proxy=self.settings.proxy,
+            trust_env=self.settings.trust_env,
+            tier_reason=reason,
+            wait=self.settings.longpoll_wait,
+            interval=self.settings.poll_interval,
+        )
+
+    async def _link_loop(self) -> None:
+        """Hold a link on the best tier that works; move down on tier-specific failures,
+        probe upward in the background, and come back up by itself."""
+        delays = backoff_delays(initial=0.5, cap=self.settings.reconnect_cap)
+        pinned = self.settings.tier != "auto"
+        index = TIERS.index(self.settings.tier) if pinned else 0
+        reason, strikes = ("pinned by the agent's settings" if pinned else ""), 0
+        while True:
+            tier = self._make_tier(index, reason)
             self._tier = tier
             self.status.state = "connecting"
+            self.status.tier = tier.name
+            prober = (
+                asyncio.get_running_loop().create_task(self._probe_upward(index, tier))
+                if index > 0 and not pinned
+                else None
+            )
             try:
                 ended: LinkEnded = await tier.run_once()
             except LinkRefused as exc:
                 self._note_error(str(exc))
                 delays = backoff_delays(initial=30.0, cap=max(900.0, self.settings.reconnect_cap))
             except TlsUntrusted as exc:
-                self._note_error(str(exc))
+                self._note_error(str(exc))  # every tier shares the TLS path: no tier change
             except LinkError as exc:
                 self._note_error(str(exc))
+                if exc.tier_specific:
+                    strikes += 1
+                    if strikes >= DOWN_AFTER and index < len(TIERS) - 1 and not pinned:
+                        index, reason, strikes = index + 1, str(exc), 0
+                        self._tier_changed(index, reason)
+                        delays = backoff_delays(initial=0.5, cap=self.settings.reconnect_cap)
+                        continue
             else:
                 self.status.last_close = f"{ended.code}: {ended.reason}"
                 self.status.history.append((time.time(), f"closed {ended.code}"))
@@ -359,16 +410,67 @@ class Agent:
                 )
                 if ended.code == CloseCode.REVOKED:
                     raise AgentStopped("this gateway was revoked by an operator")
+                if ended.code == UPGRADE:
+                    index, reason, strikes = int(ended.reason), "", 0
+                    self._tier_changed(index, "a better tier answered the probe")
+                    delays = backoff_delays(initial=0.5, cap=self.settings.reconnect_cap)
+                    continue
                 if self._restart_reason is not None:
                     self._restart_reason = None
                     delays = backoff_delays(initial=0.5, cap=self.settings.reconnect_cap)
                     continue
-                if ended.opened and ended.duration >= STABLE_LINK:
+                if ended.opened and ended.duration >= self.settings.unstable_after:
+                    strikes = 0
                     delays = backoff_delays(initial=0.5, cap=self.settings.reconnect_cap)
+                elif ended.opened and not ended.by_peer:
+                    # The link opened but died young without the cloud closing it: a proxy cuts
+                    # it (tunnel lifetime, read timeout, DPI). Twice and the tier is given up.
+                    strikes += 1
+                    if strikes >= DOWN_AFTER and index < len(TIERS) - 1 and not pinned:
+                        index, strikes = index + 1, 0
+                        reason = f"{TIERS[index - 1]} links die after {ended.duration:.0f} s"
+                        self._tier_changed(index, reason)
+                        continue
             finally:
                 self._tier = None
+                if prober is not None:
+                    prober.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await prober
             self.status.state = "waiting"
             await asyncio.sleep(next(delays))
+
+    def _tier_changed(self, index: int, reason: str) -> None:
+        self.status.history.append((time.time(), f"tier {TIERS[index]}: {reason}"))
+        log.warning("link moves to tier %d (%s): %s", index + 1, TIERS[index], reason)
+
+    async def _probe_upward(self, index: int, tier: WebSocketTier | HttpTier) -> None:
+        """While on a lower tier, try the better ones now and then; switch when one works."""
+        rng = random.Random()
+        while True:
+            interval = self.settings.probe_interval
+            await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
+            ssl_context = self.identity.ssl_context()
+            url = self.settings.cloud_url or self.identity.cloud_url
+            if await probe_websocket(
+                url, ssl_context, proxy=self.settings.proxy, trust_env=self.settings.trust_env
+            ):
+                await tier.close(UPGRADE, "0")
+                return
+            if index == 2 and await self._probe_long_poll():
+                await tier.close(UPGRADE, "1")
+                return
+
+    async def _probe_long_poll(self) -> bool:
+        """A long-poll held for its whole wait came back: tier 2 works again."""
+        probe = self._make_tier(1, "probe")
+        assert isinstance(probe, HttpTier)
+        async with aiohttp.ClientSession(trust_env=self.settings.trust_env) as http:
+            try:
+                await probe._exchange(http, [], min(self.settings.longpoll_wait, 10.0))
+            except LinkError:
+                return False
+        return True
 
     def _note_error(self, message: str) -> None:
         if message != self.status.last_error:

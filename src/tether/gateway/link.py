@@ -42,11 +42,21 @@ ERROR_HEADER = "X-Tether-Error"
 
 
 class LinkError(Exception):
-    """The link could not be established (transient: retry with backoff)."""
+    """The link could not be established or broke (transient: retry with backoff).
+
+    ``tier_specific`` says the failure is this tier's own (an upgrade stripped by a proxy, a
+    long-poll cut short) rather than the cloud being unreachable: only then does the agent move
+    down a tier.
+    """
+
+    def __init__(self, message: str, *, tier_specific: bool = False) -> None:
+        super().__init__(message)
+        self.tier_specific = tier_specific
 
 
 class LinkRefused(LinkError):
-    """The cloud refused this gateway (HTTP 401/403): revoked or unknown certificate."""
+    """The cloud refused this gateway (HTTP 401/403): revoked or unknown certificate; or a
+    proxy refused the agent (407 wrong credentials, 403 CONNECT denied)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"cloud refused the link ({status}): {message}")
@@ -76,6 +86,49 @@ class LinkCore(Protocol):
     def on_link_closed(self) -> None: ...
 
 
+def proxy_error(exc: aiohttp.ClientHttpProxyError) -> LinkError:
+    """Say what a proxy's refusal means, without repeating the proxy URL's credentials."""
+    if exc.status == 407:
+        return LinkRefused(
+            407,
+            "the proxy requires authentication or refused the credentials: set them in "
+            "HTTPS_PROXY (http://user:password@proxy:port) or the agent's proxy setting",
+        )
+    if exc.status == 403:
+        return LinkRefused(
+            403,
+            "the proxy refuses CONNECT to the cloud: ask its admins to allow "
+            "this hostname on port 443",
+        )
+    return LinkError(f"the proxy answered {exc.status}: {exc.message}")
+
+
+async def probe_websocket(
+    url: str,
+    ssl_context: ssl.SSLContext,
+    *,
+    proxy: str | None,
+    trust_env: bool,
+    within: float = 15.0,
+) -> bool:
+    """True if a WebSocket upgrade to the cloud completes now (the cloud closes it at once)."""
+    client_timeout = aiohttp.ClientTimeout(total=within)
+    try:
+        async with aiohttp.ClientSession(trust_env=trust_env, timeout=client_timeout) as http:
+            ws = await http.ws_connect(
+                url.rstrip("/") + "/link?probe=1",
+                ssl=ssl_context,
+                proxy=proxy,
+                autoping=True,
+                heartbeat=None,
+                compress=0,
+            )
+            await ws.close()
+            return True
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return False
+
+
 class WebSocketTier:
     name = "ws"
 
@@ -90,7 +143,9 @@ class WebSocketTier:
         proxy: str | None,
         trust_env: bool,
         connect_timeout: float = 20.0,
+        tier_reason: str = "",
     ) -> None:
+        self.tier_reason = tier_reason
         self.url = url.rstrip("/") + "/link"
         self.ssl_context = ssl_context
         self.core = core
@@ -135,9 +190,20 @@ class WebSocketTier:
                 if exc.status in (401, 403):
                     reason = exc.headers.get(ERROR_HEADER) if exc.headers else None
                     raise LinkRefused(exc.status, reason or exc.message) from None
-                raise LinkError(f"WebSocket upgrade failed ({exc.status}): {exc.message}") from None
+                raise LinkError(
+                    f"WebSocket upgrade failed ({exc.status}): {exc.message}", tier_specific=True
+                ) from None
+            except aiohttp.ClientHttpProxyError as exc:
+                raise proxy_error(exc) from None
+            except aiohttp.ClientConnectorError as exc:
+                raise LinkError(f"cannot reach {self.url}: {exc}") from None
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise LinkError(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
+                # Reached the network but the upgrade did not complete: something in the path
+                # (a proxy, DPI) interferes with WebSocket.
+                raise LinkError(
+                    f"WebSocket upgrade to {self.url} broke: {exc or type(exc).__name__}",
+                    tier_specific=True,
+                ) from None
             self._ws = ws
             try:
                 return await self._serve(ws, started)
@@ -154,6 +220,7 @@ class WebSocketTier:
             boot_id=self.boot_id,
             max_frame=self.max_frame,
             tier=self.name,
+            tier_reason=self.tier_reason,
         )
         self.session = session
         opened = False

@@ -33,6 +33,11 @@ class AgentSettings:
     reconnect_cap: float = 60.0
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_max_age: float = 7 * 86400.0
+    tier: str = "auto"  # "auto" adapts; "ws", "long-poll" or "poll" pins the link to one tier
+    longpoll_wait: float = 25.0
+    poll_interval: float = 900.0
+    probe_interval: float = 300.0
+    unstable_after: float = 20.0  # a link that dies younger than this counts against its tier
     upload_batch: int = 2000
     upload_window: int = 4
     hooks: dict[str, list[str]] = field(default_factory=dict)
@@ -70,6 +75,11 @@ def load_agent_settings(data_dir: Path, **overrides: Any) -> AgentSettings:
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             raise AgentSettingsError(f"{path}: hook {name!r} must be a non-empty list of strings")
     values: dict[str, Any] = {"data_dir": data_dir, "hooks": hooks}
+    if "tier" in raw:
+        tier = raw.pop("tier")
+        if tier not in {"auto", "ws", "long-poll", "poll"}:
+            raise AgentSettingsError(f"{path}: 'tier' must be auto, ws, long-poll or poll")
+        values["tier"] = tier
     for name in ("cloud_url", "proxy"):
         if name in raw:
             if not isinstance(raw[name], str):
@@ -83,6 +93,12 @@ def load_agent_settings(data_dir: Path, **overrides: Any) -> AgentSettings:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise AgentSettingsError(f"{path}: {name!r} must be a positive integer")
             values[name] = value
+    for name in ("longpoll_wait", "poll_interval", "probe_interval", "unstable_after"):
+        if name in raw:
+            value = raw.pop(name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise AgentSettingsError(f"{path}: {name!r} must be a positive number of seconds")
+            values[name] = float(value)
     if "spool_max_age" in raw:
         age = raw.pop("spool_max_age")
         if not isinstance(age, int | float) or age <= 0:

@@ -81,6 +81,7 @@ class Hello(_Msg, tag="hello"):
     boot_id: str
     tier: str = "ws"
     capabilities: list[str] = []
+    tier_reason: str = ""  # why the agent is on this tier (empty on its best tier)
 
 
 class Welcome(_Msg, tag="welcome"):

@@ -136,6 +136,7 @@ class LinkSession:
         agent_version: str = "",
         boot_id: str = "",
         tier: str = "ws",
+        tier_reason: str = "",
     ) -> None:
         if not MIN_FRAME <= max_frame <= HARD_MAX_FRAME:
             raise LocalProtocolError(
@@ -167,6 +168,7 @@ class LinkSession:
                     max_frame=max_frame,
                     boot_id=boot_id,
                     tier=tier,
+                    tier_reason=tier_reason,
                 )
             )
 

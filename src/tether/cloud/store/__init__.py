@@ -67,4 +67,5 @@ __all__ = [
 
 # Telemetry tables live beside the core ones on the same metadata (and in migration r0002).
 from . import config as config
+from . import links as links
 from . import telemetry as telemetry

@@ -242,7 +242,7 @@ def _upgrade(sync_conn: Connection) -> None:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = sync_conn
-    alembic_command.upgrade(cfg, "head")
+    alembic_command.upgrade(cfg, "heads")  # independent branches (one per area) may coexist
 
 
 @contextmanager
@@ -268,9 +268,13 @@ def _listen_dsn(url: URL) -> str:
 class Store:
     """The cloud store. Open with :meth:`open`, close with :meth:`close`."""
 
-    def __init__(self, engine: AsyncEngine, notifier: CommandNotifier) -> None:
+    def __init__(
+        self, engine: AsyncEngine, notifier: CommandNotifier, *, single_connection: bool = False
+    ) -> None:
         self._engine = engine
         self._notifier = notifier
+        # An in-memory SQLite database is one connection: its transactions must take turns.
+        self._turns = asyncio.Lock() if single_connection else None
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -285,6 +289,7 @@ class Store:
         if backend == "sqlite":
             database = parsed.database
             key = None
+            single_connection = not database or database == ":memory:"
             if database and database != ":memory:" and not database.startswith("file:"):
                 path = Path(database).absolute()
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,6 +303,7 @@ class Store:
                 raise
             notifier = LocalCommandNotifier(key)
         elif backend == "postgresql":
+            single_connection = False
             engine = create_async_engine(parsed, pool_pre_ping=True)
             notifier = PostgresCommandNotifier(engine, _listen_dsn(parsed))
         else:
@@ -312,7 +318,7 @@ class Store:
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine, notifier)
+        return cls(engine, notifier, single_connection=single_connection)
 
     async def close(self) -> None:
         await self._notifier.close()
@@ -330,17 +336,24 @@ class Store:
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        with _caller_errors():
-            async with self._engine.connect() as plain:
-                conn = await plain.execution_options(**{_WRITE: True})
-                async with conn.begin():
-                    yield conn
+        async with self._turn(), self._engine.connect() as plain:
+            conn = await plain.execution_options(**{_WRITE: True})
+            async with conn.begin():
+                yield conn
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self._turn(), self._engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
         with _caller_errors():
-            async with self._engine.connect() as conn:
-                yield conn
+            if self._turns is None:
+                yield
+            else:
+                async with self._turns:
+                    yield
 
     # --- enrollment tokens ----------------------------------------------------------------
 
