@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -376,3 +377,41 @@ def test_store_errors_share_a_base() -> None:
     for error in (TokenUnknown, TokenExpired, TokenAlreadyUsed, GatewayUnknown, UnknownRole):
         assert issubclass(error, StoreError)
     assert issubclass(TokenRevoked, TokenAlreadyUsed)
+
+
+# --- opening -------------------------------------------------------------------------------
+
+
+async def test_in_memory_sqlite_serves_concurrent_callers() -> None:
+    store = await Store.open("sqlite+aiosqlite:///:memory:")
+    try:
+        await store.create_gateway(gateway_id="gw-1", name="n", now=NOW)
+        outcomes = await asyncio.gather(
+            *(store.touch_gateway("gw-1", now=NOW + i * HOUR) for i in range(5)),
+            *(store.list_gateways() for _ in range(5)),
+        )
+        assert len(outcomes) == 10
+        gateway = await store.get_gateway("gw-1")
+        assert gateway is not None
+        assert gateway.last_seen is not None
+    finally:
+        await store.close()
+
+
+async def test_sqlite_file_directory_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "lib" / "tether" / "cloud.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        assert store.dialect == "sqlite"
+        async with store.engine.connect() as conn:
+            mode = await conn.scalar(sa.text("PRAGMA journal_mode"))
+            foreign_keys = await conn.scalar(sa.text("PRAGMA foreign_keys"))
+        assert (mode, foreign_keys) == ("wal", 1)
+    finally:
+        await store.close()
+    assert path.is_file()
+
+
+async def test_unsupported_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported store URL"):
+        await Store.open("mysql+aiomysql://user@127.0.0.1/tether")
