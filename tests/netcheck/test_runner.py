@@ -372,3 +372,39 @@ async def test_idle_connections_cut_by_the_proxy(
         options(dns, test_ca, endpoint_ids=("control",), idle_survival=1.0),
     )
     assert statuses(find(direct, Check.IDLE, "control")) == {Status.PASS}
+
+
+async def test_unpinned_run_learns_the_ca_from_est(
+    app: AppServer, dns: DNSServer, test_ca: TestCA
+) -> None:
+    # No --ca and no digest in the manifest: the CA the cloud publishes is used, and said so.
+    report = await run_checks(own_manifest(app.port), options(dns, test_ca, anchors=TrustAnchors()))
+    tls = find(report, Check.TLS)
+    assert statuses(tls) == {Status.PASS}
+    assert all("EST cacerts" in r.finding for r in tls)
+
+
+async def test_interception_detected_without_a_pinned_ca(
+    app: AppServer,
+    dns: DNSServer,
+    squid_factory: Callable[..., Squid],
+    mitm_factory: Callable[..., MitmProxy],
+    test_ca: TestCA,
+    ca_file: Path,
+) -> None:
+    upstream = squid_factory(hosts={HOST: "127.0.0.1"})
+    mitm = mitm_factory(upstream=upstream.url, upstream_ca=ca_file)
+    report = await run_checks(
+        own_manifest(app.port),
+        options(
+            dns,
+            test_ca,
+            anchors=TrustAnchors(),
+            environ={"HTTPS_PROXY": mitm.url},
+            endpoint_ids=("control",),
+        ),
+    )
+    [tls] = find(report, Check.TLS, "control")
+    assert tls.status is Status.FAIL
+    assert "issued by 'mitmproxy'" in tls.finding
+    assert "Tether Test CA" in tls.finding  # the CA it should have ended at

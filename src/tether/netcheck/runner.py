@@ -17,6 +17,7 @@ build time). Each probe is bounded by ``CheckOptions.timeout``; at most
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import os
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs7
 
 import tether
 from tether.netcheck import captive as captive_mod
@@ -71,12 +74,15 @@ from tether.netreq.model import (
     Lifecycle,
     Manifest,
     MatchMode,
+    PinKind,
     ProbeKind,
     Requirement,
     Transport,
 )
 
-__all__ = ["CheckOptions", "ProgressEvent", "run_checks"]
+__all__ = ["EST_CACERTS_PATH", "CheckOptions", "ProgressEvent", "run_checks"]
+
+EST_CACERTS_PATH = "/.well-known/est/cacerts"  # RFC 7030 §4.1, served without authentication
 
 
 @dataclass(frozen=True)
@@ -201,6 +207,7 @@ class _Run:
         self.ntp_answers: list[NtpAnswer] = []
         self.ntp_failures: list[str] = []
         self.portal_signs: list[str] = []
+        self._learned_ca: asyncio.Task[tuple[x509.Certificate, ...]] | None = None
         self.completed = 0
         self.total = 0
 
@@ -625,11 +632,24 @@ class _Run:
             )
             raise _Stop from None
         now = dt.datetime.fromtimestamp(self.options.clock(), dt.UTC)
-        verdict = evaluate(session, unit.name, ep.tls, self.options.anchors, now=now)
+        anchors, learned = self.options.anchors, False
+        if (
+            ep.tls is not None
+            and ep.tls.pin is PinKind.CA
+            and not ep.tls.pin_sha256
+            and not anchors.cas
+        ):
+            cas = await self._learned_anchors()
+            if cas:
+                anchors, learned = TrustAnchors(cas), True
+        verdict = evaluate(session, unit.name, ep.tls, anchors, now=now)
+        finding = verdict.finding
+        if learned and verdict.status is Status.PASS:
+            finding += " (the CA the cloud publishes at EST cacerts; pass --ca to pin it)"
         unit.add(
             Check.TLS,
             verdict.status,
-            verdict.finding,
+            finding,
             verdict.fix,
             target=target,
             firewall=verdict.interception,
@@ -639,6 +659,68 @@ class _Run:
         if verdict.status is Status.FAIL:
             raise _Stop
         return session
+
+    async def _learned_anchors(self) -> tuple[x509.Certificate, ...]:
+        """The platform CA as the cloud publishes it (EST ``cacerts``), fetched once per run.
+
+        Used only when the manifest pins a CA without publishing its digest and no ``--ca`` was
+        given. An intercepting middlebox re-signs the TLS session but passes the body through,
+        so a chain that does not end at this CA is still recognised as interception.
+        """
+        if self._learned_ca is None:
+            self._learned_ca = asyncio.create_task(self._fetch_est_cacerts())
+        return await asyncio.shield(self._learned_ca)
+
+    async def _fetch_est_cacerts(self) -> tuple[x509.Certificate, ...]:
+        ep = next(
+            (e for e in self.manifest.endpoints if (e.probe.path or "") == EST_CACERTS_PATH),
+            None,
+        )
+        if ep is None or ep.match is MatchMode.SUBDOMAINS:
+            return ()
+        port = next((p.port for p in ep.ports if p.transport is Transport.TCP), None)
+        if port is None:
+            return ()
+        unit = _Unit(ep, ep.host, port, Transport.TCP)
+        proxy = self._proxy_for(unit)
+        address: str | None = None
+        if proxy is None:
+            for resolver in self.resolvers:
+                try:
+                    async with asyncio.timeout(self.options.timeout):
+                        answer = await resolve(ep.host, resolver)
+                except TimeoutError:
+                    continue
+                if answer.addresses:
+                    address = answer.addresses[0]
+                    break
+            if address is None:
+                return ()
+        try:
+            conn, _ = await self._fresh(unit, proxy, address)
+        except (ConnectError, ProxyError, TlsError, OSError, TimeoutError):
+            return ()
+        try:
+            async with asyncio.timeout(self.options.timeout):
+                response = await request(
+                    conn.reader,
+                    conn.writer,
+                    "GET",
+                    host_header(ep.host, port),
+                    EST_CACERTS_PATH,
+                    headers={"Accept": "application/pkcs7-mime"},
+                )
+        except (HttpProtocolError, OSError, TimeoutError):
+            return ()
+        finally:
+            await conn.close()
+        if response.status != 200:
+            return ()
+        try:
+            der = base64.b64decode(b"".join(response.body.split()), validate=True)
+            return tuple(pkcs7.load_der_pkcs7_certificates(der))
+        except ValueError:  # bad base64 (binascii.Error) or not PKCS#7
+            return ()
 
     async def _app_answer(self, unit: _Unit, conn: Connection, session: TlsSession) -> None:
         ep = unit.endpoint
