@@ -1,0 +1,272 @@
+"""TelemetryStore on SQLite and a real PostgreSQL: exactly-once per (gateway, stream), gaps,
+drops, discovery, last values and queries. Every test runs on both engines (see conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+
+import pytest
+
+from tether.cloud.store import Store
+from tether.cloud.store.telemetry import BatchOutcome, IncomingBatch, TelemetryStore
+from tether.protocol.telemetry import DeviceInfo, Observation, PointInfo
+
+GW = "gw-1"
+T0 = 1_718_000_000.0
+
+
+def obs(first: int, last: int, *, point: str = "b1/ahu-1/sat") -> list[Observation]:
+    """Observations for sequence numbers first..last: the timestamp encodes the sequence."""
+    return [Observation(point, T0 + seq, float(seq)) for seq in range(first, last + 1)]
+
+
+def batch(first: int, last: int, *, stream: str = "sim", gateway: str = GW) -> IncomingBatch:
+    return IncomingBatch(gateway, stream, first, last, obs(first, last))
+
+
+@pytest.fixture
+def telemetry(store: Store) -> TelemetryStore:
+    return TelemetryStore(store.engine)
+
+
+async def stored_seqs(telemetry: TelemetryStore, gateway: str = GW) -> list[int]:
+    """The sequence numbers present in the store (decoded from the timestamps), with repeats."""
+    rows = await telemetry.query(gateway, point_id=None, since=None, until=None, limit=1_000_000)
+    return [round(r.ts - T0) for r in rows]
+
+
+async def test_a_batch_is_stored_and_raises_the_mark(telemetry: TelemetryStore) -> None:
+    [outcome] = await telemetry.commit_batches([batch(1, 50)])
+    assert outcome == BatchOutcome(accepted=50, duplicates=0, gap=0)
+    [stream] = await telemetry.streams(GW)
+    assert (stream.stream, stream.hwm, stream.accepted, stream.duplicates, stream.gaps) == (
+        "sim",
+        50,
+        50,
+        0,
+        0,
+    )
+    assert await stored_seqs(telemetry) == list(range(1, 51))
+    assert await telemetry.count(GW) == 50
+
+
+async def test_a_batch_sent_again_after_a_lost_ack_is_stored_once(
+    telemetry: TelemetryStore,
+) -> None:
+    await telemetry.commit_batches([batch(1, 20)])
+    [again] = await telemetry.commit_batches([batch(1, 20)])
+    assert again == BatchOutcome(accepted=0, duplicates=20, gap=0)
+    [stream] = await telemetry.streams(GW)
+    assert (stream.hwm, stream.accepted, stream.duplicates) == (20, 20, 20)
+    assert await stored_seqs(telemetry) == list(range(1, 21))
+
+
+async def test_a_partly_overlapping_batch_adds_only_its_new_tail(
+    telemetry: TelemetryStore,
+) -> None:
+    await telemetry.commit_batches([batch(1, 10)])
+    [outcome] = await telemetry.commit_batches([batch(6, 15)])
+    assert outcome == BatchOutcome(accepted=5, duplicates=5, gap=0)
+    assert await stored_seqs(telemetry) == list(range(1, 16))
+    [stream] = await telemetry.streams(GW)
+    assert (stream.hwm, stream.accepted, stream.duplicates, stream.gaps) == (15, 15, 5, 0)
+
+
+async def test_repeats_and_overlaps_inside_one_group(telemetry: TelemetryStore) -> None:
+    outcomes = await telemetry.commit_batches(
+        [batch(1, 10), batch(6, 15), batch(1, 15), batch(16, 20), batch(16, 20)]
+    )
+    assert [(o.accepted, o.duplicates) for o in outcomes] == [
+        (10, 0),
+        (5, 5),
+        (0, 15),
+        (5, 0),
+        (0, 5),
+    ]
+    assert await stored_seqs(telemetry) == list(range(1, 21))
+    [stream] = await telemetry.streams(GW)
+    assert (stream.hwm, stream.accepted, stream.duplicates) == (20, 20, 25)
+
+
+async def test_a_skipped_range_is_counted_as_a_gap(telemetry: TelemetryStore) -> None:
+    await telemetry.commit_batches([batch(1, 10)])
+    [outcome] = await telemetry.commit_batches([batch(31, 40)])
+    assert outcome == BatchOutcome(accepted=10, duplicates=0, gap=20)
+    [stream] = await telemetry.streams(GW)
+    assert (stream.hwm, stream.accepted, stream.gaps) == (40, 20, 20)
+    # A first batch that does not start at 1 is a gap too (the oldest were dropped).
+    [first] = await telemetry.commit_batches([batch(5, 9, stream="other")])
+    assert first.gap == 4
+
+
+async def test_streams_and_gateways_are_deduplicated_independently(
+    telemetry: TelemetryStore,
+) -> None:
+    outcomes = await telemetry.commit_batches(
+        [
+            batch(1, 10),
+            batch(1, 10, stream="meter"),
+            batch(1, 10, gateway="gw-2"),
+            batch(1, 10, gateway="gw-2"),
+        ]
+    )
+    assert [o.accepted for o in outcomes] == [10, 10, 10, 0]
+    assert await telemetry.count(GW) == 20
+    assert await telemetry.count("gw-2") == 10
+    assert await telemetry.count() == 30
+    assert [s.stream for s in await telemetry.streams(GW)] == ["meter", "sim"]
+    assert [(s.stream, s.hwm) for s in await telemetry.streams("gw-2")] == [("sim", 10)]
+
+
+async def test_concurrent_commits_of_the_same_stream_store_each_sequence_once(
+    telemetry: TelemetryStore,
+) -> None:
+    """Two writers (an old and a new link of one gateway, or two cloud nodes) send the same
+    ascending sequence numbers in differently cut batches at the same time."""
+
+    def cuts(size: int, top: int) -> list[IncomingBatch]:
+        return [batch(f, min(f + size - 1, top)) for f in range(1, top + 1, size)]
+
+    async def writer(batches: Sequence[IncomingBatch]) -> list[BatchOutcome]:
+        out: list[BatchOutcome] = []
+        for b in batches:
+            out += await telemetry.commit_batches([b])
+        return out
+
+    top = 600
+    first, second = await asyncio.gather(writer(cuts(25, top)), writer(cuts(40, top)))
+    accepted = sum(o.accepted for o in first + second)
+    duplicates = sum(o.duplicates for o in first + second)
+    assert accepted == top
+    assert duplicates == top  # everything was sent twice
+    assert all(o.gap == 0 for o in first + second)
+    seqs = await stored_seqs(telemetry)
+    assert Counter(seqs) == Counter(range(1, top + 1))
+    [stream] = await telemetry.streams(GW)
+    assert (stream.hwm, stream.accepted, stream.duplicates, stream.gaps) == (top, top, top, 0)
+
+
+async def test_a_large_group_takes_the_bulk_path(telemetry: TelemetryStore) -> None:
+    batches = [batch(f, f + 999) for f in range(1, 20_001, 1000)]
+    outcomes = await telemetry.commit_batches(batches)
+    assert sum(o.accepted for o in outcomes) == 20_000
+    assert await telemetry.count(GW) == 20_000
+    [stream] = await telemetry.streams(GW)
+    assert stream.hwm == 20_000
+
+
+async def test_values_of_every_kind_and_quality_round_trip(telemetry: TelemetryStore) -> None:
+    values: list[Observation] = [
+        Observation("p/num", T0 + 1, 21.5),
+        Observation("p/int", T0 + 2, 7),
+        Observation("p/bool", T0 + 3, True),
+        Observation("p/text", T0 + 4, "fault: filter clogged ✓", "bad"),
+        Observation("p/num", T0 + 5, -0.0, "uncertain"),
+    ]
+    await telemetry.commit_batches([IncomingBatch(GW, "mix", 1, 5, values)])
+    rows = await telemetry.query(GW, point_id=None, since=None, until=None, limit=10)
+    assert [(r.point_id, r.ts, r.value, r.quality) for r in rows] == [
+        ("p/num", T0 + 1, 21.5, "good"),
+        ("p/int", T0 + 2, 7.0, "good"),
+        ("p/bool", T0 + 3, 1.0, "good"),  # booleans are stored as numbers (1/0)
+        ("p/text", T0 + 4, "fault: filter clogged ✓", "bad"),
+        ("p/num", T0 + 5, -0.0, "uncertain"),
+    ]
+
+
+async def test_query_windows_cursor_limit_and_point(telemetry: TelemetryStore) -> None:
+    other = [Observation("b1/zone-1/co2", T0 + seq + 0.5, 400 + seq) for seq in range(1, 11)]
+    await telemetry.commit_batches(
+        [batch(1, 10), IncomingBatch(GW, "zone", 1, 10, other), batch(1, 3, gateway="gw-2")]
+    )
+
+    async def ts(**kw: object) -> list[float]:
+        args: dict[str, object] = {"point_id": None, "since": None, "until": None, "limit": 100}
+        args.update(kw)
+        rows = await telemetry.query(GW, **args)  # type: ignore[arg-type]
+        assert [r.ts for r in rows] == sorted(r.ts for r in rows), "oldest first"
+        return [r.ts - T0 for r in rows]
+
+    assert len(await ts()) == 20  # the other gateway's rows are not visible
+    assert await ts(point_id="b1/ahu-1/sat", since=T0 + 3, until=T0 + 6) == [3, 4, 5]
+    assert await ts(point_id="b1/ahu-1/sat", after=T0 + 8) == [9, 10]
+    assert await ts(since=T0 + 9) == [9, 9.5, 10, 10.5]
+    assert await ts(limit=3) == [1, 1.5, 2]
+    assert await ts(point_id="b1/zone-1/co2", since=T0 + 2, until=T0 + 4, after=T0 + 2.5) == [
+        3.5
+    ]
+    assert await ts(point_id="nope") == []
+
+
+async def test_discovery_registers_devices_and_points_and_updates_them(
+    telemetry: TelemetryStore,
+) -> None:
+    device = DeviceInfo(device_id="b1/ahu-1", name="AHU-1", kind="ahu", vendor="acme")
+    point = PointInfo(
+        point_id="b1/ahu-1/sat", device_id="b1/ahu-1", name="Supply air", unit="°C"
+    )
+    await telemetry.record_discovery(GW, "sim", [device], [point])
+    [dev] = await telemetry.list_devices(GW)
+    assert (dev["device_id"], dev["name"], dev["kind"], dev["connector"], dev["vendor"]) == (
+        "b1/ahu-1",
+        "AHU-1",
+        "ahu",
+        "sim",
+        "acme",
+    )
+    [p] = await telemetry.list_points(GW)
+    assert (p.point_id, p.name, p.kind, p.unit, p.last_ts) == (
+        "b1/ahu-1/sat",
+        "Supply air",
+        "numeric",
+        "°C",
+        None,
+    )
+    # A second discovery renames; it does not duplicate.
+    renamed = PointInfo(
+        point_id="b1/ahu-1/sat", device_id="b1/ahu-1", name="Supply air temp", unit="K"
+    )
+    await telemetry.record_discovery(GW, "sim", [device], [renamed])
+    [p] = await telemetry.list_points(GW)
+    assert (p.name, p.unit) == ("Supply air temp", "K")
+    assert await telemetry.list_points("gw-2") == []
+
+
+async def test_points_keep_their_newest_value(telemetry: TelemetryStore) -> None:
+    await telemetry.record_discovery(
+        GW,
+        "sim",
+        [],
+        [PointInfo(point_id="b1/ahu-1/sat", device_id="b1/ahu-1", name="Supply air")],
+    )
+    await telemetry.commit_batches([batch(1, 10)])
+    [p] = await telemetry.list_points(GW)
+    assert (p.last_ts, p.last_value) == (T0 + 10, 10.0)
+    # Older data arriving late (another stream, delayed) does not move the latest value back.
+    late = [Observation("b1/ahu-1/sat", T0 + 2, 99.0)]
+    await telemetry.commit_batches([IncomingBatch(GW, "late", 1, 1, late)])
+    [p] = await telemetry.list_points(GW)
+    assert (p.last_ts, p.last_value) == (T0 + 10, 10.0)
+    # Observations of points nobody discovered are stored all the same.
+    await telemetry.commit_batches([IncomingBatch(GW, "x", 1, 1, [Observation("x/y", T0, 1)])])
+    assert await telemetry.count(GW) == 12
+
+
+async def test_drop_reports_keep_the_largest_total(telemetry: TelemetryStore) -> None:
+    await telemetry.record_drops(GW, "sim", 5)  # before any batch of the stream arrived
+    await telemetry.record_drops(GW, "sim", 3)  # a late, older report
+    [stream] = await telemetry.streams(GW)
+    assert (stream.dropped_reported, stream.hwm) == (5, 0)
+    await telemetry.commit_batches([batch(6, 10)])
+    await telemetry.record_drops(GW, "sim", 8)
+    [stream] = await telemetry.streams(GW)
+    assert (stream.dropped_reported, stream.gaps, stream.hwm, stream.accepted) == (8, 5, 10, 5)
+
+
+async def test_raw_insert_only_inserts(telemetry: TelemetryStore) -> None:
+    rows = [(GW, "p", T0 + i, float(i), None, "good") for i in range(1000)]
+    await telemetry.raw_insert(rows)
+    assert await telemetry.count(GW) == 1000
+    assert await telemetry.streams(GW) == []
