@@ -194,9 +194,7 @@ async def test_query_windows_cursor_limit_and_point(telemetry: TelemetryStore) -
     assert await ts(point_id="b1/ahu-1/sat", after=T0 + 8) == [9, 10]
     assert await ts(since=T0 + 9) == [9, 9.5, 10, 10.5]
     assert await ts(limit=3) == [1, 1.5, 2]
-    assert await ts(point_id="b1/zone-1/co2", since=T0 + 2, until=T0 + 4, after=T0 + 2.5) == [
-        3.5
-    ]
+    assert await ts(point_id="b1/zone-1/co2", since=T0 + 2, until=T0 + 4, after=T0 + 2.5) == [3.5]
     assert await ts(point_id="nope") == []
 
 
@@ -204,9 +202,7 @@ async def test_discovery_registers_devices_and_points_and_updates_them(
     telemetry: TelemetryStore,
 ) -> None:
     device = DeviceInfo(device_id="b1/ahu-1", name="AHU-1", kind="ahu", vendor="acme")
-    point = PointInfo(
-        point_id="b1/ahu-1/sat", device_id="b1/ahu-1", name="Supply air", unit="°C"
-    )
+    point = PointInfo(point_id="b1/ahu-1/sat", device_id="b1/ahu-1", name="Supply air", unit="°C")
     await telemetry.record_discovery(GW, "sim", [device], [point])
     [dev] = await telemetry.list_devices(GW)
     assert (dev["device_id"], dev["name"], dev["kind"], dev["connector"], dev["vendor"]) == (
