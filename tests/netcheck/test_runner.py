@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.testbed.appserver import AppServer
+from tests.support.testbed.appserver import CAPTIVE_API_PATH, AppServer
 from tests.support.testbed.certs import TestCA
 from tests.support.testbed.dnsserver import DNSServer
 from tests.support.testbed.mitm import MitmProxy
@@ -408,3 +408,45 @@ async def test_interception_detected_without_a_pinned_ca(
     assert tls.status is Status.FAIL
     assert "issued by 'mitmproxy'" in tls.finding
     assert "Tether Test CA" in tls.finding  # the CA it should have ended at
+
+
+async def test_captive_portal_advertised_by_dhcp(
+    app: AppServer,
+    dns: DNSServer,
+    app_factory: Callable[..., AppServer],
+    test_ca: TestCA,
+    tmp_path: Path,
+) -> None:
+    login = "https://portal.site.test/login"
+    portal = app_factory(["127.0.0.1"], portal=login)
+    leases = tmp_path / "run/systemd/netif/leases"
+    leases.mkdir(parents=True)
+    (leases / "3").write_text(
+        f"ADDRESS=192.0.2.10\nCAPTIVE_PORTAL=https://127.0.0.1:{portal.port}{CAPTIVE_API_PATH}\n"
+    )
+    report = await run_checks(
+        own_manifest(app.port), options(dns, test_ca, lease_root=tmp_path, endpoint_ids=())
+    )
+    [captive] = find(report, Check.CAPTIVE)
+    assert captive.status is Status.FAIL
+    assert f"requires a login at {login}" in captive.finding
+    assert "exempt the gateway" in captive.fix
+
+
+async def test_portal_answering_for_the_service(
+    dns_factory: Callable[..., DNSServer],
+    app_factory: Callable[..., AppServer],
+    test_ca: TestCA,
+) -> None:
+    # The name resolves to a portal that redirects everything to its login page.
+    portal = app_factory([HOST], portal="http://portal.site.test/login")
+    dns = dns_factory({HOST: ["127.0.0.1"]})
+    report = await run_checks(
+        own_manifest(portal.port), options(dns, test_ca, endpoint_ids=("updates",))
+    )
+    [app_result] = find(report, Check.APP, "updates")
+    assert app_result.status is Status.FAIL
+    assert "redirect to http://portal.site.test/login" in app_result.finding
+    [captive] = find(report, Check.CAPTIVE)
+    assert captive.status is Status.FAIL
+    assert "portal or block page answers" in captive.finding

@@ -3,7 +3,9 @@
 Serves what ``tether.netcheck.http`` probes: ``GET /.well-known/tether/hello`` (JSON with
 ``"service": "tether"``), the WebSocket upgrade at ``/link``, the long-poll at ``/link/poll`` and
 the EST CA distribution ``/.well-known/est/cacerts`` (RFC 7030, base64 PKCS#7 of the CA).
-With ``tether=False`` the same server answers 404 everywhere (some other web server).
+With ``tether=False`` the same server answers 404 everywhere (some other web server). With
+``portal`` set it is a captive portal: every request is redirected there, except the RFC 8908
+captive-portal API at ``/captive-portal/api``, which says ``"captive": true``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,26 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from tests.support.testbed.certs import TestCA
 
 _MAX_POLL_WAIT = 10.0
+
+
+CAPTIVE_API_PATH = "/captive-portal/api"
+
+
+def _portal_app(portal: str) -> web.Application:
+    app = web.Application()
+
+    async def api(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"captive": True, "user-portal-url": portal},
+            content_type="application/captive+json",
+        )
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(portal)
+
+    app.router.add_get(CAPTIVE_API_PATH, api)
+    app.router.add_route("*", "/{tail:.*}", redirect)
+    return app
 
 
 def _build_app(*, tether: bool, cacerts: bytes) -> web.Application:
@@ -80,6 +102,7 @@ class AppServer:
     port: int = 0
     tether: bool = True
     cacerts: bytes = b""  # base64 PKCS#7 served at /.well-known/est/cacerts
+    portal: str | None = None  # be a captive portal redirecting here
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     _ready: threading.Event = field(default_factory=threading.Event)
     _error: BaseException | None = None
@@ -95,9 +118,12 @@ class AppServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        runner = web.AppRunner(
-            _build_app(tether=self.tether, cacerts=self.cacerts), access_log=None
+        app = (
+            _portal_app(self.portal)
+            if self.portal
+            else _build_app(tether=self.tether, cacerts=self.cacerts)
         )
+        runner = web.AppRunner(app, access_log=None)
         try:
             self._loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)

@@ -84,11 +84,16 @@ def ntp_factory() -> Iterator[Callable[..., NTPServer]]:
 
 @pytest.fixture
 def app_factory(tmp_path: Path, test_ca: TestCA) -> Iterator[Callable[..., AppServer]]:
-    """``app_factory(names, host="127.0.0.1", port=0, tether=True)``: a TLS app server."""
+    """``app_factory(names, host=, port=, tether=True, portal=None)``: a TLS app server."""
     started: list[AppServer] = []
 
     def start(
-        names: list[str], *, host: str = "127.0.0.1", port: int = 0, tether: bool = True
+        names: list[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tether: bool = True,
+        portal: str | None = None,
     ) -> AppServer:
         context = server_context(test_ca, names, tmp_path)
         server = AppServer(
@@ -97,6 +102,7 @@ def app_factory(tmp_path: Path, test_ca: TestCA) -> Iterator[Callable[..., AppSe
             port=port,
             tether=tether,
             cacerts=est_cacerts_body(test_ca),
+            portal=portal,
         ).start()
         started.append(server)
         return server
