@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import httpx
-from tests.support.cloudproc import StartAgent, run_command, wait_for, wait_gateway
+from tests.support.cloudproc import (
+    StartAgent,
+    create_token,
+    enroll_gateway,
+    run_command,
+    running_agent,
+    send_command,
+    wait_command,
+    wait_for,
+    wait_gateway,
+)
 
 from tether import __version__
 from tether.gateway.ledger import LedgerEntry
@@ -95,3 +106,18 @@ async def test_commands_reach_only_their_own_gateway(
     assert second.agent.runtime_config == {"label": "north wing"}
     assert first.agent.runtime_config == {}
     assert first.agent.ledger.get(done["id"]) is None
+
+
+async def test_command_queued_while_offline_runs_when_the_gateway_links(
+    tmp_path: Path, api: httpx.AsyncClient
+) -> None:
+    code = (await create_token(api, name="late-riser"))["enrollment_code"]
+    identity = await enroll_gateway(code, tmp_path / "gw")
+    waiting = await send_command(api, identity.gateway_id, "ping")
+    assert waiting["state"] == "queued"
+    # Pushed when the link opens, not when the agent first says something (its heartbeat,
+    # 30 s by default, longer than this wait).
+    async with running_agent(tmp_path / "gw") as gw:
+        done = await wait_command(api, waiting["id"])
+        assert done["state"] == "succeeded"
+        assert gw.agent.ledger.get(waiting["id"]) is not None

@@ -18,6 +18,7 @@ from tests.support.cloudproc import (
     StartAgent,
     create_token,
     enroll_gateway,
+    get_gateway,
     send_command,
     wait_for,
     wait_gateway,
@@ -135,7 +136,7 @@ async def test_certificate_not_from_the_platform_ca_gets_no_link(
     command = (await api.get(f"/api/v1/commands/{waiting['id']}")).json()
     assert command["state"] == "queued"
     assert command["delivered_at"] is None
-    gateway = (await api.get(f"/api/v1/gateways/{victim.gateway_id}")).json()
+    gateway = await get_gateway(api, victim.gateway_id)
     assert gateway["linked"] is False
     assert gateway["last_seen"] is None
 
@@ -187,7 +188,7 @@ async def test_revoked_gateway_loses_its_link_and_every_way_back(
     assert gateway["revoked"] is True
     # The other gateway is untouched.
     assert other.agent.linked.is_set()
-    assert (await api.get(f"/api/v1/gateways/{other.gateway_id}")).json()["linked"] is True
+    assert (await get_gateway(api, other.gateway_id))["linked"] is True
 
     # A new link with the same certificate is refused, saying why.
     core = _Core()
@@ -312,4 +313,4 @@ async def test_roles_limit_what_a_token_may_do(
     commands = (await api.get("/api/v1/commands")).json()
     assert [c["id"] for c in commands] == [sent.json()["id"]]
     assert commands[0]["created_by"] == "a operator (operator)"
-    assert (await api.get(f"/api/v1/gateways/{gw.gateway_id}")).json()["revoked"] is False
+    assert (await get_gateway(api, gw.gateway_id))["revoked"] is False

@@ -64,6 +64,7 @@ __all__ = [
     "create_token",
     "enroll_gateway",
     "free_port",
+    "get_gateway",
     "run_command",
     "running_agent",
     "running_cloud",
@@ -392,6 +393,13 @@ async def run_command(
     return await wait_command(api, command["id"], within=within)
 
 
+async def get_gateway(api: httpx.AsyncClient, gateway_id: str) -> dict[str, Any]:
+    """The gateway as the API lists it (``GatewayOut``), from its detail answer."""
+    detail: dict[str, Any] = _ok(await api.get(f"/api/v1/gateways/{gateway_id}"))
+    gateway: dict[str, Any] = detail["gateway"]
+    return gateway
+
+
 async def wait_gateway(
     api: httpx.AsyncClient,
     gateway_id: str,
@@ -401,7 +409,7 @@ async def wait_gateway(
     what: str = "the gateway's state",
 ) -> dict[str, Any]:
     async def reached() -> dict[str, Any] | None:
-        gateway: dict[str, Any] = _ok(await api.get(f"/api/v1/gateways/{gateway_id}"))
+        gateway = await get_gateway(api, gateway_id)
         return gateway if condition(gateway) else None
 
     return await wait_for(reached, within=within, what=f"{gateway_id}: {what}")
