@@ -5,6 +5,12 @@ Batches from every link wait in one queue; a single writer takes whatever has ga
 bulk path. Each batch is acknowledged only after its group committed. A batch that is malformed
 is refused with a clear reason and the link goes on; a store failure defers the batch (the
 gateway keeps it spooled and sends it again).
+
+A stream's batches are committed in sequence order: once a batch was deferred, later batches of
+its stream (already in flight when the gateway learnt of the deferral) are deferred too until the
+deferred one comes back. Committing them first would raise the stream's high-water mark over the
+deferred range, and its resend would be taken for a duplicate. If the gateway has meanwhile
+dropped that range (its spool's bound), its drop report releases the stream.
 """
 
 from __future__ import annotations
@@ -96,6 +102,9 @@ class IngestPipeline:
         self._queue: list[_Pending] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # (gateway, stream) -> first sequence number of a batch deferred by a store failure
+        self._resume_at: dict[tuple[str, str], int] = {}
+        self._drops_seen: dict[tuple[str, str], int] = {}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._writer())
@@ -162,6 +171,11 @@ class IngestPipeline:
 
     async def on_drop_report(self, gateway_id: str, message: Message) -> list[Message]:
         assert isinstance(message, DropReport)
+        key = (gateway_id, message.stream)
+        if message.dropped_total > self._drops_seen.get(key, 0):
+            # Drops are oldest first: a deferred batch may be among them, never to come back.
+            self._drops_seen[key] = message.dropped_total
+            self._resume_at.pop(key, None)
         await self.telemetry.record_drops(gateway_id, message.stream, message.dropped_total)
         log.warning(
             "gateway %s: %d observations of %s dropped on the gateway so far",
@@ -194,18 +208,38 @@ class IngestPipeline:
             rows += len(item.batch.observations)
         return group
 
+    def _in_order(self, group: list[_Pending]) -> list[_Pending]:
+        """Defer the batches that would overtake a deferred batch of their stream."""
+        ready: list[_Pending] = []
+        for p in group:
+            key = (p.batch.gateway_id, p.batch.stream)
+            resume_at = self._resume_at.get(key)
+            if resume_at is not None and p.batch.first_seq > resume_at:
+                if not p.future.done():
+                    reason = f"waiting for {p.batch.stream} from sequence {resume_at} again"
+                    p.future.set_result(self._deferred(p.batch, reason))
+                continue
+            self._resume_at.pop(key, None)  # the deferred batch is back (or never was)
+            ready.append(p)
+        return ready
+
     async def _writer(self) -> None:
         while True:
             await self._ready.wait()
             self._ready.clear()
             while self._queue:
-                group = self._take()
+                group = self._in_order(self._take())
+                if not group:
+                    continue
                 try:
                     outcomes = await self.telemetry.commit_batches([p.batch for p in group])
                 except (SQLAlchemyError, OSError) as exc:
                     self.stats.failures += 1
                     log.error("ingest of %d batches failed, deferred: %s", len(group), exc)
                     for p in group:
+                        key = (p.batch.gateway_id, p.batch.stream)
+                        first = min(p.batch.first_seq, self._resume_at.get(key, p.batch.first_seq))
+                        self._resume_at[key] = first
                         if not p.future.done():
                             p.future.set_result(self._deferred(p.batch, "store unavailable"))
                     continue

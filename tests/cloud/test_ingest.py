@@ -1,0 +1,301 @@
+"""IngestPipeline against a real store (SQLite file): validation, group commit, acks after
+commit, duplicates across links, drops and discovery, and what a store failure does."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tether.cloud.ingest import MAX_OBSERVATIONS, BatchInvalid, IngestPipeline, validate_batch
+from tether.cloud.store import Store
+from tether.cloud.store.telemetry import TelemetryStore
+from tether.protocol.messages import (
+    Discovery,
+    DiscoveryAck,
+    DropReport,
+    DropReportAck,
+    Message,
+    TelemetryAck,
+    TelemetryBatch,
+    TelemetryReject,
+)
+from tether.protocol.telemetry import DeviceInfo, Observation, PointInfo
+
+GW = "gw-1"
+T0 = 1_718_000_000.0
+POINT = "b1/ahu-1/sat"
+
+
+def obs(first: int, last: int) -> list[Observation]:
+    return [Observation(POINT, T0 + seq, float(seq)) for seq in range(first, last + 1)]
+
+
+def tm(first: int, last: int, stream: str = "sim") -> TelemetryBatch:
+    return TelemetryBatch(
+        stream=stream, first_seq=first, last_seq=last, observations=obs(first, last)
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'cloud.db'}")
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def telemetry(store: Store) -> TelemetryStore:
+    return TelemetryStore(store.engine)
+
+
+@asynccontextmanager
+async def started(pipeline: IngestPipeline) -> AsyncIterator[IngestPipeline]:
+    pipeline.start()
+    try:
+        yield pipeline
+    finally:
+        await pipeline.stop()
+
+
+@pytest.fixture
+async def pipeline(telemetry: TelemetryStore) -> AsyncIterator[IngestPipeline]:
+    async with started(IngestPipeline(telemetry)) as running:
+        yield running
+
+
+async def one(pipeline: IngestPipeline, message: Message, gateway: str = GW) -> Message:
+    [reply] = await pipeline.on_batch(gateway, message)
+    return reply
+
+
+async def stored_seqs(telemetry: TelemetryStore, gateway: str = GW) -> list[int]:
+    rows = await telemetry.query(gateway, point_id=None, since=None, until=None, limit=100_000)
+    return [round(r.ts - T0) for r in rows]
+
+
+@asynccontextmanager
+async def store_down(store: Store) -> AsyncIterator[None]:
+    """The observations table is gone for a while: every commit fails, as with a lost database."""
+    async with store.engine.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE observations RENAME TO observations_away"))
+    try:
+        yield
+    finally:
+        async with store.engine.begin() as conn:
+            await conn.execute(sa.text("ALTER TABLE observations_away RENAME TO observations"))
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+def _malformed() -> Iterator[tuple[str, TelemetryBatch, str]]:
+    yield "empty stream", tm(1, 1, stream=""), "stream name"
+    yield "space in stream", tm(1, 1, stream="bad stream"), "stream name"
+    yield "stream starts with dash", tm(1, 1, stream="-x"), "stream name"
+    yield "stream too long", tm(1, 1, stream="s" * 129), "stream name"
+    yield "control char in stream", tm(1, 1, stream="a\x00b"), "stream name"
+    yield "sequence zero", TelemetryBatch("sim", 0, 0, obs(0, 0)), "at least 1"
+    yield "negative sequence", TelemetryBatch("sim", -5, -5, obs(1, 1)), "at least 1"
+    yield "out of order", TelemetryBatch("sim", 10, 9, obs(1, 2)), "out of order"
+    yield "no observations", TelemetryBatch("sim", 1, 1, []), "no observations"
+    yield "count too small", TelemetryBatch("sim", 1, 10, obs(1, 9)), "does not match 9"
+    yield "count too large", TelemetryBatch("sim", 1, 10, obs(1, 11)), "does not match 11"
+    nan = [Observation(POINT, T0, math.nan)]
+    yield "NaN value", TelemetryBatch("sim", 1, 1, nan), "not a finite number"
+    inf = [Observation(POINT, T0, -math.inf)]
+    yield "infinite value", TelemetryBatch("sim", 1, 1, inf), "not a finite number"
+    bad_ts = [Observation(POINT, math.inf, 1.0)]
+    yield "infinite time", TelemetryBatch("sim", 1, 1, bad_ts), "timestamp"
+    yield "empty point", TelemetryBatch("sim", 1, 1, [Observation("", T0, 1.0)]), "point id"
+    long_point = [Observation("p" * 256, T0, 1.0)]
+    yield "long point", TelemetryBatch("sim", 1, 1, long_point), "point id"
+    long_text = [Observation(POINT, T0, "x" * 4097)]
+    yield "long text", TelemetryBatch("sim", 1, 1, long_text), "4096"
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [pytest.param(m, r, id=name) for name, m, r in _malformed()],
+)
+def test_malformed_batches_are_named(message: TelemetryBatch, reason: str) -> None:
+    with pytest.raises(BatchInvalid, match=reason):
+        validate_batch(message)
+
+
+def test_a_batch_over_the_observation_limit_is_refused() -> None:
+    n = MAX_OBSERVATIONS + 1
+    huge = TelemetryBatch("sim", 1, n, [Observation(POINT, T0, 1.0)] * n)
+    with pytest.raises(BatchInvalid, match="exceeds"):
+        validate_batch(huge)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        tm(1, 1),
+        tm(7, 20, stream="a.b:c/d-e_f"),
+        TelemetryBatch("s" * 128, 1, 1, [Observation("p" * 255, T0, "x" * 4096, "bad")]),
+        TelemetryBatch("sim", 1, 3, [Observation(POINT, T0, v) for v in (True, 3, -0.0)]),
+    ],
+)
+def test_well_formed_batches_pass(message: TelemetryBatch) -> None:
+    validate_batch(message)
+
+
+# --- the pipeline --------------------------------------------------------------------------
+
+
+async def test_a_malformed_batch_is_refused_for_good_and_nothing_is_stored(
+    pipeline: IngestPipeline, telemetry: TelemetryStore
+) -> None:
+    reply = await one(pipeline, TelemetryBatch("sim", 1, 10, obs(1, 9)))
+    assert isinstance(reply, TelemetryReject)
+    assert (reply.stream, reply.first_seq, reply.last_seq, reply.permanent) == ("sim", 1, 10, True)
+    assert "does not match" in reply.reason
+    assert pipeline.stats.rejected == 1
+    assert await telemetry.count() == 0
+    assert await telemetry.streams(GW) == []
+
+
+async def test_a_batch_is_acknowledged_once_committed(
+    pipeline: IngestPipeline, telemetry: TelemetryStore
+) -> None:
+    reply = await one(pipeline, tm(1, 100))
+    assert reply == TelemetryAck(stream="sim", last_seq=100, accepted=100, duplicates=0)
+    # The ack comes after the commit: the rows are there as soon as it is received.
+    assert await stored_seqs(telemetry) == list(range(1, 101))
+    assert (pipeline.stats.batches, pipeline.stats.observations) == (1, 100)
+
+
+async def test_batches_waiting_together_share_one_transaction(
+    telemetry: TelemetryStore,
+) -> None:
+    pipeline = IngestPipeline(telemetry)
+    # Queued before the writer runs, as when many links deliver while a commit is under way.
+    tasks = [
+        asyncio.create_task(pipeline.on_batch(f"gw-{g}", tm(f, f + 9)))
+        for g in range(4)
+        for f in range(1, 51, 10)
+    ]
+    await asyncio.sleep(0)  # every on_batch has queued its batch
+    async with started(pipeline):
+        replies = await asyncio.gather(*tasks)
+    assert all(isinstance(r, TelemetryAck) for [r] in replies)
+    assert pipeline.stats.groups == 1
+    assert pipeline.stats.batches == 20
+    for g in range(4):
+        assert await stored_seqs(telemetry, f"gw-{g}") == list(range(1, 51))
+
+
+async def test_a_group_holds_at_most_max_rows(telemetry: TelemetryStore) -> None:
+    pipeline = IngestPipeline(telemetry, max_rows=25)
+    tasks = [asyncio.create_task(pipeline.on_batch(GW, tm(f, f + 9))) for f in range(1, 101, 10)]
+    await asyncio.sleep(0)
+    async with started(pipeline):
+        replies = await asyncio.gather(*tasks)
+    assert [r.last_seq for [r] in replies] == list(range(10, 101, 10))  # type: ignore[attr-defined]
+    assert pipeline.stats.groups == 5  # two batches of 10 per group of at most 25 rows
+    assert await telemetry.count() == 100
+
+
+async def test_the_same_batches_from_two_links_are_stored_once(
+    pipeline: IngestPipeline, telemetry: TelemetryStore
+) -> None:
+    """An old link still delivering while the gateway's new link sends the same data again."""
+    old = [pipeline.on_batch(GW, tm(f, f + 9)) for f in range(1, 101, 10)]
+    new = [pipeline.on_batch(GW, tm(f, min(f + 24, 100))) for f in range(1, 101, 25)]
+    replies = [r for [r] in await asyncio.gather(*old, *new)]
+    assert all(isinstance(r, TelemetryAck) for r in replies)
+    acks = [r for r in replies if isinstance(r, TelemetryAck)]
+    assert sum(a.accepted for a in acks) == 100
+    assert sum(a.duplicates for a in acks) == 100
+    assert await stored_seqs(telemetry) == list(range(1, 101))
+
+
+async def test_drop_reports_and_discovery_are_recorded_and_acknowledged(
+    pipeline: IngestPipeline, telemetry: TelemetryStore
+) -> None:
+    replies = await pipeline.on_drop_report(GW, DropReport(stream="sim", dropped_total=42))
+    assert replies == [DropReportAck(stream="sim", dropped_total=42)]
+    [stream] = await telemetry.streams(GW)
+    assert stream.dropped_reported == 42
+    found = Discovery(
+        connector="sim",
+        devices=[DeviceInfo(device_id="b1/ahu-1", name="AHU-1", kind="ahu")],
+        points=[PointInfo(point_id=POINT, device_id="b1/ahu-1", name="SAT", unit="°C")],
+    )
+    assert await pipeline.on_discovery(GW, found) == [DiscoveryAck(connector="sim", points=1)]
+    [point] = await telemetry.list_points(GW)
+    assert (point.point_id, point.unit) == (POINT, "°C")
+
+
+async def test_a_store_failure_defers_the_batch_and_a_resend_is_stored(
+    pipeline: IngestPipeline, store: Store, telemetry: TelemetryStore
+) -> None:
+    async with store_down(store):
+        reply = await one(pipeline, tm(1, 10))
+    assert isinstance(reply, TelemetryReject)
+    assert (reply.permanent, reply.first_seq, reply.last_seq) == (False, 1, 10)
+    assert "store unavailable" in reply.reason
+    assert pipeline.stats.failures == 1
+    assert await telemetry.count() == 0
+    assert await one(pipeline, tm(1, 10)) == TelemetryAck("sim", 10, accepted=10)
+    assert await stored_seqs(telemetry) == list(range(1, 11))
+
+
+async def test_a_later_batch_does_not_overtake_a_deferred_one(
+    pipeline: IngestPipeline, store: Store, telemetry: TelemetryStore
+) -> None:
+    """Batches 1..10 and 11..20 are in flight; the store fails for the first only. Committing
+    11..20 would raise the mark over 1..10, and their resend would then count as duplicates:
+    lost, and the gateway would delete them on the ack of 20."""
+    async with store_down(store):
+        first = await one(pipeline, tm(1, 10))
+    assert isinstance(first, TelemetryReject)
+    assert not first.permanent
+    second = await one(pipeline, tm(11, 20))  # sent before the gateway saw the deferral
+    assert isinstance(second, TelemetryReject)
+    assert not second.permanent
+    assert await telemetry.count() == 0
+    # The gateway sends both again, in order.
+    assert await one(pipeline, tm(1, 10)) == TelemetryAck("sim", 10, accepted=10)
+    assert await one(pipeline, tm(11, 20)) == TelemetryAck("sim", 20, accepted=10)
+    assert await stored_seqs(telemetry) == list(range(1, 21))
+    [stream] = await telemetry.streams(GW)
+    assert (stream.hwm, stream.gaps) == (20, 0)
+
+
+async def test_a_deferred_batch_the_gateway_dropped_meanwhile_does_not_block_its_stream(
+    pipeline: IngestPipeline, store: Store, telemetry: TelemetryStore
+) -> None:
+    async with store_down(store):
+        assert isinstance(await one(pipeline, tm(1, 10)), TelemetryReject)
+    # Other streams and gateways are not held back.
+    assert await one(pipeline, tm(1, 5, stream="meter")) == TelemetryAck("meter", 5, accepted=5)
+    assert await one(pipeline, tm(1, 5), "gw-2") == TelemetryAck("sim", 5, accepted=5)
+    # The spool's bound dropped 1..10 before the resend: the gateway reports it, then goes on.
+    await pipeline.on_drop_report(GW, DropReport(stream="sim", dropped_total=10))
+    assert await one(pipeline, tm(11, 20)) == TelemetryAck("sim", 20, accepted=10)
+    [_, stream] = await telemetry.streams(GW)
+    assert (stream.stream, stream.hwm, stream.accepted, stream.gaps) == ("sim", 20, 10, 10)
+    assert stream.dropped_reported == 10
+
+
+async def test_stopping_defers_what_is_still_queued(telemetry: TelemetryStore) -> None:
+    pipeline = IngestPipeline(telemetry)  # never started: nothing is committed
+    task = asyncio.create_task(pipeline.on_batch(GW, tm(1, 10)))
+    await asyncio.sleep(0)
+    await pipeline.stop()
+    [reply] = await asyncio.wait_for(task, 5)
+    assert isinstance(reply, TelemetryReject)
+    assert not reply.permanent
+    assert "shutting down" in reply.reason
+    assert await telemetry.count() == 0
