@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages tether's tests use as real peers, only those that are missing.
 set -euo pipefail
-packages=(postgresql squid nginx-light mosquitto nftables iproute2 dnsmasq-base chromium procps)
+packages=(postgresql squid nginx-light mosquitto nftables iproute2 dnsmasq-base chromium procps openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -106,7 +106,7 @@ class CheckOptions:
     timeout: float = 5.0  # seconds per probe
     concurrency: int = 8
     idle_survival: float = 0.0  # seconds to hold an idle link open; 0: skip
-    long_poll_wait: float = 2.0  # seconds the long-poll probe asks the server to hold
+    long_poll_wait: float = 1.0  # seconds the long-poll probe asks the server to hold
     include_legacy: bool = False
     include_optional: bool = True
     endpoint_ids: tuple[str, ...] | None = None  # only these endpoints
