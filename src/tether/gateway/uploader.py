@@ -129,7 +129,10 @@ class Uploader:
                 removed,
             )
         else:
-            self._sent_upto[message.stream] = message.first_seq - 1
+            # Several batches of a stream may be deferred in a row: resend from the earliest.
+            sent = self._sent_upto.get(message.stream)
+            if sent is not None:
+                self._sent_upto[message.stream] = min(sent, message.first_seq - 1)
             log.warning(
                 "cloud deferred %s %d..%d: %s",
                 message.stream,
