@@ -232,7 +232,12 @@ class WebSocketLink:
         if self.session.state is not SessionState.OPEN:
             return
         async with self._deliver_lock:
-            self._send_all(await self.service.outgoing(self.gateway_id, link_opened=link_opened))
+            # A new link also takes what an older one (perhaps on a process that died) was given
+            # but never started: the agent runs an id at most once, so sending again is harmless.
+            outgoing = await self.service.outgoing(
+                self.gateway_id, link_opened=link_opened, redeliver=link_opened
+            )
+            self._send_all(outgoing)
             with contextlib.suppress(ConnectionError):
                 await self.flush()
 
