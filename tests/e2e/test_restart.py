@@ -32,6 +32,7 @@ from tether.gateway import handlers
 from tether.gateway.handlers import CommandContext
 from tether.gateway.ledger import INTERRUPTED, CommandLedger
 from tether.gateway.settings import load_agent_settings
+from tether.protocol.commands import CommandEvent
 
 
 @dataclass
@@ -78,8 +79,11 @@ async def _enroll(cloud: Cloud, data_dir: Path, name: str) -> str:
     return (await enroll_gateway(code, data_dir)).gateway_id
 
 
-async def _queue_in_store(cloud: Cloud, gateway_id: str, kind: str) -> str:
-    """Queue a command straight into the store of a cloud that is not running."""
+async def _queue_in_store(
+    cloud: Cloud, gateway_id: str, kind: str, *, delivered: bool = False
+) -> str:
+    """Queue a command straight into the store of a cloud that is not running (and mark it
+    delivered, as a cloud that died right after doing so would have left it)."""
     store = await Store.open(cloud.database)
     try:
         now = datetime.now(UTC)
@@ -91,6 +95,10 @@ async def _queue_in_store(cloud: Cloud, gateway_id: str, kind: str) -> str:
             created_by="test",
             now=now,
         )
+        if delivered:
+            await store.apply_command_event(
+                record.command_id, CommandEvent.DELIVER, now=now, gateway_id=gateway_id
+            )
     finally:
         await store.close()
     return record.command_id
@@ -128,6 +136,25 @@ async def test_agent_relinks_after_the_cloud_restarts_and_runs_what_was_queued_o
         assert entry is not None
         assert entry.state == "succeeded"
     assert recorder.runs == {before["id"]: 1, queued: 1, after["id"]: 1}
+
+
+async def test_command_marked_delivered_by_a_cloud_that_died_is_delivered_again(
+    tmp_path: Path, cloud_process: CloudProcess, recorder: Recorder
+) -> None:
+    cloud = cloud_process.cloud
+    gateway_id = await _enroll(cloud, tmp_path / "gw", "building-1")
+    async with running_agent(tmp_path / "gw") as gw:
+        await gw.wait_linked()
+        await cloud_process.kill(signal.SIGKILL)
+        await gw.wait_unlinked()
+        # The frame never left the dead cloud: the agent has not seen the command.
+        lost = await _queue_in_store(cloud, gateway_id, "count", delivered=True)
+        await cloud_process.start()
+        await gw.wait_linked()
+        async with cloud.api() as api:
+            done = await wait_command(api, lost)
+        assert done["state"] == "succeeded", done
+    assert recorder.runs == {lost: 1}
 
 
 async def test_outcome_unacknowledged_across_an_agent_restart_is_resent_not_rerun(
