@@ -20,6 +20,7 @@ app.add_typer(ops.command_app, name="command")
 app.add_typer(ops.token_app, name="token")
 app.add_typer(points.points_app, name="points")
 app.add_typer(points.config_app, name="config")
+app.command("logs")(points.logs)
 app.add_typer(net.app, name="net")
 app.command("demo")(demo.demo)
 

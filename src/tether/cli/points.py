@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.text import Text
 
 from tether.cli.client import client_from_env, fail
 from tether.cli.ops import _call
@@ -170,3 +171,42 @@ def config_show(
             for c in data
         ],
     )
+
+
+def logs(
+    gateway: str,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records."),
+    level: str | None = typer.Option(None, "--level", help="This level and above."),
+    limit: int = typer.Option(200, "--limit"),
+    interval: float = typer.Option(2.0, "--interval", help="Seconds between polls (--follow)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """A gateway's logs (its agent, and OS logs it was told to ship)."""
+    client = client_from_env()
+    cursor: float | None = None
+    colors = {"warning": "yellow", "error": "red", "critical": "bold red", "debug": "dim"}
+    try:
+        while True:
+            rows = _call(
+                client.get,
+                f"/api/v1/gateways/{gateway}/logs",
+                level=level,
+                limit=limit,
+                after=repr(cursor) if cursor is not None else None,
+            )
+            for r in rows:
+                if as_json:
+                    sys.stdout.write(json.dumps(r) + "\n")
+                else:
+                    color = colors.get(r["level"], "")
+                    line = f"{_when(r['ts'])} {r['level']:<8} {r['source']}: {r['message']}"
+                    console.print(Text(line, style=color), highlight=False)
+                cursor = max(cursor or 0.0, r["ts"])
+            sys.stdout.flush()
+            if not follow:
+                return
+            if cursor is None:
+                cursor = time.time() - 1
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass

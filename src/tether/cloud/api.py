@@ -17,6 +17,7 @@ import msgspec
 from aiohttp import web
 
 from tether import __version__
+from tether.cloud import accounts
 from tether.cloud.state import STATE_KEY, CloudState
 from tether.cloud.store.errors import GatewayRevoked, GatewayUnknown
 from tether.cloud.store.records import CommandRecord, GatewayRecord
@@ -34,6 +35,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "enroll": frozenset({"admin", "operator"}),
     "revoke": frozenset({"admin"}),
     "audit": frozenset({"admin"}),
+    "users": frozenset({"admin"}),
 }
 
 
@@ -184,6 +186,20 @@ class StreamOut(msgspec.Struct):
     dropped_on_gateway: int
 
 
+class HealthOut(msgspec.Struct):
+    latest: dict[str, Any] | None
+    series: list[dict[str, Any]]
+
+
+class LogOut(msgspec.Struct):
+    ts: float
+    level: str
+    source: str
+    message: str
+    customer_data: bool
+    fields: dict[str, Any] | None
+
+
 class WhoAmI(msgspec.Struct):
     name: str
     role: str
@@ -271,6 +287,10 @@ async def _decode(request: web.Request, kind: type[Any]) -> Any:
 
 
 async def authenticate(request: web.Request, state: CloudState) -> Principal:
+    session = await accounts.api_session(request)  # the console's cookie, when no bearer token
+    if session is not None:
+        user = session.user
+        return Principal(name=user.username, role=user.role, token_id=accounts.SESSION_PRINCIPAL)
     header = request.headers.get("Authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret:
@@ -615,6 +635,46 @@ async def list_streams(request: web.Request, state: CloudState, p: Principal) ->
     ]
 
 
+async def get_health(request: web.Request, state: CloudState, p: Principal) -> HealthOut:
+    gateway_id = request.match_info["gateway_id"]
+    await _gateway(state, gateway_id)
+    since = _float_param(request, "since")
+    if since is None:
+        since = datetime.now(UTC).timestamp() - 86400
+    series = await state.health.store.series(gateway_id, since=since)
+    return HealthOut(
+        latest=await state.health.store.latest(gateway_id),
+        series=[{"ts": point.ts, **point.figures} for point in series],
+    )
+
+
+async def get_logs(request: web.Request, state: CloudState, p: Principal) -> list[LogOut]:
+    gateway_id = request.match_info["gateway_id"]
+    await _gateway(state, gateway_id)
+    try:
+        limit = max(1, min(int(request.query.get("limit", "200")), 5000))
+    except ValueError:
+        raise _error(400, "limit must be a number") from None
+    rows = await state.health.store.logs(
+        gateway_id,
+        after=_float_param(request, "after"),
+        level=request.query.get("level"),
+        limit=limit,
+        include_customer_data=p.role != "support",
+    )
+    return [
+        LogOut(
+            ts=r.ts,
+            level=r.level,
+            source=r.source,
+            message=r.message,
+            customer_data=r.customer_data,
+            fields=r.fields,
+        )
+        for r in rows
+    ]
+
+
 ROUTES: tuple[ApiRoute, ...] = (
     ApiRoute("GET", "/api/v1/whoami", whoami, "read", "Who the token belongs to", None, WhoAmI),
     ApiRoute(
@@ -756,6 +816,30 @@ ROUTES: tuple[ApiRoute, ...] = (
     ),
     ApiRoute(
         "GET",
+        "/api/v1/gateways/{gateway_id}/health",
+        get_health,
+        "read",
+        "Latest health report and figures over time (hourly averages when old)",
+        None,
+        HealthOut,
+        query=(("since", "from (Unix or ISO 8601); default a day ago"),),
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/gateways/{gateway_id}/logs",
+        get_logs,
+        "read",
+        "Gateway logs (records that may carry customer data are hidden from support)",
+        None,
+        list[LogOut],
+        query=(
+            ("after", "strictly after this time (follow cursor)"),
+            ("level", "this level and above"),
+            ("limit", "at most this many"),
+        ),
+    ),
+    ApiRoute(
+        "GET",
         "/api/v1/audit",
         list_audit,
         "audit",
@@ -764,6 +848,7 @@ ROUTES: tuple[ApiRoute, ...] = (
         list[AuditOut],
         query=(("limit", "at most this many"),),
     ),
+    *(ApiRoute(*spec) for spec in accounts.API_ROUTES),  # users, their tokens, audit export
 )
 
 

@@ -20,9 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from tether import __version__
 from tether.cloud import api, est, poll
+from tether.cloud.health import FleetCollector, HealthService, metrics_handler
 from tether.cloud.identity import IdentityError
 from tether.cloud.ingest import IngestPipeline
 from tether.cloud.link import LinkHub, WebSocketLink, max_ws_message
@@ -30,11 +32,19 @@ from tether.cloud.service import GatewayService
 from tether.cloud.settings import CloudSettings
 from tether.cloud.state import STATE_KEY, CloudState
 from tether.cloud.store import Store
+from tether.cloud.store.health import HealthStore
 from tether.cloud.store.links import LinkStore
 from tether.cloud.store.telemetry import TelemetryStore
 from tether.cloud.tls import server_ssl_context
 from tether.pki.ca import CertificateAuthority
-from tether.protocol.messages import CloseCode, Discovery, DropReport, TelemetryBatch
+from tether.protocol.messages import (
+    CloseCode,
+    Discovery,
+    DropReport,
+    HealthReport,
+    LogBatch,
+    TelemetryBatch,
+)
 
 __all__ = ["ADMIN_TOKEN_FILE", "build_app", "run", "server_context", "write_secret_file"]
 
@@ -119,9 +129,21 @@ async def link(request: web.Request) -> web.StreamResponse:
 
 
 async def _sweep(state: CloudState) -> None:
-    """Expire commands whose deadline passed (bounded work per round)."""
+    """Expire commands whose deadline passed, mark silent HTTPS-tier gateways offline, and
+    now and then fold old health reports into hourly averages."""
+    rounds = 0
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
+        rounds += 1
+        if rounds % 120 == 1:
+            try:
+                await state.health.store.downsample(
+                    now=datetime.now(UTC),
+                    raw_retention=state.settings.health_raw_retention,
+                    hourly_retention=state.settings.health_retention,
+                )
+            except Exception:  # logged; the next round tries again
+                log.exception("health downsampling failed")
         try:
             expired = await state.store.expire_due_commands(now=datetime.now(UTC))
         except Exception:  # a store hiccup must not stop the sweeper; it is logged
@@ -161,6 +183,9 @@ def build_app(settings: CloudSettings) -> web.Application:
         service.register(Discovery, ingest.on_discovery)
         service.register(DropReport, ingest.on_drop_report)
         ingest.start()
+        health = HealthService(HealthStore(store.engine))
+        service.register(HealthReport, health.on_health)
+        service.register(LogBatch, health.on_logs)
         state = CloudState(
             settings=settings,
             store=store,
@@ -170,6 +195,7 @@ def build_app(settings: CloudSettings) -> web.Application:
             telemetry=telemetry,
             ingest=ingest,
             links=LinkStore(store.engine),
+            health=health,
         )
         app[STATE_KEY] = state
         sweeper = asyncio.get_running_loop().create_task(_sweep(state))
@@ -192,6 +218,18 @@ def build_app(settings: CloudSettings) -> web.Application:
     app.router.add_get("/.well-known/tether/hello", hello)
     app.router.add_get("/link", link)
     app.router.add_routes(poll.routes())
+    registry = CollectorRegistry(auto_describe=True)
+    collector = FleetCollector()
+    registry.register(collector)
+
+    async def metrics(request: web.Request) -> web.Response:
+        state = request.app[STATE_KEY]
+        principal = await api.authenticate(request, state)
+        if principal.role not in api.PERMISSIONS["read"]:
+            raise web.HTTPForbidden(text="role may not read metrics\n")
+        return await metrics_handler(request, state, collector, registry)
+
+    app.router.add_get("/metrics", metrics)
     return app
 
 

@@ -49,6 +49,8 @@ class CloudSettings:
     trusted_proxies: tuple[str, ...] = ()
     client_cert_header: str = "X-Tether-Client-Cert"
     workers: int = 1
+    health_raw_retention: timedelta = timedelta(hours=48)
+    health_retention: timedelta = timedelta(days=90)
 
     @property
     def database(self) -> str:
@@ -67,7 +69,13 @@ class CloudSettings:
         return self.data_dir / "pki"
 
 
-_DURATIONS = {"command_ttl", "certificate_lifetime", "enrollment_token_ttl"}
+_DURATIONS = {
+    "command_ttl",
+    "certificate_lifetime",
+    "enrollment_token_ttl",
+    "health_raw_retention",
+    "health_retention",
+}
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

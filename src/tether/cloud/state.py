@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from tether.cloud.health import HealthService
 from tether.cloud.identity import GatewayIdentity, gateway_identity
 from tether.cloud.ingest import IngestPipeline
 from tether.cloud.link import LinkHub
@@ -29,6 +30,7 @@ class CloudState:
     telemetry: TelemetryStore
     ingest: IngestPipeline
     links: LinkStore
+    health: HealthService
 
     async def gateway_identity(self, request: web.Request) -> GatewayIdentity:
         return await gateway_identity(

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,6 +30,7 @@ from tether.gateway.connectors import (
     decode_connectors_config,
 )
 from tether.gateway.handlers import HANDLERS, CommandContext, CommandFailed
+from tether.gateway.health import NetCounter, collect_health, network_identity
 from tether.gateway.httptier import HttpTier
 from tether.gateway.identity import GatewayIdentity, renew, seconds_until
 from tether.gateway.ledger import CommandLedger
@@ -39,6 +42,7 @@ from tether.gateway.link import (
     WebSocketTier,
     probe_websocket,
 )
+from tether.gateway.logship import LogShipper
 from tether.gateway.settings import AgentSettings
 from tether.gateway.spool import AsyncSpool
 from tether.gateway.uploader import Uploader
@@ -54,6 +58,8 @@ from tether.protocol.messages import (
     Discovery,
     DiscoveryAck,
     ErrorReport,
+    HealthReport,
+    LogBatchAck,
     Message,
 )
 from tether.protocol.telemetry import Discovery as FoundDiscovery
@@ -63,6 +69,8 @@ __all__ = ["Agent", "AgentStopped", "LinkStatus"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds between log batches while records wait (each batch waits for its ack).
+LOG_FLUSH_INTERVAL = 5.0
 #: The tiers, best first: one WebSocket; HTTPS long-poll; periodic HTTPS poll.
 TIERS = ("ws", "long-poll", "poll")
 #: Tier-specific failures in a row before the agent moves down a tier.
@@ -102,6 +110,10 @@ class Agent:
         self.uploader: Uploader | None = None
         self.connectors: ConnectorRunner | None = None
         self._discoveries: dict[str, FoundDiscovery] = {}
+        self.logs = LogShipper()
+        self._net = NetCounter()
+        self._identity_sent: dict[str, Any] | None = None
+        self._health_due = asyncio.Event()
         for command_id in self.ledger.recover_interrupted():
             log.warning("command %s was interrupted by a restart; reporting it failed", command_id)
 
@@ -114,8 +126,12 @@ class Agent:
         self.status.links_opened += 1
         self.status.history.append((time.time(), f"linked on {tier}"))
         self.linked.set()
+        log.info("linked to %s on tier %s", self.identity.cloud_url, tier)
         if self.uploader is not None:
             self.uploader.on_link_open(send)
+        self.logs.on_link_open(send)
+        self._identity_sent = None  # a new link (maybe a new cloud node) hears it again
+        self._health_due.set()
         for instance, found in self._discoveries.items():
             send(_discovery_message(instance, found))
         for entry in self.ledger.unacknowledged():
@@ -134,6 +150,7 @@ class Agent:
         self.linked.clear()
         if self.uploader is not None:
             self.uploader.on_link_closed()
+        self.logs.on_link_closed()
 
     async def on_message(self, message: Message) -> None:
         if self.uploader is not None and await self.uploader.on_message(message):
@@ -144,6 +161,9 @@ class Agent:
             self.ledger.acknowledge(message.command_id, message.state)
         elif isinstance(message, ConfigUpdate):
             self._emit(await self._apply_config(message.section, message.version, message.data))
+        elif isinstance(message, LogBatchAck):
+            self.logs.on_ack(message)
+            self.logs.flush()
         elif isinstance(message, DiscoveryAck):
             log.debug("cloud stored %d points of %s", message.points, message.connector)
         elif isinstance(message, ErrorReport):
@@ -172,6 +192,8 @@ class Agent:
         self._emit(_discovery_message(instance, found))
 
     async def _apply_config(self, section: str, version: int, data: dict[str, Any]) -> ConfigAck:
+        if section in {"agent", "logs"}:
+            return await self._apply_simple_config(section, version, data)
         if section != "connectors":
             return ConfigAck(
                 section=section,
@@ -205,6 +227,93 @@ class Agent:
             len(result.stopped),
         )
         return ConfigAck(section=section, version=version, ok=True)
+
+    async def _apply_simple_config(
+        self, section: str, version: int, data: dict[str, Any]
+    ) -> ConfigAck:
+        """``agent``: {"health_interval": s}; ``logs``: {"level": …, "sources": […]}."""
+        try:
+            if section == "logs":
+                await self.logs.configure(data)
+            else:
+                interval = float(data.get("health_interval", self.health_interval))
+                if not 5 <= interval <= 86400:
+                    raise ValueError("health_interval must be within 5..86400 seconds")
+                self.apply_runtime_config({"health_interval": interval})
+        except (ValueError, TypeError) as exc:
+            return ConfigAck(section=section, version=version, ok=False, error=str(exc))
+        self.ledger.set_value(f"config:{section}", {"version": version, "data": data})
+        self._health_due.set()
+        return ConfigAck(section=section, version=version, ok=True)
+
+    @property
+    def health_interval(self) -> float:
+        return float(self.runtime_config.get("health_interval", self.settings.health_interval))
+
+    async def _health_loop(self) -> None:
+        """A health report every interval (and at once after a link opens or settings
+        change); the network identity too whenever it differs from what was sent."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._health_due.wait(), self.health_interval)
+            self._health_due.clear()
+            if self._send is None:
+                continue
+            try:
+                report = await self._health_report()
+            except (OSError, RuntimeError, ValueError, TypeError) as exc:
+                # A report that cannot be built must not end the reporting for good.
+                log.exception("health report failed: %s", exc)
+                continue
+            self._emit(HealthReport(ts=time.time(), data=report))
+            self.logs.flush()
+
+    async def _log_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH_INTERVAL)
+            self.logs.flush()
+
+    async def _health_report(self) -> dict[str, Any]:
+        depth = await self.spool.depth() if self.spool is not None else None
+        drops = await self.spool.drop_report() if self.spool is not None else {}
+        identity = await asyncio.to_thread(network_identity)
+        report = await asyncio.to_thread(
+            collect_health,
+            data_dir=str(self.settings.data_dir),
+            net=self._net,
+            link={
+                "tier": self.status.tier,
+                "links_opened": self.status.links_opened,
+                "last_error": self.status.last_error,
+            },
+            spool={
+                "observations": depth.observations if depth else 0,
+                "bytes": depth.bytes if depth else 0,
+                "oldest_ts": depth.oldest_ts if depth else None,
+                "dropped": sum(d.total for d in drops.values()),
+            },
+            connectors={
+                name: {
+                    "state": st.state.value,
+                    "observations": st.observations,
+                    "polls": st.polls,
+                    "poll_errors": st.poll_errors,
+                    "errors": st.errors,
+                    "last_error": st.last_error,
+                }
+                for name, st in (self.connectors.stats() if self.connectors else {}).items()
+            },
+            uploader=dataclasses.asdict(self.uploader.stats) if self.uploader else {},
+            time_sync={
+                "clock": time.time(),
+                "ntp_synchronized": Path("/run/systemd/timesync/synchronized").exists(),
+            },
+        )
+        report["logs"] = {"pending": self.logs.pending, "dropped": self.logs.dropped_total}
+        if identity != self._identity_sent:
+            report["network_identity"] = identity
+            self._identity_sent = identity
+        return report
 
     async def _start_telemetry(self) -> None:
         self.spool = await AsyncSpool.open(
@@ -321,6 +430,13 @@ class Agent:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         await self._start_telemetry()
+        self.logs.install()
+        for section in ("agent", "logs"):
+            saved = self.ledger.get_value(f"config:{section}")
+            if saved is not None:
+                await self._apply_simple_config(section, saved["version"], saved["data"])
+        for loop_coro in (self._health_loop(), self._log_loop()):
+            self._tasks.add(asyncio.get_running_loop().create_task(loop_coro))
         link = asyncio.get_running_loop().create_task(self._link_loop())
         renewal = asyncio.get_running_loop().create_task(self._renewal_loop())
         stopper = asyncio.get_running_loop().create_task(stop.wait())
@@ -337,6 +453,8 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError, AgentStopped):
                     await task
             await self._stop_telemetry()
+            self.logs.uninstall()
+            await self.logs.stop_journal()
             self.ledger.close()
 
     def _make_tier(self, index: int, reason: str) -> WebSocketTier | HttpTier:

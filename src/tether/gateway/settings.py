@@ -33,6 +33,7 @@ class AgentSettings:
     reconnect_cap: float = 60.0
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_max_age: float = 7 * 86400.0
+    health_interval: float = 60.0
     tier: str = "auto"  # "auto" adapts; "ws", "long-poll" or "poll" pins the link to one tier
     longpoll_wait: float = 25.0
     poll_interval: float = 900.0
@@ -93,7 +94,13 @@ def load_agent_settings(data_dir: Path, **overrides: Any) -> AgentSettings:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise AgentSettingsError(f"{path}: {name!r} must be a positive integer")
             values[name] = value
-    for name in ("longpoll_wait", "poll_interval", "probe_interval", "unstable_after"):
+    for name in (
+        "longpoll_wait",
+        "poll_interval",
+        "probe_interval",
+        "unstable_after",
+        "health_interval",
+    ):
         if name in raw:
             value = raw.pop(name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:

@@ -66,6 +66,8 @@ __all__ = [
 ]
 
 # Telemetry tables live beside the core ones on the same metadata (and in migration r0002).
+from . import accounts as accounts
 from . import config as config
+from . import health as health
 from . import links as links
 from . import telemetry as telemetry

@@ -1,0 +1,148 @@
+"""Gateway health and logs on the cloud side, and the fleet's Prometheus metrics.
+
+Health reports and log batches arrive over any tier as link messages; they are stored (see
+:mod:`tether.cloud.store.health`) and acknowledged. ``GET /metrics`` exposes the fleet in the
+Prometheus text format for a scraper holding an API token with read access.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tether.cloud.store.health import HEALTH_FIGURES, HealthStore
+from tether.protocol.messages import HealthReport, LogBatch, LogBatchAck, Message
+
+__all__ = ["FleetCollector", "HealthService", "metrics_handler"]
+
+log = logging.getLogger(__name__)
+
+_LEVELS = {"debug", "info", "warning", "error", "critical"}
+
+
+class HealthService:
+    def __init__(self, store: HealthStore) -> None:
+        self.store = store
+        self.reports = 0
+        self.log_records = 0
+        self.log_dropped_on_gateways = 0
+
+    async def on_health(self, gateway_id: str, message: Message) -> list[Message]:
+        assert isinstance(message, HealthReport)
+        now = time.time()
+        ts = message.ts if abs(message.ts - now) < 86400 else now  # a wild clock is not history
+        await self.store.add_report(gateway_id, ts, dict(message.data))
+        self.reports += 1
+        return []
+
+    async def on_logs(self, gateway_id: str, message: Message) -> list[Message]:
+        assert isinstance(message, LogBatch)
+        records = [
+            {
+                "ts": r.ts,
+                "level": r.level if r.level in _LEVELS else "info",
+                "source": r.source[:128],
+                "message": r.message[:8192],
+                "customer_data": r.customer_data,
+                "fields": dict(r.fields) or None,
+            }
+            for r in message.records
+        ]
+        await self.store.add_logs(gateway_id, records)
+        self.log_records += len(records)
+        self.log_dropped_on_gateways += message.dropped
+        return [LogBatchAck(seq=message.seq)]
+
+
+class FleetCollector(Collector):
+    """Reads a snapshot prepared just before each scrape (collect() itself cannot await)."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, Any] = {}
+
+    def collect(self) -> Iterator[Any]:
+        snap = self.snapshot
+        gateways = GaugeMetricFamily("tether_gateways", "Gateways by link state", labels=["state"])
+        for state, count in snap.get("states", {}).items():
+            gateways.add_metric([state], count)
+        yield gateways
+        tiers = GaugeMetricFamily(
+            "tether_gateways_tier", "Linked gateways by link tier", labels=["tier"]
+        )
+        for tier, count in snap.get("tiers", {}).items():
+            tiers.add_metric([tier], count)
+        yield tiers
+        links = GaugeMetricFamily("tether_process_links", "WebSocket links held by this process")
+        links.add_metric([], snap.get("links", 0))
+        yield links
+        commands = GaugeMetricFamily(
+            "tether_commands", "Recent commands by state", labels=["state"]
+        )
+        for state, count in snap.get("commands", {}).items():
+            commands.add_metric([state], count)
+        yield commands
+        for name, value, help_text in (
+            ("tether_ingest_observations", "ingest_observations", "Observations committed"),
+            ("tether_ingest_duplicates", "ingest_duplicates", "Duplicate observations skipped"),
+            ("tether_ingest_batches_rejected", "ingest_rejected", "Telemetry batches refused"),
+            ("tether_health_reports", "health_reports", "Health reports received"),
+            ("tether_gateway_log_records", "log_records", "Gateway log records received"),
+        ):
+            counter = CounterMetricFamily(name, help_text)
+            counter.add_metric([], snap.get(value, 0))
+            yield counter
+        for figure in HEALTH_FIGURES:
+            gauge = GaugeMetricFamily(
+                f"tether_gateway_{figure}",
+                f"Latest {figure.replace('_', ' ')} reported by the gateway",
+                labels=["gateway"],
+            )
+            for gateway_id, figures in snap.get("health", {}).items():
+                value = figures.get(figure)
+                if value is not None:
+                    gauge.add_metric([gateway_id], value)
+            yield gauge
+
+
+async def snapshot(state: Any) -> dict[str, Any]:
+    gateways = await state.store.list_gateways()
+    states: dict[str, int] = {"linked": 0, "offline": 0, "revoked": 0}
+    tiers: dict[str, int] = {}
+    for g in gateways:
+        key = "revoked" if g.revoked else ("linked" if g.linked else "offline")
+        states[key] += 1
+        if g.linked and not g.revoked and g.tier:
+            tiers[g.tier] = tiers.get(g.tier, 0) + 1
+    commands: dict[str, int] = {}
+    for c in await state.store.list_commands(limit=1000):
+        commands[c.state.value] = commands.get(c.state.value, 0) + 1
+    return {
+        "states": states,
+        "tiers": tiers,
+        "links": len(state.hub),
+        "commands": commands,
+        "ingest_observations": state.ingest.stats.observations,
+        "ingest_duplicates": state.ingest.stats.duplicates,
+        "ingest_rejected": state.ingest.stats.rejected,
+        "health_reports": state.health.reports,
+        "log_records": state.health.log_records,
+        "health": await state.health.store.latest_all(),
+        "at": datetime.now(UTC).isoformat(),
+    }
+
+
+async def metrics_handler(
+    request: web.Request, state: Any, collector: FleetCollector, registry: CollectorRegistry
+) -> web.Response:
+    collector.snapshot = await snapshot(state)
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
