@@ -106,6 +106,15 @@ async def read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, s
 
 
 async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
+    try:
+        return await _chunks(reader, limit)
+    except asyncio.IncompleteReadError as exc:
+        raise HttpProtocolError(f"chunked body cut after {len(exc.partial)} bytes") from None
+    except asyncio.LimitOverrunError:
+        raise HttpProtocolError("chunk header too long") from None
+
+
+async def _chunks(reader: asyncio.StreamReader, limit: int) -> bytes:
     body = bytearray()
     while True:
         size_line = await reader.readuntil(b"\r\n")

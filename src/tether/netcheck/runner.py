@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import logging
 import os
 import socket
 import ssl
@@ -83,6 +84,8 @@ from tether.netreq.model import (
 __all__ = ["EST_CACERTS_PATH", "CheckOptions", "ProgressEvent", "run_checks"]
 
 EST_CACERTS_PATH = "/.well-known/est/cacerts"  # RFC 7030 §4.1, served without authentication
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,6 @@ class _Run:
         self.manifest = manifest
         self.options = options
         self.started_at = dt.datetime.now(dt.UTC)
-        self.globals: list[CheckResult] = []
         self.leases = dhcp.read_leases(options.lease_root)
         self.proxy_error: str | None = None
         environ = options.environ if options.environ is not None else os.environ
@@ -269,7 +271,16 @@ class _Run:
         async def bounded_unit(unit: _Unit) -> None:
             async with semaphore:
                 if not unit.results:  # SKIP units come pre-filled
-                    await self._probe_unit(unit)
+                    try:
+                        await self._probe_unit(unit)
+                    except Exception as exc:  # a defect in one probe must not hide the others
+                        log.exception("probe of %s failed", unit.label)
+                        unit.add(
+                            Check.APP,
+                            Status.FAIL,
+                            f"the check itself failed ({type(exc).__name__}: {exc}); please "
+                            "report this",
+                        )
             self._tick(unit.label)
 
         async def bounded_ntp(server: tuple[str, int, str]) -> CheckResult:
