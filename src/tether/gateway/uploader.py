@@ -60,10 +60,12 @@ class Uploader:
         self._in_flight: list[tuple[str, int]] = []  # (stream, last_seq) awaiting an ack
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._link = 0  # changes at every link open and close
 
     # -- link events -------------------------------------------------------------------------
 
     def on_link_open(self, send: Callable[[Message], None]) -> None:
+        self._link += 1
         self._send = send
         self._sent_upto.clear()
         self._in_flight.clear()
@@ -72,6 +74,7 @@ class Uploader:
         self._wake.set()
 
     def on_link_closed(self) -> None:
+        self._link += 1
         self._send = None
         self._in_flight.clear()
         self._sent_upto.clear()
@@ -150,7 +153,10 @@ class Uploader:
             self._wake.clear()
             await self._send_drop_reports()
             while self._send is not None and len(self._in_flight) < self.window:
+                link = self._link
                 batches = await self.spool.peek(max_items=self.max_batch, after=self._sent_upto)
+                if link != self._link:
+                    continue  # read for a link that is gone: it skipped what was in flight there
                 if not batches or self._send is None:
                     break
                 for batch in batches:
