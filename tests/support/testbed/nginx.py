@@ -3,6 +3,11 @@
 With ``websocket=False`` it forwards requests without the ``Upgrade``/``Connection`` headers
 (nginx's default), so a WebSocket upgrade never reaches the application: the middlebox that
 breaks tier 1 while long-poll still works.
+
+As a deployment's load balancer in front of the cloud: ``server_cert`` (from the platform CA),
+``client_ca`` (``ssl_verify_client on``), ``upstream_ca``/``upstream_name`` (the upstream's
+certificate verified) and ``client_cert_header`` (the verified client certificate passed on as
+``$ssl_client_escaped_cert``). ``port`` restarts it on the port a previous instance had.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.testbed.certs import TestCA
+from tests.support.testbed.certs import ServerCert, TestCA
 from tests.support.testbed.proc import free_port, is_listening, start_process, stop_process
 
 NGINX = "/usr/sbin/nginx"
@@ -51,12 +56,36 @@ def render_config(
     websocket: bool,
     read_timeout: int,
     user: str | None,
+    client_ca: Path | None = None,
+    upstream_ca: Path | None = None,
+    upstream_name: str | None = None,
+    client_cert_header: str | None = None,
 ) -> str:
     d = directory
     upgrade = (
         "proxy_set_header Upgrade $http_upgrade;\n"
-        '            proxy_set_header Connection "upgrade";\n'
+        '            proxy_set_header Connection "upgrade";\n            '
         if websocket
+        else ""
+    )
+    client = (
+        f"ssl_verify_client on;\n        ssl_client_certificate {client_ca};\n        "
+        if client_ca
+        else ""
+    )
+    if upstream_ca:
+        upstream_tls = (
+            "proxy_ssl_verify on;\n"
+            f"            proxy_ssl_trusted_certificate {upstream_ca};\n"
+            "            proxy_ssl_protocols TLSv1.2 TLSv1.3;\n"
+            "            proxy_ssl_server_name on;\n"
+            + (f"            proxy_ssl_name {upstream_name};\n" if upstream_name else "")
+        )
+    else:
+        upstream_tls = "proxy_ssl_verify off;\n"
+    header = (
+        f"proxy_set_header {client_cert_header} $ssl_client_escaped_cert;\n            "
+        if client_cert_header
         else ""
     )
     user_line = f"user {user};\n" if user else ""
@@ -77,12 +106,11 @@ http {{
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
-        location / {{
+        {client}location / {{
             proxy_pass {upstream};
-            proxy_ssl_verify off;
-            proxy_http_version 1.1;
+            {upstream_tls}            proxy_http_version 1.1;
             proxy_set_header Host $host;
-            {upgrade}proxy_read_timeout {read_timeout}s;
+            {header}{upgrade}proxy_read_timeout {read_timeout}s;
             proxy_buffering off;
         }}
     }}
@@ -92,23 +120,34 @@ http {{
 
 def start_nginx(
     *,
-    ca: TestCA,
-    names: list[str],
+    ca: TestCA | None = None,
+    names: list[str] | None = None,
     upstream: str,
     websocket: bool = False,
     read_timeout: int = 60,
     host: str = "127.0.0.1",
+    port: int | None = None,
+    server_cert: ServerCert | None = None,
+    client_ca: Path | None = None,
+    upstream_ca: Path | None = None,
+    upstream_name: str | None = None,
+    client_cert_header: str | None = None,
 ) -> Nginx:
-    """Serve ``names`` with a certificate from ``ca`` and proxy to ``upstream`` (a URL)."""
+    """Serve ``names`` with a certificate from ``ca`` (or ``server_cert`` as given) and proxy
+    to ``upstream`` (a URL)."""
+    if server_cert is None:
+        if ca is None or not names:
+            raise ValueError("start_nginx needs ca and names, or server_cert")
+        server_cert = ca.issue_server(names)
     directory = Path(tempfile.mkdtemp(prefix="tether-nginx-"))
     directory.chmod(0o755)
-    cert, key = ca.issue_server(names).write(directory)
+    cert, key = server_cert.write(directory)
     user = None
     if os.geteuid() == 0:  # workers drop to nobody; the master reads the key as root
         nobody = pwd.getpwnam("nobody")
         user = f"nobody {grp.getgrgid(nobody.pw_gid).gr_name}"
         os.chown(directory, nobody.pw_uid, nobody.pw_gid)
-    port = free_port(host)
+    port = port or free_port(host)
     config = directory / "nginx.conf"
     config.write_text(
         render_config(
@@ -121,6 +160,10 @@ def start_nginx(
             websocket=websocket,
             read_timeout=read_timeout,
             user=user,
+            client_ca=client_ca,
+            upstream_ca=upstream_ca,
+            upstream_name=upstream_name,
+            client_cert_header=client_cert_header,
         )
     )
     try:
