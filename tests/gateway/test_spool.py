@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from tests.support.tmpfs import mounted_tmpfs
 
 from tether.gateway.spool import (
+    ROW_OVERHEAD,
     AsyncSpool,
     BatchTooLarge,
     DropCount,
@@ -32,7 +34,7 @@ from tether.gateway.spool import (
     SpoolFull,
     SpoolLocked,
 )
-from tether.protocol.telemetry import Observation
+from tether.protocol.telemetry import Observation, encode_observations
 
 WRITER = Path(__file__).with_name("spool_writer.py")
 BIG = 1 << 30
@@ -224,10 +226,28 @@ def test_age_bound_drops_and_counts_what_is_too_old(spool: Spool, tmp_path: Path
 
 STREAMS = ("a", "b", "c")
 MAX_AGE = 100
+MAX_BYTES = 1200  # a handful of rows: the byte bound bites often
+CHUNK = 3
+
+
+@dataclass
+class ModelChunk:
+    stream: str
+    first: int
+    observations: list[Observation]
+    stored_at: int
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.observations) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return len(encode_observations(self.observations)) + ROW_OVERHEAD
 
 
 class SpoolMachine(RuleBasedStateMachine):
-    """Appends, acks, peeks, expiry and reopening, compared step by step with a plain model."""
+    """Appends, acks, peeks, bounds and reopening, compared step by step with a plain model."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -235,7 +255,7 @@ class SpoolMachine(RuleBasedStateMachine):
         self.spool = self._open()
         self.now = 0
         self.counter = 0
-        self.held: list[tuple[str, int, Observation, int]] = []  # in append order
+        self.chunks: list[ModelChunk] = []  # oldest first, as the rows are
         self.last: dict[str, int] = {}
         self.dropped: dict[str, int] = {}
         self.reported: dict[str, int] = {}
@@ -243,17 +263,33 @@ class SpoolMachine(RuleBasedStateMachine):
 
     def _open(self) -> Spool:
         return Spool.open(
-            self.dir / "spool.db", max_bytes=BIG, max_age=MAX_AGE, chunk_size=3, reserve_bytes=0
+            self.dir / "spool.db",
+            max_bytes=MAX_BYTES,
+            max_age=MAX_AGE,
+            chunk_size=CHUNK,
+            reserve_bytes=0,
         )
 
-    def _model_expire(self) -> int:
+    def _model_drop(self, room_for: int) -> int:
         cutoff = self.now - MAX_AGE
-        gone = [h for h in self.held if h[3] < cutoff]
-        for stream, seq, _, _ in gone:
-            self.dropped[stream] = self.dropped.get(stream, 0) + 1
-            self.top_dropped[stream] = max(self.top_dropped.get(stream, 0), seq)
-        self.held = [h for h in self.held if h[3] >= cutoff]
-        return len(gone)
+        gone = [c for c in self.chunks if c.stored_at < cutoff]
+        held = sum(c.nbytes for c in self.chunks) - sum(c.nbytes for c in gone)
+        for c in self.chunks:
+            if held + room_for <= MAX_BYTES:
+                break
+            if c not in gone:
+                gone.append(c)
+                held -= c.nbytes
+        for c in gone:
+            self.dropped[c.stream] = self.dropped.get(c.stream, 0) + len(c.observations)
+            self.top_dropped[c.stream] = max(self.top_dropped.get(c.stream, 0), c.last)
+        self.chunks = [c for c in self.chunks if c not in gone]
+        return sum(len(c.observations) for c in gone)
+
+    def _held(self) -> list[tuple[str, int, Observation]]:
+        return [
+            (c.stream, c.first + i, o) for c in self.chunks for i, o in enumerate(c.observations)
+        ]
 
     @rule(stream=st.sampled_from(STREAMS), n=st.integers(1, 8), dt=st.integers(0, 60))
     def append(self, stream: str, n: int, dt: int) -> None:
@@ -263,22 +299,36 @@ class SpoolMachine(RuleBasedStateMachine):
             Observation(f"p{self.counter}/{i}", float(self.now), self.counter) for i in range(n)
         ]
         first = self.last.get(stream, 0) + 1
+        parts = [
+            ModelChunk(stream, first + i, batch[i : i + CHUNK], self.now)
+            for i in range(0, n, CHUNK)
+        ]
         assert self.spool.append(stream, batch, now=float(self.now)) == (first, first + n - 1)
-        self._model_expire()
-        self.held += [(stream, first + i, o, self.now) for i, o in enumerate(batch)]
+        self._model_drop(room_for=sum(c.nbytes for c in parts))
+        self.chunks += parts
         self.last[stream] = first + n - 1
 
     @rule(stream=st.sampled_from(STREAMS), data=st.data())
     def ack(self, stream: str, data: st.DataObject) -> None:
         up_to = data.draw(st.integers(0, self.last.get(stream, 0) + 2))
-        gone = [h for h in self.held if h[0] == stream and h[1] <= up_to]
-        assert self.spool.ack(stream, up_to) == len(gone)
-        self.held = [h for h in self.held if not (h[0] == stream and h[1] <= up_to)]
+        deleted = 0
+        kept: list[ModelChunk] = []
+        for c in self.chunks:
+            if c.stream != stream or c.first > up_to:
+                kept.append(c)
+            elif c.last <= up_to:
+                deleted += len(c.observations)
+            else:  # the row straddling the acknowledged number keeps its tail
+                cut = up_to - c.first + 1
+                kept.append(ModelChunk(c.stream, up_to + 1, c.observations[cut:], c.stored_at))
+                deleted += cut
+        assert self.spool.ack(stream, up_to) == deleted
+        self.chunks = kept
 
     @rule(dt=st.integers(0, 80))
     def expire(self, dt: int) -> None:
         self.now += dt
-        assert self.spool.expire(now=float(self.now)) == self._model_expire()
+        assert self.spool.expire(now=float(self.now)) == self._model_drop(room_for=0)
 
     @rule(
         which=st.sampled_from((None, *STREAMS)),
@@ -296,7 +346,7 @@ class SpoolMachine(RuleBasedStateMachine):
         )
         floor = after or {}
         expected = [
-            (s, q, o) for s, q, o, _ in self.held if which in (None, s) and q > floor.get(s, 0)
+            (s, q, o) for s, q, o in self._held() if which in (None, s) and q > floor.get(s, 0)
         ][:max_items]
         batches = self.spool.peek(which, max_items=max_items, after=after)
         got = flatten(batches)
@@ -321,8 +371,10 @@ class SpoolMachine(RuleBasedStateMachine):
     @invariant()
     def agrees_with_model(self) -> None:
         depth = self.spool.depth()
-        assert depth.observations == len(self.held)
-        assert depth.streams == len({h[0] for h in self.held})
+        assert depth.observations == sum(len(c.observations) for c in self.chunks)
+        assert depth.bytes == sum(c.nbytes for c in self.chunks) <= MAX_BYTES
+        assert depth.streams == len({c.stream for c in self.chunks})
+        assert depth.oldest_ts == min((c.stored_at for c in self.chunks), default=None)
         assert self.spool.last_seqs() == self.last
         expected = {
             s: DropCount(n, self.reported.get(s, 0), self.top_dropped[s])
@@ -337,8 +389,8 @@ class SpoolMachine(RuleBasedStateMachine):
 
 TestSpoolModel = SpoolMachine.TestCase
 TestSpoolModel.settings = settings(
-    max_examples=40,
-    stateful_step_count=30,
+    max_examples=60,
+    stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
