@@ -47,6 +47,7 @@ class Lab:
     events: list[tuple[str, str]] = field(default_factory=list)
     crash: dict[str, asyncio.Event] = field(default_factory=dict)
     crash_with: dict[str, BaseException] = field(default_factory=dict)
+    stop_error: dict[str, BaseException] = field(default_factory=dict)
 
     def plan(self, label: str, *outcomes: BaseException | None) -> None:
         self.start_outcomes[label] = deque(outcomes)
@@ -99,6 +100,9 @@ class Probe:
 
     async def stop(self) -> None:
         self.lab.events.append(("stop", self.config.label))
+        error = self.lab.stop_error.pop(self.config.label, None)
+        if error is not None:
+            raise error
 
     async def discover(self) -> Discovery:
         device = f"{self.config.label}/dev"

@@ -48,6 +48,7 @@ __all__ = [
     "AsyncSpool",
     "BatchTooLarge",
     "DropCount",
+    "PreparedAppend",
     "Spool",
     "SpoolBatch",
     "SpoolClosed",
@@ -150,7 +151,9 @@ class DropCount:
 
 
 @dataclass(slots=True)
-class _Prepared:
+class PreparedAppend:
+    """One append checked and encoded by :meth:`Spool.prepare`, ready for :meth:`Spool.commit`."""
+
     stream: str
     count: int
     chunks: list[tuple[int, bytes]]  # (observation count, packed observations)
@@ -432,7 +435,7 @@ class Spool:
 
     # --- writing ----------------------------------------------------------------------------------
 
-    def prepare(self, stream: str, observations: Sequence[Observation]) -> _Prepared:
+    def prepare(self, stream: str, observations: Sequence[Observation]) -> PreparedAppend:
         """Check and encode one append (no I/O). Raises ValueError or BatchTooLarge."""
         if not stream:
             raise ValueError("stream name must not be empty")
@@ -450,7 +453,7 @@ class Spool:
                 f"an append of {len(items)} observations ({nbytes} bytes) exceeds the spool"
                 f" bound of {self.max_bytes} bytes"
             )
-        return _Prepared(stream, len(items), chunks, nbytes)
+        return PreparedAppend(stream, len(items), chunks, nbytes)
 
     def append(
         self, stream: str, observations: Sequence[Observation], *, now: float
@@ -464,7 +467,7 @@ class Spool:
         """Store several appends in one transaction (all or nothing); ranges in order."""
         return self.commit([(self.prepare(stream, obs), now) for stream, obs in items])
 
-    def commit(self, prepared: Sequence[tuple[_Prepared, float]]) -> list[tuple[int, int]]:
+    def commit(self, prepared: Sequence[tuple[PreparedAppend, float]]) -> list[tuple[int, int]]:
         """Store prepared appends, each with its time of arrival, in one transaction."""
         if not prepared:
             return []
@@ -791,7 +794,7 @@ class AsyncSpool:
         with self._lock:
             waiting, self._pending = self._pending, []
             self._flush_scheduled = False
-        groups: list[list[tuple[_Prepared, _PendingAppend]]] = [[]]
+        groups: list[list[tuple[PreparedAppend, _PendingAppend]]] = [[]]
         room = self._spool.max_bytes
         for item in waiting:
             try:

@@ -146,6 +146,20 @@ async def test_a_crashed_task_restarts_its_instance_only(
     assert stats["b"].starts == 1
 
 
+async def test_a_failing_stop_is_recorded_and_the_instance_still_restarts(
+    runner: ConnectorRunner, lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    await runner.apply_config(probes(1, a={}))
+    await until(runner, lambda s: s["a"].observations == 3)
+    lab.stop_error["a"] = OSError("port already closed")
+    lab.crash["a"].set()
+    stats = await until(runner, lambda s: s["a"].starts == 2 and s["a"].observations == 6)
+    assert stats["a"].errors == 2  # the failing stop, and the crash that caused it
+    assert stats["a"].last_error == "RuntimeError: a crashed"
+    assert "stop() failed: OSError: port already closed" in caplog.text
+    assert stats["a"].state is InstanceState.RUNNING
+
+
 async def test_apply_config_touches_only_what_changed(
     runner: ConnectorRunner, lab: Lab, spool: AsyncSpool
 ) -> None:

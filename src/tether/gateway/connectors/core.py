@@ -453,15 +453,16 @@ class ConnectorRunner:
         self, instance: _Instance, connector: Connector | None, ctx: _Context
     ) -> None:
         ctx.closed = True
-        if connector is not None:
-            try:
+        try:
+            if connector is not None:
                 async with asyncio.timeout(self._stop_timeout):
                     await connector.stop()
-            except TimeoutError:
-                self._record_error(instance, f"stop() took longer than {self._stop_timeout}s")
-            except Exception as exc:  # a failing stop() must not keep the instance from restarting
-                self._record_error(instance, f"stop() failed: {_describe(exc)}", exc=exc)
-        await ctx.close()
+        except TimeoutError:
+            self._record_error(instance, f"stop() took longer than {self._stop_timeout}s")
+        except Exception as exc:  # a failing stop() must not keep the instance from restarting
+            self._record_error(instance, f"stop() failed: {_describe(exc)}", exc=exc)
+        finally:
+            await ctx.close()  # even when cancelled mid-stop: no task outlives its instance
 
     def _record_error(
         self, instance: _Instance, message: str, *, exc: BaseException | None = None
