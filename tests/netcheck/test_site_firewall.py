@@ -85,7 +85,7 @@ def test_generated_nftables_admit_exactly_the_manifest(
             "--lease-root",
             str(tmp_path / "root"),
             "--timeout",
-            "2",
+            "3",
             "--firewall-format",
             "nftables",
             "--json",

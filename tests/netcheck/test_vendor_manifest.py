@@ -60,7 +60,7 @@ async def test_disruptive_technologies_connector_here(
             resolvers=(Resolver("127.0.0.1", dns.port, "test"),),
             anchors=TrustAnchors((test_ca.cert,)),
             environ={},
-            timeout=1.0,
+            timeout=3.0,
             lease_root=Path("/nonexistent-lease-root"),
         ),
     )
