@@ -20,30 +20,30 @@ from tether.cloud.store.store import MIGRATIONS_DIR
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
-def _head() -> str:
+def _heads() -> list[str]:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
-    assert head is not None
-    return head
+    heads = sorted(ScriptDirectory.from_config(cfg).get_heads())
+    assert heads
+    return heads
 
 
 async def _versions(store: Store) -> list[str]:
     async with store.engine.connect() as conn:
         rows = await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
-        return [row[0] for row in rows]
+        return sorted(row[0] for row in rows)
 
 
 async def test_open_twice_is_idempotent_and_keeps_data(store_url: str) -> None:
     first = await Store.open(store_url)
     try:
         await first.create_gateway(gateway_id="gw-1", name="boiler room", now=NOW)
-        assert await _versions(first) == [_head()]
+        assert await _versions(first) == _heads()
     finally:
         await first.close()
     second = await Store.open(store_url)
     try:
-        assert await _versions(second) == [_head()]
+        assert await _versions(second) == _heads()
         gateway = await second.get_gateway("gw-1")
         assert gateway is not None
         assert gateway.name == "boiler room"
@@ -55,7 +55,7 @@ async def test_nodes_starting_together_migrate_once(store_url: str) -> None:
     stores = await asyncio.gather(*(Store.open(store_url) for _ in range(3)))
     try:
         for store in stores:
-            assert await _versions(store) == [_head()]
+            assert await _versions(store) == _heads()
         await stores[0].create_gateway(gateway_id="gw-1", name="a", now=NOW)
         assert [g.gateway_id for g in await stores[2].list_gateways()] == ["gw-1"]
     finally:
@@ -88,9 +88,9 @@ async def test_downgrade_to_base_then_upgrade_again(store: Store) -> None:
     async with store.engine.begin() as conn:
         await conn.run_sync(run, "base", False)
         assert tables_after_down(await conn.run_sync(tables))
-        await conn.run_sync(run, "head", True)
+        await conn.run_sync(run, "heads", True)
         assert {"gateways", "commands", "audit_log"} <= await conn.run_sync(tables)
-    assert await _versions(store) == [_head()]
+    assert await _versions(store) == _heads()
 
 
 def tables_after_down(tables: set[str]) -> bool:
