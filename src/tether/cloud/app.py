@@ -5,12 +5,14 @@ Routes on the one port:
     /.well-known/tether/hello          an application-layer answer for preflight checks
     /link                              the gateway's WebSocket link (mutual TLS)
     /api/v1/…                          the operator API (bearer tokens), /api/v1/openapi.json
+    /console/…                         the web console for people (login sessions)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import resource
@@ -20,10 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
 from tether import __version__
-from tether.cloud import api, est, poll
+from tether.cloud import api, console, est, poll
 from tether.cloud.health import FleetCollector, HealthService, metrics_handler
 from tether.cloud.identity import IdentityError
 from tether.cloud.ingest import IngestPipeline
@@ -36,6 +39,9 @@ from tether.cloud.store.health import HealthStore
 from tether.cloud.store.links import LinkStore
 from tether.cloud.store.telemetry import TelemetryStore
 from tether.cloud.tls import server_ssl_context
+from tether.netreq import serve
+from tether.netreq.model import Manifest, is_valid_hostname
+from tether.netreq.own import DeploymentSettings, build_own_manifest
 from tether.pki.ca import CertificateAuthority
 from tether.protocol.messages import (
     CloseCode,
@@ -91,11 +97,91 @@ def server_context(settings: CloudSettings, ca: CertificateAuthority) -> ssl.SSL
     )
 
 
+def own_manifest(settings: CloudSettings, ca: CertificateAuthority) -> Manifest:
+    """The network requirements of this deployment, from its hostnames and its CA."""
+    spki = ca.certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    hostname = settings.hostname if is_valid_hostname(settings.hostname) else "localhost"
+    return build_own_manifest(
+        DeploymentSettings(
+            hostname=hostname,
+            port=settings.listen_port,
+            area_hostnames=dict(settings.hostnames),
+            ca_spki_sha256=hashlib.sha256(spki).hexdigest(),
+        )
+    )
+
+
+def _manifest_routes(manifest: Manifest) -> list[web.RouteDef]:
+    tag = serve.etag(manifest)
+
+    def respond(request: web.Request, body: bytes) -> web.Response:
+        if request.headers.get("If-None-Match") == tag:
+            return web.Response(status=304, headers={"ETag": tag})
+        return web.Response(
+            body=body,
+            content_type="application/json",
+            headers={"ETag": tag, "Cache-Control": "max-age=300"},
+        )
+
+    async def whole(request: web.Request) -> web.Response:
+        return respond(request, serve.manifest_body(manifest))
+
+    async def version(request: web.Request) -> web.Response:
+        return respond(request, serve.version_body(manifest))
+
+    async def changes(request: web.Request) -> web.Response:
+        try:
+            body = serve.changes_body(manifest, request.query.get("since"))
+        except serve.InvalidVersion as exc:
+            raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        return web.Response(body=body, content_type="application/json")
+
+    return [
+        web.get(serve.MANIFEST_PATH, whole),
+        web.get(serve.VERSION_PATH, version),
+        web.get(serve.CHANGES_PATH, changes),
+    ]
+
+
 async def hello(request: web.Request) -> web.Response:
     return web.json_response({"service": "tether", "version": __version__})
 
 
+PROBE_HOLD = 600.0  # a preflight's idle-survival probe may hold a probe link this long
+
+
+async def link_probe(request: web.Request) -> web.StreamResponse:
+    """A WebSocket that proves upgrades pass (no certificate needed; it carries nothing).
+
+    Preflight checks and agents on an HTTPS tier open it; it answers pings (idle-survival
+    probes) and ends when the client closes or after :data:`PROBE_HOLD` seconds.
+    """
+    ws = web.WebSocketResponse(autoping=True, heartbeat=None, compress=False, max_msg_size=4096)
+    await ws.prepare(request)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(PROBE_HOLD):
+            async for _ in ws:
+                pass  # data on a probe link means nothing; pings are answered by aiohttp
+    await ws.close()
+    return ws
+
+
+async def long_poll_probe(request: web.Request) -> web.Response:
+    """Hold a request ``wait`` seconds (at most 10), then answer 204: shows middleboxes that
+    cut held requests. No certificate needed; nothing is disclosed."""
+    try:
+        wait = min(10.0, max(0.0, float(request.query.get("wait", "2"))))
+    except ValueError:
+        raise web.HTTPBadRequest(text="wait must be a number of seconds\n") from None
+    await asyncio.sleep(wait)
+    return web.Response(status=204)
+
+
 async def link(request: web.Request) -> web.StreamResponse:
+    if "probe" in request.query:
+        return await link_probe(request)
     state: CloudState = request.app[STATE_KEY]
     try:
         identity = await state.gateway_identity(request)
@@ -109,10 +195,6 @@ async def link(request: web.Request) -> web.StreamResponse:
         max_msg_size=max_ws_message(state.settings.max_frame),
     )
     await ws.prepare(request)
-    if "probe" in request.query:
-        # An agent on an HTTPS tier checking whether WebSocket upgrades pass again.
-        await ws.close(message=b"probe ok")
-        return ws
     conn = WebSocketLink(
         ws,
         identity,
@@ -216,7 +298,13 @@ def build_app(settings: CloudSettings) -> web.Application:
     app.router.add_routes(est.routes())
     app.router.add_routes(api.api_routes())
     app.router.add_get("/.well-known/tether/hello", hello)
+    app.router.add_routes(
+        _manifest_routes(
+            own_manifest(settings, CertificateAuthority.load_or_create(settings.pki_dir))
+        )
+    )
     app.router.add_get("/link", link)
+    app.router.add_get("/link/poll", long_poll_probe)
     app.router.add_routes(poll.routes())
     registry = CollectorRegistry(auto_describe=True)
     collector = FleetCollector()
@@ -230,6 +318,7 @@ def build_app(settings: CloudSettings) -> web.Application:
         return await metrics_handler(request, state, collector, registry)
 
     app.router.add_get("/metrics", metrics)
+    console.setup(app)  # after the lifespan above: the console's starts once the state exists
     return app
 
 
