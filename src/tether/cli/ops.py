@@ -75,6 +75,18 @@ def gateways_show(
         ["enrolled", g["created_at"]],
     ]
     table(f"gateway {gateway}", ["field", "value"], rows)
+    preflight = data.get("preflight")
+    if preflight:
+        report = preflight["report"]
+        problems = [r for r in report.get("results", []) if r.get("status") in ("warn", "fail")]
+        table(
+            f"preflight run by the gateway: {preflight['status'].upper()}",
+            ["status", "check", "target", "finding", "fix"],
+            [
+                [r["status"].upper(), r["check"], r["target"], r["finding"], r.get("fix") or "-"]
+                for r in problems[:20]
+            ],
+        )
     if data["tier_history"]:
         table(
             "tier history",

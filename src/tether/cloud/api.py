@@ -82,6 +82,7 @@ class GatewayDetail(msgspec.Struct):
     tier_reason: str | None
     tier_since: datetime | None
     tier_history: list[TierChange]
+    preflight: dict[str, Any] | None = None
 
 
 class CommandIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -365,6 +366,7 @@ async def get_gateway(request: web.Request, state: CloudState, p: Principal) -> 
         tier_reason=link.reason if link else None,
         tier_since=link.since if link else None,
         tier_history=[TierChange(**h) for h in link.history] if link else [],
+        preflight=await state.health.store.preflight(gateway.gateway_id),
     )
 
 

@@ -49,6 +49,7 @@ from tether.protocol.messages import (
     DropReport,
     HealthReport,
     LogBatch,
+    NetcheckReport,
     TelemetryBatch,
 )
 
@@ -268,6 +269,7 @@ def build_app(settings: CloudSettings) -> web.Application:
         health = HealthService(HealthStore(store.engine))
         service.register(HealthReport, health.on_health)
         service.register(LogBatch, health.on_logs)
+        service.register(NetcheckReport, health.on_netcheck)
         state = CloudState(
             settings=settings,
             store=store,

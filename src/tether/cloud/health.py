@@ -19,7 +19,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tether.cloud.store.health import HEALTH_FIGURES, HealthStore
-from tether.protocol.messages import HealthReport, LogBatch, LogBatchAck, Message
+from tether.protocol.messages import (
+    HealthReport,
+    LogBatch,
+    LogBatchAck,
+    Message,
+    NetcheckReport,
+)
 
 __all__ = ["FleetCollector", "HealthService", "metrics_handler"]
 
@@ -41,6 +47,14 @@ class HealthService:
         ts = message.ts if abs(message.ts - now) < 86400 else now  # a wild clock is not history
         await self.store.add_report(gateway_id, ts, dict(message.data))
         self.reports += 1
+        return []
+
+    async def on_netcheck(self, gateway_id: str, message: Message) -> list[Message]:
+        assert isinstance(message, NetcheckReport)
+        await self.store.set_preflight(gateway_id, message.ts, dict(message.report))
+        log.warning(
+            "gateway %s ran its preflight: %s", gateway_id, message.report.get("status", "unknown")
+        )
         return []
 
     async def on_logs(self, gateway_id: str, message: Message) -> list[Message]:

@@ -43,6 +43,7 @@ from tether.gateway.link import (
     probe_websocket,
 )
 from tether.gateway.logship import LogShipper
+from tether.gateway.preflight import Preflight
 from tether.gateway.settings import AgentSettings
 from tether.gateway.spool import AsyncSpool
 from tether.gateway.uploader import Uploader
@@ -61,6 +62,7 @@ from tether.protocol.messages import (
     HealthReport,
     LogBatchAck,
     Message,
+    NetcheckReport,
 )
 from tether.protocol.telemetry import Discovery as FoundDiscovery
 from tether.protocol.telemetry import Observation
@@ -71,12 +73,16 @@ log = logging.getLogger(__name__)
 
 #: Seconds between log batches while records wait (each batch waits for its ack).
 LOG_FLUSH_INTERVAL = 5.0
+#: Failed link attempts in a row after which the agent runs its preflight.
+PREFLIGHT_AFTER = 3
 #: The tiers, best first: one WebSocket; HTTPS long-poll; periodic HTTPS poll.
 TIERS = ("ws", "long-poll", "poll")
 #: Tier-specific failures in a row before the agent moves down a tier.
 DOWN_AFTER = 2
 #: The close code a tier ends with when the agent switches up; the reason is the new index.
 UPGRADE = "upgrade"
+#: The longest idle exchange a probe asks the cloud to hold (the cloud caps a hold at 55 s).
+LONGEST_HOLD = 50.0
 
 
 class AgentStopped(Exception):
@@ -91,6 +97,7 @@ class LinkStatus:
     links_opened: int = 0
     last_close: str | None = None
     history: list[tuple[float, str]] = field(default_factory=list)
+    probes: int = 0  # rounds of upward probes tried from a lower tier
 
 
 class Agent:
@@ -110,10 +117,20 @@ class Agent:
         self.uploader: Uploader | None = None
         self.connectors: ConnectorRunner | None = None
         self._discoveries: dict[str, FoundDiscovery] = {}
+        self._cut_young: set[int] = set()  # tiers left because their links were cut young
         self.logs = LogShipper()
         self._net = NetCounter()
         self._identity_sent: dict[str, Any] | None = None
         self._health_due = asyncio.Event()
+        self.preflight = Preflight(
+            cloud_url=settings.cloud_url or identity.cloud_url,
+            ca_path=str(identity.ca_path),
+            interval=settings.preflight_interval,
+            proxy=settings.proxy,
+            trust_env=settings.trust_env,
+        )
+        self._preflight_unsent: dict[str, Any] | None = None
+        self._preflight_task: asyncio.Task[None] | None = None
         for command_id in self.ledger.recover_interrupted():
             log.warning("command %s was interrupted by a restart; reporting it failed", command_id)
 
@@ -131,6 +148,9 @@ class Agent:
             self.uploader.on_link_open(send)
         self.logs.on_link_open(send)
         self._identity_sent = None  # a new link (maybe a new cloud node) hears it again
+        if self._preflight_unsent is not None:
+            send(NetcheckReport(ts=time.time(), report=self._preflight_unsent))
+            self._preflight_unsent = None
         self._health_due.set()
         for instance, found in self._discoveries.items():
             send(_discovery_message(instance, found))
@@ -491,6 +511,7 @@ class Agent:
         pinned = self.settings.tier != "auto"
         index = TIERS.index(self.settings.tier) if pinned else 0
         reason, strikes = ("pinned by the agent's settings" if pinned else ""), 0
+        failures = 0  # link attempts in a row that failed, whatever the tier
         while True:
             tier = self._make_tier(index, reason)
             self._tier = tier
@@ -510,14 +531,19 @@ class Agent:
                 self._note_error(str(exc))  # every tier shares the TLS path: no tier change
             except LinkError as exc:
                 self._note_error(str(exc))
+                failures += 1
+                if failures >= PREFLIGHT_AFTER:
+                    self._start_preflight()
                 if exc.tier_specific:
                     strikes += 1
                     if strikes >= DOWN_AFTER and index < len(TIERS) - 1 and not pinned:
+                        self._cut_young.discard(index)
                         index, reason, strikes = index + 1, str(exc), 0
                         self._tier_changed(index, reason)
                         delays = backoff_delays(initial=0.5, cap=self.settings.reconnect_cap)
                         continue
             else:
+                failures = 0 if ended.opened else failures
                 self.status.last_close = f"{ended.code}: {ended.reason}"
                 self.status.history.append((time.time(), f"closed {ended.code}"))
                 log.info(
@@ -545,6 +571,7 @@ class Agent:
                     # it (tunnel lifetime, read timeout, DPI). Twice and the tier is given up.
                     strikes += 1
                     if strikes >= DOWN_AFTER and index < len(TIERS) - 1 and not pinned:
+                        self._cut_young.add(index)
                         index, strikes = index + 1, 0
                         reason = f"{TIERS[index - 1]} links die after {ended.duration:.0f} s"
                         self._tier_changed(index, reason)
@@ -561,34 +588,74 @@ class Agent:
     def _tier_changed(self, index: int, reason: str) -> None:
         self.status.history.append((time.time(), f"tier {TIERS[index]}: {reason}"))
         log.warning("link moves to tier %d (%s): %s", index + 1, TIERS[index], reason)
+        if index > 0:
+            self._start_preflight()
+
+    def _start_preflight(self) -> None:
+        """Run the preflight in the background (at most once per interval)."""
+        if not self.preflight.due() or (
+            self._preflight_task is not None and not self._preflight_task.done()
+        ):
+            return
+
+        async def run() -> None:
+            try:
+                document = await self.preflight.run()
+            except (OSError, ValueError, RuntimeError) as exc:
+                log.warning("preflight could not run: %s", exc)
+                return
+            if self._send is not None:
+                self._send(NetcheckReport(ts=time.time(), report=document))
+            else:
+                self._preflight_unsent = document
+
+        self._preflight_task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(self._preflight_task)
+        self._preflight_task.add_done_callback(self._tasks.discard)
 
     async def _probe_upward(self, index: int, tier: WebSocketTier | HttpTier) -> None:
-        """While on a lower tier, try the better ones now and then; switch when one works."""
+        """While on a lower tier, try the better ones now and then; switch when one works.
+
+        An upgrade that completes says nothing about how long the connection then lives: a
+        WebSocket tier left because a proxy cut its links young (an idle or lifetime limit)
+        must also hold an idle exchange for ``unstable_after`` through the same path, else the
+        agent would climb back onto it at every probe and be cut again."""
         rng = random.Random()
         while True:
             interval = self.settings.probe_interval
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
+            self.status.probes += 1
             ssl_context = self.identity.ssl_context()
             url = self.settings.cloud_url or self.identity.cloud_url
             if await probe_websocket(
                 url, ssl_context, proxy=self.settings.proxy, trust_env=self.settings.trust_env
+            ) and (
+                0 not in self._cut_young
+                or await self._holds(tier.name, self.settings.unstable_after)
             ):
                 await tier.close(UPGRADE, "0")
                 return
-            if index == 2 and await self._probe_long_poll():
+            if index == 2 and await self._holds(tier.name, min(self.settings.longpoll_wait, 10.0)):
                 await tier.close(UPGRADE, "1")
                 return
 
-    async def _probe_long_poll(self) -> bool:
-        """A long-poll held for its whole wait came back: tier 2 works again."""
-        probe = self._make_tier(1, "probe")
+    async def _holds(self, mode: str, seconds: float) -> bool:
+        """An idle exchange held *seconds* by the cloud came back whole through the link's path.
+
+        It is sent as the current HTTPS tier (*mode*), so the cloud's view of the link is not
+        changed by the probe, and whatever the cloud answers with is handled as on the link."""
+        seconds = min(seconds, LONGEST_HOLD)
+        probe = self._make_tier(TIERS.index(mode), "probe")
         assert isinstance(probe, HttpTier)
+        began = time.monotonic()
         async with aiohttp.ClientSession(trust_env=self.settings.trust_env) as http:
             try:
-                await probe._exchange(http, [], min(self.settings.longpoll_wait, 10.0))
+                replies = await probe._exchange(http, [], seconds)
             except LinkError:
                 return False
-        return True
+        for message in replies:
+            await self.on_message(message)
+        return time.monotonic() - began >= 0.9 * seconds
 
     def _note_error(self, message: str) -> None:
         if message != self.status.last_error:

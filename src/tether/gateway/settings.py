@@ -34,6 +34,7 @@ class AgentSettings:
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_max_age: float = 7 * 86400.0
     health_interval: float = 60.0
+    preflight_interval: float = 600.0
     tier: str = "auto"  # "auto" adapts; "ws", "long-poll" or "poll" pins the link to one tier
     longpoll_wait: float = 25.0
     poll_interval: float = 900.0
@@ -100,6 +101,7 @@ def load_agent_settings(data_dir: Path, **overrides: Any) -> AgentSettings:
         "probe_interval",
         "unstable_after",
         "health_interval",
+        "preflight_interval",
     ):
         if name in raw:
             value = raw.pop(name)

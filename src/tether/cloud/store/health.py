@@ -22,6 +22,7 @@ __all__ = [
     "HealthStore",
     "LogRow",
     "gateway_logs",
+    "gateway_preflight",
     "health_hourly",
     "health_reports",
 ]
@@ -57,6 +58,15 @@ health_hourly = sa.Table(
     sa.Column("hour", _F, primary_key=True),
     sa.Column("reports", sa.Integer(), nullable=False),
     *(sa.Column(name, _F, nullable=True) for name in HEALTH_FIGURES),
+)
+
+gateway_preflight = sa.Table(
+    "gateway_preflight",
+    metadata,
+    sa.Column("gateway_id", sa.String(64), primary_key=True),
+    sa.Column("ts", _F, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("report", JSONDocument, nullable=False),
 )
 
 gateway_logs = sa.Table(
@@ -224,6 +234,28 @@ class HealthStore:
                 )
             )
         return sum(int(r.n) for r in rows)
+
+    async def set_preflight(self, gateway_id: str, ts: float, report: dict[str, Any]) -> None:
+        status = str(report.get("status", "unknown"))[:16]
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                gateway_preflight.delete().where(gateway_preflight.c.gateway_id == gateway_id)
+            )
+            await conn.execute(
+                gateway_preflight.insert(),
+                [{"gateway_id": gateway_id, "ts": ts, "status": status, "report": report}],
+            )
+
+    async def preflight(self, gateway_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(gateway_preflight).where(gateway_preflight.c.gateway_id == gateway_id)
+                )
+            ).one_or_none()
+        if row is None:
+            return None
+        return {"ts": row.ts, "status": row.status, "report": row.report}
 
     async def add_logs(self, gateway_id: str, records: list[dict[str, Any]]) -> None:
         if not records:

@@ -1,0 +1,91 @@
+"""The preflight inside the agent: when the link cannot reach its best tier, find out why.
+
+The same checks as ``tether net check`` run against this deployment's manifest (fetched from the
+cloud over the pinned CA when possible, else built from the cloud's URL), at most once per
+interval; the report goes to the cloud over whatever tier works, so an operator sees "the site
+proxy strips WebSocket upgrades" without anyone on site.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+
+from tether.netcheck import CheckOptions, run_checks
+from tether.netcheck.report import CheckReport
+from tether.netcheck.tls import TrustAnchors
+from tether.netreq.loader import parse_manifest
+from tether.netreq.model import Manifest
+from tether.netreq.own import DeploymentSettings, build_own_manifest
+from tether.netreq.serve import MANIFEST_PATH
+
+__all__ = ["Preflight"]
+
+log = logging.getLogger(__name__)
+
+
+class Preflight:
+    def __init__(
+        self,
+        *,
+        cloud_url: str,
+        ca_path: str,
+        interval: float = 600.0,
+        proxy: str | None = None,
+        trust_env: bool = True,
+    ) -> None:
+        self.cloud_url = cloud_url.rstrip("/")
+        self.ca_path = ca_path
+        self.interval = interval
+        self.proxy = proxy
+        self.trust_env = trust_env
+        self.last_run: float | None = None
+        self.last_report: dict[str, Any] | None = None
+
+    def due(self) -> bool:
+        return self.last_run is None or time.monotonic() - self.last_run >= self.interval
+
+    async def _manifest(self) -> Manifest:
+        from tether.pki.estclient import client_ssl_context
+
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    trust_env=self.trust_env, timeout=aiohttp.ClientTimeout(total=15)
+                ) as http,
+                http.get(
+                    self.cloud_url + MANIFEST_PATH,
+                    proxy=self.proxy,
+                    ssl=client_ssl_context(self.ca_path),
+                ) as response,
+            ):
+                if response.status == 200:
+                    return parse_manifest(await response.read(), source="cloud", fmt="json")
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            log.info("manifest not fetched from the cloud (%s); building it from the URL", exc)
+        parts = urlsplit(self.cloud_url)
+        return build_own_manifest(
+            DeploymentSettings(hostname=parts.hostname or "localhost", port=parts.port or 443)
+        )
+
+    async def run(self) -> dict[str, Any]:
+        """Run the checks now; returns the report as a JSON-able document."""
+        self.last_run = time.monotonic()
+        manifest = await self._manifest()
+        with open(self.ca_path, "rb") as fh:  # noqa: ASYNC230 (a small local file)
+            anchors = TrustAnchors.from_pem(fh.read())
+        report: CheckReport = await run_checks(manifest, CheckOptions(anchors=anchors, timeout=5.0))
+        document: dict[str, Any] = msgspec.to_builtins(report)
+        document["status"] = report.status.value
+        self.last_report = document
+        log.warning(
+            "preflight: %s (%s)",
+            report.status.value,
+            ", ".join(f"{s.value} {n}" for s, n in report.counts().items() if n),
+        )
+        return document
