@@ -332,6 +332,19 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+async def prepare(settings: CloudSettings) -> None:
+    """First-start work done once before worker processes start: the CA and server
+    credentials, the schema migrations, the bootstrap admin token."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ca = CertificateAuthority.load_or_create(settings.pki_dir)
+    server_context(settings, ca)
+    store = await Store.open(settings.database)
+    try:
+        await _bootstrap_admin(settings, store)
+    finally:
+        await store.close()
+
+
 async def run(
     settings: CloudSettings,
     *,
