@@ -29,6 +29,7 @@ def _free_port(preferred: int) -> int:
 
 
 async def _run_demo(gateways: int, seconds: float | None, data_dir: Path, port: int) -> None:
+    from tether.cloud.accounts import ADMIN_PASSWORD_FILE
     from tether.cloud.app import ADMIN_TOKEN_FILE, run
     from tether.cloud.settings import load_settings
     from tether.gateway.agent import Agent
@@ -98,6 +99,11 @@ async def _run_demo(gateways: int, seconds: float | None, data_dir: Path, port: 
     console.print(
         f"cloud  {settings.public_url}  ({settings.database.split(':')[0]}, "
         f"data in {settings.data_dir})"
+    )
+    console.print(
+        f"console  {settings.public_url}/console/  (user admin, password in "
+        f"{(settings.data_dir / ADMIN_PASSWORD_FILE).resolve()})",
+        highlight=False,
     )
     console.print(f"{sum(g['linked'] for g in listing)}/{gateways} gateways linked\n")
     env_file = data_dir / "env.sh"

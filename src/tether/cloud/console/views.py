@@ -1,0 +1,770 @@
+"""The console's pages: fleet, gateway, network requirements, enrollment, audit, users, account.
+
+Pages are server-rendered; the parts that change (a gateway's state, its commands, its points)
+are templates of their own, served again as JSON by each page's ``…/live`` route, which the
+page's small script polls to swap them in place. Without the script the pages still work: each
+form posts, the console runs the operator API's own handler for it, then redirects back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import sqlalchemy as sa
+from aiohttp import web
+
+from tether.cloud import accounts as acc
+from tether.cloud import api
+from tether.cloud.console import charts, network
+from tether.cloud.console.pages import (
+    DASH,
+    PREFIX,
+    ApiRefused,
+    ConsoleRoute,
+    Ctx,
+    call_api,
+    json_response,
+)
+from tether.cloud.store.records import ROLES, CommandRecord, GatewayRecord
+from tether.cloud.store.telemetry import observations
+from tether.protocol.commands import FINAL_STATES
+
+__all__ = ["ROUTES", "gateway_alerts"]
+
+_FINAL = {s.value for s in FINAL_STATES}
+CERT_WARNING: Final = timedelta(days=14)
+SPARK_WINDOW: Final = 900.0  # seconds of values behind each sparkline
+COMMAND_KINDS: Final = ("ping", "metrics", "set-config", "restart-service", "reboot", "shutdown")
+TTL_CHOICES: Final = (
+    ("60", "1 minute"),
+    ("600", "10 minutes"),
+    ("3600", "1 hour"),
+    ("86400", "1 day"),
+)
+TIERS: Final = {"ws": "WebSocket", "longpoll": "HTTPS long-poll", "poll": "periodic poll"}
+
+
+# --- fleet ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    level: str  # "bad", "warn" or "info"
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRow:
+    gateway: GatewayRecord
+    status: str  # "linked", "offline" or "revoked"
+    alerts: tuple[Alert, ...]
+
+    @property
+    def tier(self) -> str:
+        return TIERS.get(self.gateway.tier or "", self.gateway.tier or DASH)
+
+    @property
+    def search(self) -> str:
+        g = self.gateway
+        return " ".join(
+            x for x in (g.gateway_id, g.name, self.status, self.tier, g.agent_version, g.peer) if x
+        ).lower()
+
+
+def gateway_alerts(g: GatewayRecord, now: datetime) -> tuple[Alert, ...]:
+    """What needs a person's attention, from the gateway's record alone."""
+    if g.revoked:
+        return (Alert("bad", "revoked"),)
+    alerts: list[Alert] = []
+    if not g.linked:
+        if g.last_seen is None:
+            alerts.append(Alert("warn", "never linked"))
+        else:
+            quiet = now - g.last_seen
+            level = "bad" if quiet > timedelta(hours=1) else "warn"
+            alerts.append(Alert(level, f"offline for {_span(quiet)}"))
+    if g.cert_not_after is not None:
+        left = g.cert_not_after - now
+        if left <= timedelta(0):
+            alerts.append(Alert("bad", "certificate expired"))
+        elif left <= CERT_WARNING:
+            alerts.append(Alert("warn", f"certificate expires in {_span(left)}"))
+    return tuple(alerts)
+
+
+def _span(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
+
+
+def _status(g: GatewayRecord) -> str:
+    return "revoked" if g.revoked else "linked" if g.linked else "offline"
+
+
+async def _fleet(ctx: Ctx) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    rows = [
+        GatewayRow(gateway=g, status=_status(g), alerts=gateway_alerts(g, now))
+        for g in await ctx.state.store.list_gateways()
+    ]
+    rows.sort(key=lambda r: (r.status != "offline", r.status != "linked", r.gateway.name))
+    counts = {s: sum(r.status == s for r in rows) for s in ("linked", "offline", "revoked")}
+    q = ctx.request.query.get("q", "").strip().lower()
+    status = ctx.request.query.get("status", "")
+    shown = [
+        r
+        for r in rows
+        if (not q or all(word in r.search for word in q.split()))
+        and (not status or r.status == status)
+    ]
+    return {
+        "rows": shown,
+        "total": len(rows),
+        "counts": counts,
+        "alerting": sum(bool(r.alerts) for r in rows),
+        "q": ctx.request.query.get("q", ""),
+        "status": status,
+        "now": now,
+    }
+
+
+async def fleet_page(ctx: Ctx) -> web.StreamResponse:
+    return ctx.page("fleet.html", nav="fleet", title="Fleet", **await _fleet(ctx))
+
+
+async def fleet_live(ctx: Ctx) -> web.StreamResponse:
+    data = await _fleet(ctx)
+    return json_response(
+        {
+            "regions": {
+                "fleet-summary": ctx.fragment("_fleet_summary.html", **data),
+                "fleet-rows": ctx.fragment("_fleet_rows.html", **data),
+            }
+        }
+    )
+
+
+# --- one gateway ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PointView:
+    point_id: str
+    name: str
+    kind: str
+    unit: str
+    writable: bool
+    last_ts: float | None
+    last_value: float | str | None
+    spark: Any = None
+
+
+@dataclass(slots=True)
+class DeviceView:
+    device_id: str
+    name: str
+    kind: str
+    model: str
+    location: str
+    points: list[PointView] = field(default_factory=list)
+
+
+async def _recent_values(
+    ctx: Ctx, gateway_id: str, point_ids: list[str], since: float
+) -> dict[str, list[tuple[float, float]]]:
+    """Numeric values of the points since *since*, per point, oldest first (one query)."""
+    if not point_ids:
+        return {}
+    o = observations.c
+    query = (
+        sa.select(o.point_id, o.ts, o.value_num)
+        .where(
+            o.gateway_id == gateway_id,
+            o.point_id.in_(point_ids),
+            o.ts >= since,
+            o.value_num.is_not(None),
+        )
+        .order_by(o.point_id, o.ts)
+        .limit(200 * len(point_ids))
+    )
+    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    async with ctx.state.telemetry.engine.connect() as conn:
+        for point_id, ts, value in await conn.execute(query):
+            if value is not None and math.isfinite(value):
+                out[point_id].append((float(ts), float(value)))
+    return out
+
+
+async def _devices(ctx: Ctx, gateway_id: str) -> list[DeviceView]:
+    telemetry = ctx.state.telemetry
+    devices = {
+        d["device_id"]: DeviceView(
+            device_id=d["device_id"],
+            name=d["name"],
+            kind=d["kind"],
+            model=d["model"],
+            location=d["location"],
+        )
+        for d in await telemetry.list_devices(gateway_id)
+    }
+    points = await telemetry.list_points(gateway_id)
+    numeric = [p.point_id for p in points if p.kind != "text"]
+    series = await _recent_values(
+        ctx, gateway_id, numeric, datetime.now(UTC).timestamp() - SPARK_WINDOW
+    )
+    for p in points:
+        view = PointView(
+            point_id=p.point_id,
+            name=p.name,
+            kind=p.kind,
+            unit=p.unit,
+            writable=p.writable,
+            last_ts=p.last_ts,
+            last_value=p.last_value,
+        )
+        if p.point_id in series or p.kind != "text":
+            view.spark = charts.sparkline(
+                series.get(p.point_id, []),
+                width=96,
+                height=24,
+                step=p.kind == "boolean",
+                label=p.name,
+                unit=p.unit,
+            )
+        device = devices.get(p.device_id)
+        if device is None:
+            device = devices[p.device_id] = DeviceView(p.device_id, p.device_id, "", "", "")
+        device.points.append(view)
+    return list(devices.values())
+
+
+def _latest_metrics(commands: list[CommandRecord]) -> CommandRecord | None:
+    for c in commands:
+        if c.kind == "metrics" and c.state.value == "succeeded" and c.result:
+            return c
+    return None
+
+
+def _result_summary(c: CommandRecord) -> str:
+    if c.error:
+        return c.error
+    result = c.result
+    if not result:
+        return ""
+    if c.kind == "ping" and result.get("pong"):
+        version = result.get("agent_version")
+        return f"pong from agent {version}" if version else "pong"
+    if c.kind == "metrics":
+        parts = []
+        for key, label in (("cpu_percent", "CPU"),):
+            if isinstance(result.get(key), int | float):
+                parts.append(f"{label} {result[key]:.0f} %")
+        memory = result.get("memory")
+        if isinstance(memory, dict) and isinstance(memory.get("percent"), int | float):
+            parts.append(f"memory {memory['percent']:.0f} %")
+        return ", ".join(parts)
+    text = ", ".join(f"{k}: {v}" for k, v in list(result.items())[:3])
+    return text[:120]
+
+
+def _duration(c: CommandRecord) -> str:
+    if c.finished_at is None:
+        return ""
+    ms = (c.finished_at - c.created_at).total_seconds() * 1000
+    return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.0f} s"
+
+
+async def _gateway(ctx: Ctx, gateway_id: str, regions: set[str] | None) -> dict[str, Any]:
+    """The gateway page's data; with *regions*, only what those regions need."""
+
+    def wanted(name: str) -> bool:
+        return regions is None or name in regions
+
+    state = ctx.state
+    record = await state.store.get_gateway(gateway_id)
+    if record is None:
+        raise web.HTTPNotFound()
+    now = datetime.now(UTC)
+    data: dict[str, Any] = {
+        "g": record,
+        "status": _status(record),
+        "alerts": gateway_alerts(record, now),
+        "tier_name": TIERS.get(record.tier or "", record.tier or DASH),
+        "now": now,
+        "sent": ctx.request.query.get("sent", ""),
+        "can_command": ctx.can("command"),
+    }
+    if wanted("gw-status"):
+        data["link"] = await state.links.get(gateway_id)
+    if wanted("gw-commands") or wanted("gw-metrics"):
+        commands = await state.store.list_commands(gateway_id=gateway_id, limit=20)
+        data["commands"] = commands
+        data["summaries"] = {c.command_id: _result_summary(c) for c in commands}
+        data["durations"] = {c.command_id: _duration(c) for c in commands}
+        data["final"] = _FINAL
+        metrics = _latest_metrics(commands)
+        data["metrics"] = metrics
+        data["gauges"] = _gauges(metrics)
+    if wanted("gw-points"):
+        data["devices"] = await _devices(ctx, gateway_id)
+    if wanted("gw-streams"):
+        data["streams"] = await state.telemetry.streams(gateway_id)
+    if wanted("gw-config"):
+        data["config"] = await state.service.config.all_for(gateway_id)
+    return data
+
+
+def _gauges(metrics: CommandRecord | None) -> list[Any]:
+    if metrics is None or not metrics.result:
+        return []
+    r = metrics.result
+    memory = r.get("memory")
+    disk = r.get("disk")
+    memory = memory if isinstance(memory, dict) else {}
+    disk = disk if isinstance(disk, dict) else {}
+
+    def num(value: object) -> float | None:
+        return float(value) if isinstance(value, int | float) else None
+
+    return [
+        charts.gauge(num(r.get("cpu_percent")), label="CPU"),
+        charts.gauge(num(memory.get("percent")), label="Memory"),
+        charts.gauge(num(disk.get("percent")), label="Disk"),
+    ]
+
+
+_GATEWAY_REGIONS: Final = {
+    "gw-status": "_gateway_status.html",
+    "gw-commands": "_gateway_commands.html",
+    "gw-metrics": "_gateway_metrics.html",
+    "gw-points": "_gateway_points.html",
+    "gw-streams": "_gateway_streams.html",
+}
+
+
+async def gateway_page(ctx: Ctx) -> web.StreamResponse:
+    gateway_id = ctx.request.match_info["gateway_id"]
+    try:
+        data = await _gateway(ctx, gateway_id, None)
+    except web.HTTPNotFound:
+        return ctx.page(
+            "error.html",
+            code=404,
+            title="Unknown gateway",
+            message=f"There is no gateway {gateway_id!r}.",
+        )
+    return ctx.page(
+        "gateway.html",
+        nav="fleet",
+        title=data["g"].name,
+        kinds=COMMAND_KINDS,
+        ttls=TTL_CHOICES,
+        form_error=None,
+        form={"kind": "ping", "args": "{}", "ttl": "3600"},
+        **data,
+    )
+
+
+async def gateway_live(ctx: Ctx) -> web.StreamResponse:
+    gateway_id = ctx.request.match_info["gateway_id"]
+    asked = set(ctx.request.query.get("regions", "").split(",")) & set(_GATEWAY_REGIONS)
+    regions = asked or set(_GATEWAY_REGIONS)
+    try:
+        data = await _gateway(ctx, gateway_id, regions)
+    except web.HTTPNotFound:
+        return json_response({"error": "no such gateway"}, status=404)
+    return json_response(
+        {"regions": {n: ctx.fragment(_GATEWAY_REGIONS[n], **data) for n in sorted(regions)}}
+    )
+
+
+async def _form(ctx: Ctx) -> dict[str, str]:
+    form = await ctx.request.post()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+async def send_command(ctx: Ctx) -> web.StreamResponse:
+    gateway_id = ctx.request.match_info["gateway_id"]
+    form = await _form(ctx)
+    kind = form.get("kind", "").strip()
+    raw_args = form.get("args", "").strip() or "{}"
+    ttl = form.get("ttl", "3600")
+    error = None
+    try:
+        args = json.loads(raw_args)
+        if not isinstance(args, dict):
+            raise ValueError('arguments must be a JSON object, e.g. {"log_level": "debug"}')
+        body = {"kind": kind, "args": args, "ttl_seconds": float(ttl)}
+        command = await call_api(ctx, api.send_command, body, gateway_id=gateway_id)
+    except ValueError as exc:
+        error, status = f"Arguments: {exc}", 400
+    except ApiRefused as exc:
+        error, status = exc.args[0], exc.status
+    if error is None:
+        raise web.HTTPSeeOther(
+            location=f"{PREFIX}/gateways/{gateway_id}?sent={command.id}#commands"
+        )
+    try:
+        data = await _gateway(ctx, gateway_id, None)
+    except web.HTTPNotFound:
+        return ctx.page("error.html", code=404, title="Unknown gateway", message=error)
+    return ctx.page(
+        "gateway.html",
+        code=status,
+        nav="fleet",
+        title=data["g"].name,
+        kinds=COMMAND_KINDS,
+        ttls=TTL_CHOICES,
+        form_error=error,
+        form={"kind": kind, "args": raw_args, "ttl": ttl},
+        **data,
+    )
+
+
+async def cancel_command(ctx: Ctx) -> web.StreamResponse:
+    command_id = ctx.request.match_info["command_id"]
+    record = await ctx.state.store.get_command(command_id)
+    if record is None:
+        raise web.HTTPNotFound()
+    with contextlib.suppress(ApiRefused):  # it moved on meanwhile; the page shows its state
+        await call_api(ctx, api.cancel_command, command_id=command_id)
+    raise web.HTTPSeeOther(location=f"{PREFIX}/gateways/{record.gateway_id}#commands")
+
+
+async def revoke_gateway(ctx: Ctx) -> web.StreamResponse:
+    gateway_id = ctx.request.match_info["gateway_id"]
+    try:
+        await call_api(ctx, api.revoke_gateway, gateway_id=gateway_id)
+    except ApiRefused as exc:
+        return ctx.page("error.html", code=exc.status, title="Not revoked", message=str(exc))
+    raise web.HTTPSeeOther(location=f"{PREFIX}/gateways/{gateway_id}")
+
+
+# --- network requirements -------------------------------------------------------------------
+
+
+async def network_page(ctx: Ctx) -> web.StreamResponse:
+    try:
+        deployment = network.deployment_manifest(ctx.state.settings, ctx.state.ca)
+    except network.SettingsError as exc:
+        return ctx.page(
+            "error.html",
+            code=500,
+            title="No manifest",
+            message=f"The cloud's settings do not describe a deployment: {exc}",
+        )
+    rules = network.rule_files(deployment.manifest)
+    return ctx.page(
+        "network.html",
+        nav="network",
+        title="Network requirements",
+        manifest=deployment.manifest,
+        note=deployment.note,
+        body=network.document_body(deployment.manifest),
+        documents=network.DOCUMENT_FORMATS,
+        rules=rules,
+    )
+
+
+async def network_document(ctx: Ctx) -> web.StreamResponse:
+    fmt = ctx.request.match_info["fmt"]
+    if fmt not in network.DOCUMENT_FORMATS:
+        raise web.HTTPNotFound()
+    manifest = network.deployment_manifest(ctx.state.settings, ctx.state.ca).manifest
+    text = network.render_document(manifest, fmt)
+    return _download(text, f"tether-network-requirements-{manifest.version}.{fmt}", fmt)
+
+
+async def network_rules(ctx: Ctx) -> web.StreamResponse:
+    fmt = ctx.request.match_info["fmt"]
+    name = ctx.request.match_info["name"]
+    if fmt not in network.RULE_FORMATS:
+        raise web.HTTPNotFound()
+    manifest = network.deployment_manifest(ctx.state.settings, ctx.state.ca).manifest
+    files = dict(network.build_rules(manifest, fmt).files)
+    if name not in files:
+        raise web.HTTPNotFound()
+    return _download(files[name], name, None)
+
+
+def _download(text: str, filename: str, fmt: str | None) -> web.Response:
+    content_type = network.DOCUMENT_TYPES.get(fmt or "", "text/plain; charset=utf-8")
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in filename)
+    response = web.Response(
+        body=text.encode("utf-8"),
+        headers={
+            "Content-Type": content_type,
+            "Content-Disposition": f'attachment; filename="{safe}"',
+        },
+    )
+    return response
+
+
+# --- enrollment tokens ----------------------------------------------------------------------
+
+
+async def _tokens_page(
+    ctx: Ctx, *, created: Any = None, error: str | None = None, status: int = 200
+) -> web.Response:
+    now = datetime.now(UTC)
+    tokens = await ctx.state.store.list_enrollment_tokens()
+    return ctx.page(
+        "tokens.html",
+        code=status,
+        nav="tokens",
+        title="Enrollment tokens",
+        tokens=tokens,
+        created=created,
+        error=error,
+        now=now,
+        default_hours=int(ctx.state.settings.enrollment_token_ttl.total_seconds() // 3600) or 1,
+    )
+
+
+async def tokens_page(ctx: Ctx) -> web.StreamResponse:
+    return await _tokens_page(ctx)
+
+
+async def create_token(ctx: Ctx) -> web.StreamResponse:
+    form = await _form(ctx)
+    name = form.get("name", "").strip() or None
+    try:
+        hours = float(form.get("hours", "24") or "24")
+        if not 0 < hours <= 720:
+            raise ValueError
+    except ValueError:
+        return await _tokens_page(ctx, error="Valid for: 1 to 720 hours.", status=400)
+    try:
+        created = await call_api(ctx, api.create_token, {"name": name, "ttl_seconds": hours * 3600})
+    except ApiRefused as exc:
+        return await _tokens_page(ctx, error=str(exc), status=exc.status)
+    return await _tokens_page(ctx, created=created)
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+
+async def audit_page(ctx: Ctx) -> web.StreamResponse:
+    try:
+        before = int(ctx.request.query.get("before", "0"))
+    except ValueError:
+        before = 0
+    page_size = 100
+    entries = await ctx.accounts.users.audit_before(before_id=before or None, limit=page_size + 1)
+    more = len(entries) > page_size
+    entries = entries[:page_size]
+    return ctx.page(
+        "audit.html",
+        nav="audit",
+        title="Audit log",
+        entries=entries,
+        older=entries[-1].audit_id if more and entries else None,
+        before=before,
+    )
+
+
+# --- users ----------------------------------------------------------------------------------
+
+
+async def _users_page(
+    ctx: Ctx,
+    *,
+    message: str | None = None,
+    secret: dict[str, str] | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> web.Response:
+    users = await ctx.accounts.users.list_users()
+    return ctx.page(
+        "users.html",
+        code=status,
+        nav="users",
+        title="Users",
+        users=users,
+        roles=ROLES,
+        message=message,
+        secret=secret,
+        error=error,
+    )
+
+
+async def users_page(ctx: Ctx) -> web.StreamResponse:
+    return await _users_page(ctx)
+
+
+async def create_user(ctx: Ctx) -> web.StreamResponse:
+    form = await _form(ctx)
+    username = form.get("username", "")
+    body = {
+        "username": username,
+        "role": form.get("role", "viewer"),
+        "password": form.get("password") or None,
+    }
+    try:
+        created = await call_api(ctx, acc.create_user, body)
+    except ApiRefused as exc:
+        return await _users_page(ctx, error=str(exc), status=exc.status)
+    secret = (
+        {"label": f"Password for {created.user.username}", "value": created.password}
+        if created.password
+        else None
+    )
+    return await _users_page(
+        ctx, message=f"User {created.user.username} created.", secret=secret, status=201
+    )
+
+
+async def user_action(ctx: Ctx) -> web.StreamResponse:
+    username = ctx.request.match_info["username"]
+    action = ctx.request.match_info["action"]
+    form = await _form(ctx)
+    secret = None
+    try:
+        if action == "role":
+            user = await call_api(
+                ctx, acc.set_user_role, {"role": form.get("role", "")}, username=username
+            )
+            message = f"{username} is now {user.role}."
+        elif action == "disable":
+            await call_api(ctx, acc.disable_user, username=username)
+            message = (
+                f"{username} is disabled: their sessions ended and their API tokens are revoked."
+            )
+        elif action == "enable":
+            await call_api(ctx, acc.enable_user, username=username)
+            message = f"{username} may log in again."
+        elif action == "password":
+            out = await call_api(ctx, acc.set_user_password, {"password": None}, username=username)
+            message = f"New password set for {username}; their sessions ended."
+            secret = {"label": f"New password for {username}", "value": out.password}
+        else:
+            raise web.HTTPNotFound()
+    except ApiRefused as exc:
+        return await _users_page(ctx, error=str(exc), status=exc.status)
+    return await _users_page(ctx, message=message, secret=secret)
+
+
+# --- own account ----------------------------------------------------------------------------
+
+
+async def _account_page(
+    ctx: Ctx,
+    *,
+    message: str | None = None,
+    secret: dict[str, str] | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> web.Response:
+    tokens = await ctx.accounts.users.tokens_of(ctx.user.user_id)
+    return ctx.page(
+        "account.html",
+        code=status,
+        nav="account",
+        title="Your account",
+        tokens=tokens,
+        session=ctx.session,
+        idle_minutes=int(ctx.accounts.policy.session_idle.total_seconds() // 60),
+        message=message,
+        secret=secret,
+        error=error,
+    )
+
+
+async def account_page(ctx: Ctx) -> web.StreamResponse:
+    return await _account_page(ctx)
+
+
+async def account_action(ctx: Ctx) -> web.StreamResponse:
+    action = ctx.request.match_info["action"]
+    form = await _form(ctx)
+    secret = None
+    try:
+        if action == "password":
+            if form.get("new_password", "") != form.get("confirm_password", ""):
+                return await _account_page(ctx, error="The new passwords differ.", status=400)
+            await call_api(
+                ctx,
+                acc.change_own_password,
+                {
+                    "current_password": form.get("current_password", ""),
+                    "new_password": form.get("new_password", ""),
+                },
+            )
+            message = "Password changed; your other sessions ended."
+        elif action == "token":
+            days = form.get("days", "90")
+            ttl = float(days) * 86400 if days and days != "0" else None
+            out = await call_api(
+                ctx, acc.create_own_token, {"label": form.get("label", ""), "ttl_seconds": ttl}
+            )
+            message = f"API token {out.token.label} created."
+            secret = {"label": "API token (TETHER_TOKEN)", "value": out.secret}
+        elif action == "revoke":
+            await call_api(ctx, acc.revoke_own_token, token_id=form.get("token_id", ""))
+            message = "API token revoked."
+        else:
+            raise web.HTTPNotFound()
+    except ValueError:
+        return await _account_page(ctx, error="Valid for: a number of days.", status=400)
+    except ApiRefused as exc:
+        return await _account_page(ctx, error=str(exc), status=exc.status)
+    return await _account_page(ctx, message=message, secret=secret)
+
+
+# --- sign out -------------------------------------------------------------------------------
+
+
+async def logout(ctx: Ctx) -> web.StreamResponse:
+    secret = ctx.request.cookies.get(acc.SESSION_COOKIE)
+    if secret:
+        await ctx.accounts.logout(secret, source=ctx.source)
+    response = web.HTTPSeeOther(location=f"{PREFIX}/login?bye=1")
+    response.del_cookie(acc.SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+    raise response
+
+
+# --- the table ------------------------------------------------------------------------------
+
+P = PREFIX
+ROUTES: tuple[ConsoleRoute, ...] = (
+    ConsoleRoute("GET", f"{P}/", fleet_page, "read", "Fleet overview"),
+    ConsoleRoute("GET", f"{P}/live/fleet", fleet_live, "read", "Fleet regions (refresh)"),
+    ConsoleRoute("GET", f"{P}/gateways/{{gateway_id}}", gateway_page, "read", "A gateway"),
+    ConsoleRoute(
+        "GET", f"{P}/gateways/{{gateway_id}}/live", gateway_live, "read", "Gateway regions"
+    ),
+    ConsoleRoute(
+        "POST", f"{P}/gateways/{{gateway_id}}/commands", send_command, "command", "Send a command"
+    ),
+    ConsoleRoute(
+        "POST", f"{P}/commands/{{command_id}}/cancel", cancel_command, "command", "Cancel"
+    ),
+    ConsoleRoute("POST", f"{P}/gateways/{{gateway_id}}/revoke", revoke_gateway, "revoke", "Revoke"),
+    ConsoleRoute("GET", f"{P}/network", network_page, "read", "Network requirements"),
+    ConsoleRoute(
+        "GET", f"{P}/network/document.{{fmt}}", network_document, "read", "Document download"
+    ),
+    ConsoleRoute(
+        "GET", f"{P}/network/rules/{{fmt}}/{{name}}", network_rules, "read", "Firewall download"
+    ),
+    ConsoleRoute("GET", f"{P}/tokens", tokens_page, "enroll", "Enrollment tokens"),
+    ConsoleRoute("POST", f"{P}/tokens", create_token, "enroll", "Create an enrollment token"),
+    ConsoleRoute("GET", f"{P}/audit", audit_page, "audit", "Audit log"),
+    ConsoleRoute("GET", f"{P}/users", users_page, "users", "Users"),
+    ConsoleRoute("POST", f"{P}/users", create_user, "users", "Create a user"),
+    ConsoleRoute(
+        "POST", f"{P}/users/{{username}}/{{action}}", user_action, "users", "Change a user"
+    ),
+    ConsoleRoute("GET", f"{P}/account", account_page, "read", "Your account"),
+    ConsoleRoute("POST", f"{P}/account/{{action}}", account_action, "read", "Change your account"),
+    ConsoleRoute("POST", f"{P}/logout", logout, "read", "Log out"),
+)
