@@ -77,8 +77,10 @@ class LogShipper:
         self.dropped = 0  # records the buffer let go, not yet reported
         self.dropped_total = 0
         self._buffer: collections.deque[LogRecord] = collections.deque()
-        # seq -> (ids of the records sent, dropped count reported with them)
-        self._in_flight: dict[int, tuple[set[int], int]] = {}
+        # seq -> (the records sent, dropped count reported with them). The records themselves
+        # are held, not their id()s: a record the full buffer let go would be freed and its id
+        # reused by a newer one, which the ack would then remove unsent.
+        self._in_flight: dict[int, tuple[list[LogRecord], int]] = {}
         self._seq = 0
         self._send: Callable[[Message], None] | None = None
         self._handler = _Handler(self)
@@ -208,14 +210,15 @@ class LogShipper:
             return
         records = [self._buffer[i] for i in range(min(self.batch, len(self._buffer)))]
         self._seq += 1
-        self._in_flight[self._seq] = ({id(r) for r in records}, self.dropped)
+        self._in_flight[self._seq] = (records, self.dropped)
         self._send(LogBatch(seq=self._seq, records=records, dropped=self.dropped))
 
     def on_ack(self, ack: LogBatchAck) -> None:
         sent = self._in_flight.pop(ack.seq, None)
         if sent is None:
             return
-        ids, dropped = sent
+        records, dropped = sent
+        ids = {id(r) for r in records}  # unique while `records` holds them
         # The buffer may have let some of them go meanwhile: remove only what is still there.
         while self._buffer and id(self._buffer[0]) in ids:
             self._buffer.popleft()
