@@ -51,25 +51,31 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 def test_demo_runs_two_linked_gateways_and_stops_by_itself(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo"
-    result = subprocess.run(
-        [
-            str(tether_script()),
-            "demo",
-            "--gateways",
-            "2",
-            "--for",
-            "5",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(free_port()),
-        ],
-        env={**os.environ, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    argv = [
+        str(tether_script()),
+        "demo",
+        "--gateways",
+        "2",
+        "--for",
+        "5",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(free_port()),
+    ]
+    try:
+        result = subprocess.run(
+            argv,
+            env={**os.environ, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:  # the child is killed; show what it printed
+        raise AssertionError(
+            f"tether demo did not stop by itself:\n{exc.stdout!r}\n{exc.stderr!r}"
+        ) from None
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2/2 gateways linked" in result.stdout
     assert "demo stopped" in result.stdout
