@@ -94,6 +94,13 @@ def figure(report: dict[str, Any], path: tuple[str, ...]) -> float | None:
     return float(value)
 
 
+def _merge(a: float | None, a_reports: int, b: float | None, b_reports: int) -> float | None:
+    """Two hourly averages of one figure as one, weighted by the reports behind each."""
+    if a is None or b is None:
+        return b if a is None else a
+    return (a * a_reports + b * b_reports) / (a_reports + b_reports)
+
+
 @dataclass(frozen=True, slots=True)
 class HealthPoint:
     ts: float
@@ -210,18 +217,37 @@ class HealthStore:
                 )
             ).all()
             if rows:
-                await conn.execute(
-                    health_hourly.insert(),
-                    [
-                        {
-                            "gateway_id": r.gateway_id,
-                            "hour": float(r.hour),
-                            "reports": int(r.n),
-                            **{n: getattr(r, n) for n in HEALTH_FIGURES},
-                        }
-                        for r in rows
-                    ],
-                )
+                folded = {
+                    (r.gateway_id, float(r.hour)): {
+                        "gateway_id": r.gateway_id,
+                        "hour": float(r.hour),
+                        "reports": int(r.n),
+                        **{n: getattr(r, n) for n in HEALTH_FIGURES},
+                    }
+                    for r in rows
+                }
+                # A report that arrived late may fall in an hour folded before: merge with it.
+                earlier = (
+                    await conn.execute(
+                        sa.select(health_hourly).where(
+                            health_hourly.c.hour.in_({hour for _, hour in folded})
+                        )
+                    )
+                ).all()
+                for old in earlier:
+                    new = folded.get((old.gateway_id, old.hour))
+                    if new is None:
+                        continue
+                    await conn.execute(
+                        health_hourly.delete().where(
+                            health_hourly.c.gateway_id == old.gateway_id,
+                            health_hourly.c.hour == old.hour,
+                        )
+                    )
+                    for n in HEALTH_FIGURES:
+                        new[n] = _merge(getattr(old, n), old.reports, new[n], new["reports"])
+                    new["reports"] += old.reports
+                await conn.execute(health_hourly.insert(), list(folded.values()))
                 await conn.execute(health_reports.delete().where(health_reports.c.ts < cutoff))
             await conn.execute(
                 health_hourly.delete().where(
