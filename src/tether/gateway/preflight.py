@@ -8,6 +8,7 @@ proxy strips WebSocket upgrades" without anyone on site.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -17,6 +18,7 @@ import aiohttp
 import msgspec
 
 from tether.netcheck import CheckOptions, run_checks
+from tether.netcheck.proxy import ProxySettings, parse_proxy_url
 from tether.netcheck.report import CheckReport
 from tether.netcheck.tls import TrustAnchors
 from tether.netreq.loader import parse_manifest
@@ -38,12 +40,17 @@ class Preflight:
         interval: float = 600.0,
         proxy: str | None = None,
         trust_env: bool = True,
+        options: CheckOptions | None = None,
     ) -> None:
+        """*proxy* and *trust_env* are the agent's own: the checks take the path its link
+        takes. *options* may set what else the checks use (resolvers, lease files…); the
+        pinned CA always comes from *ca_path*."""
         self.cloud_url = cloud_url.rstrip("/")
         self.ca_path = ca_path
         self.interval = interval
         self.proxy = proxy
         self.trust_env = trust_env
+        self.options = options or CheckOptions()
         self.last_run: float | None = None
         self.last_report: dict[str, Any] | None = None
 
@@ -73,13 +80,22 @@ class Preflight:
             DeploymentSettings(hostname=parts.hostname or "localhost", port=parts.port or 443)
         )
 
+    def _proxy_settings(self) -> ProxySettings | None:
+        """The proxy the agent's link uses (None: the environment's, as the link reads it)."""
+        if self.proxy is not None:
+            return ProxySettings(https_proxy=parse_proxy_url(self.proxy))
+        return None if self.trust_env else ProxySettings()
+
     async def run(self) -> dict[str, Any]:
         """Run the checks now; returns the report as a JSON-able document."""
         self.last_run = time.monotonic()
         manifest = await self._manifest()
         with open(self.ca_path, "rb") as fh:  # noqa: ASYNC230 (a small local file)
             anchors = TrustAnchors.from_pem(fh.read())
-        report: CheckReport = await run_checks(manifest, CheckOptions(anchors=anchors, timeout=5.0))
+        options = dataclasses.replace(self.options, anchors=anchors)
+        if options.proxy is None:
+            options = dataclasses.replace(options, proxy=self._proxy_settings())
+        report: CheckReport = await run_checks(manifest, options)
         document: dict[str, Any] = msgspec.to_builtins(report)
         document["status"] = report.status.value
         self.last_report = document
