@@ -145,11 +145,13 @@ def start_squid(
     client_lifetime: int | None = None,
     connect_timeout: int = 5,
     host: str = "127.0.0.1",
+    port: int | None = None,
 ) -> Squid:
     """Start squid; ``hosts`` maps each hostname squid may need to an IP address.
 
     ``denied_domains`` uses squid's dstdomain syntax (``.example.test`` covers subdomains);
-    ``read_timeout`` (seconds) also bounds how long an idle CONNECT tunnel lives.
+    ``read_timeout`` (seconds) also bounds how long an idle CONNECT tunnel lives. ``port``
+    restarts squid where a previous instance listened (a site's proxy reconfigured).
     """
     directory = Path(tempfile.mkdtemp(prefix="tether-squid-"))
     directory.chmod(0o755)
@@ -163,8 +165,9 @@ def start_squid(
         for path in [directory, *directory.iterdir()]:
             os.chown(path, user.pw_uid, user.pw_gid)
     last_error: Exception | None = None
-    for _attempt in range(3):  # the free port may be taken between probe and bind
-        port = free_port(host)
+    fixed = port
+    for _attempt in range(1 if fixed else 3):  # a free port may be taken before squid binds it
+        port = fixed or free_port(host)
         config = directory / "squid.conf"
         config.write_text(
             render_config(
