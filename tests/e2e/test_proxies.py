@@ -32,6 +32,7 @@ from tests.support.cloudproc import (
 )
 from tests.support.testbed import nginx, squid
 from tests.support.testbed.certs import ServerCert
+from tests.support.testbed.nginx import LoadBalancer
 
 from tether.gateway.agent import Agent
 from tether.pki.ca import CertificateAuthority
@@ -64,50 +65,23 @@ async def api(proxied_cloud: Cloud) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def _platform_server_cert(cloud: Cloud, names: list[str]) -> ServerCert:
+def platform_server_cert(cloud: Cloud, names: list[str]) -> ServerCert:
     ca = CertificateAuthority.load_or_create(cloud.settings.pki_dir)
     key_pem, chain_pem = ca.issue_server(names, lifetime=timedelta(days=1), now=datetime.now(UTC))
     return ServerCert(cert_pem=chain_pem, key_pem=key_pem, chain_pem=chain_pem)
-
-
-class LoadBalancer:
-    """nginx in front of the cloud, restartable on its port with or without upgrade forwarding."""
-
-    def __init__(self, cloud: Cloud) -> None:
-        self.cloud = cloud
-        self.cert = _platform_server_cert(cloud, ["127.0.0.1"])
-        self.proxy: nginx.Nginx | None = None
-        self.port: int | None = None
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def start(self, *, websocket: bool, pass_certificate: bool = True) -> None:
-        self.stop()
-        self.proxy = nginx.start_nginx(
-            upstream=f"https://127.0.0.1:{self.cloud.port}",
-            websocket=websocket,
-            port=self.port,
-            server_cert=self.cert,
-            client_ca=self.cloud.ca_path,
-            upstream_ca=self.cloud.ca_path,
-            upstream_name=UPSTREAM_NAME,
-            client_cert_header=HEADER if pass_certificate else None,
-        )
-        self.port = self.proxy.port
-
-    def stop(self) -> None:
-        if self.proxy is not None:
-            self.proxy.stop()
-            self.proxy = None
 
 
 @pytest.fixture
 def load_balancer(proxied_cloud: Cloud) -> Iterator[LoadBalancer]:
     if not nginx.available():
         pytest.skip("nginx is not installed (scripts/sysdeps.sh)")
-    lb = LoadBalancer(proxied_cloud)
+    lb = LoadBalancer(
+        upstream=f"https://127.0.0.1:{proxied_cloud.port}",
+        server_cert=platform_server_cert(proxied_cloud, ["127.0.0.1"]),
+        ca_path=proxied_cloud.ca_path,
+        upstream_name=UPSTREAM_NAME,
+        client_cert_header=HEADER,
+    )
     try:
         yield lb
     finally:
@@ -126,6 +100,11 @@ async def test_behind_nginx_without_upgrades_long_poll_then_websocket_when_it_pa
     agent = gw.agent
     await wait_for(lambda: _on_tier(agent, "long-poll"), what="the agent on long-poll")
     assert "WebSocket upgrade failed (400)" in (agent.status.last_error or "")
+    # Its upward probes fail while nginx strips the upgrade: it stays on long-poll.
+    probes = agent.status.probes
+    await wait_for(lambda: agent.status.probes >= probes + 2, what="two upward probes")
+    assert _on_tier(agent, "long-poll")
+    assert not any("better tier answered" in line for _, line in agent.status.history)
     done = await run_command(api, gw.gateway_id, "ping")
     assert done["state"] == "succeeded", done
     detail = (await api.get(f"/api/v1/gateways/{gw.gateway_id}")).json()

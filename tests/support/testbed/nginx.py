@@ -195,3 +195,58 @@ def nginx_proxy(
         yield proxy
     finally:
         proxy.stop()
+
+
+class LoadBalancer:
+    """nginx terminating TLS in front of a cloud, restarted on its port with other settings.
+
+    It presents ``server_cert`` (issued by the platform CA for the name gateways dial),
+    requires a client certificate from ``ca_path`` (the platform CA), verifies the cloud's
+    certificate against the same CA under ``upstream_name``, and passes the client certificate
+    on in ``client_cert_header``.
+    """
+
+    def __init__(
+        self,
+        *,
+        upstream: str,
+        server_cert: ServerCert,
+        ca_path: Path,
+        upstream_name: str,
+        client_cert_header: str,
+    ) -> None:
+        self.upstream = upstream
+        self.server_cert = server_cert
+        self.ca_path = ca_path
+        self.upstream_name = upstream_name
+        self.client_cert_header = client_cert_header
+        self.proxy: Nginx | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(
+        self, *, websocket: bool, read_timeout: int = 60, pass_certificate: bool = True
+    ) -> None:
+        """(Re)start nginx; ``websocket`` forwards upgrades, ``read_timeout`` cuts slow answers
+        (504), and without ``pass_certificate`` the cloud never hears who the client is."""
+        self.stop()
+        self.proxy = start_nginx(
+            upstream=self.upstream,
+            websocket=websocket,
+            read_timeout=read_timeout,
+            port=self.port,
+            server_cert=self.server_cert,
+            client_ca=self.ca_path,
+            upstream_ca=self.ca_path,
+            upstream_name=self.upstream_name,
+            client_cert_header=self.client_cert_header if pass_certificate else None,
+        )
+        self.port = self.proxy.port
+
+    def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
