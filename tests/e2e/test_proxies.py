@@ -251,7 +251,7 @@ async def test_wrong_proxy_password_is_named_and_retried_slowly(
 
     await wait_for(lambda: gw.agent.status.last_error, what="the proxy's refusal")
     error = gw.agent.status.last_error or ""
-    assert "proxy requires authentication or refused the credentials" in error
+    assert error.startswith("proxy refused the link (407): the proxy requires authentication")
     assert "HTTPS_PROXY" in error
     assert "wrong" not in error  # the password is never repeated
     await wait_for(refusals, what="squid to log the 407")

@@ -58,8 +58,8 @@ class LinkRefused(LinkError):
     """The cloud refused this gateway (HTTP 401/403): revoked or unknown certificate; or a
     proxy refused the agent (407 wrong credentials, 403 CONNECT denied)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"cloud refused the link ({status}): {message}")
+    def __init__(self, status: int, message: str, *, by: str = "cloud") -> None:
+        super().__init__(f"{by} refused the link ({status}): {message}")
         self.status = status
 
 
@@ -93,12 +93,14 @@ def proxy_error(exc: aiohttp.ClientHttpProxyError) -> LinkError:
             407,
             "the proxy requires authentication or refused the credentials: set them in "
             "HTTPS_PROXY (http://user:password@proxy:port) or the agent's proxy setting",
+            by="proxy",
         )
     if exc.status == 403:
         return LinkRefused(
             403,
             "the proxy refuses CONNECT to the cloud: ask its admins to allow "
             "this hostname on port 443",
+            by="proxy",
         )
     return LinkError(f"the proxy answered {exc.status}: {exc.message}")
 
