@@ -70,8 +70,7 @@ class HealthService:
             }
             for r in message.records
         ]
-        await self.store.add_logs(gateway_id, records)
-        self.log_records += len(records)
+        self.log_records += await self.store.add_logs(gateway_id, records)
         self.log_dropped_on_gateways += message.dropped
         return [LogBatchAck(seq=message.seq)]
 

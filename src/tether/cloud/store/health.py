@@ -283,13 +283,26 @@ class HealthStore:
             return None
         return {"ts": row.ts, "status": row.status, "report": row.report}
 
-    async def add_logs(self, gateway_id: str, records: list[dict[str, Any]]) -> None:
+    async def add_logs(self, gateway_id: str, records: list[dict[str, Any]]) -> int:
+        """Store *records*, skipping any this gateway already stored (same time, source and
+        message): a batch sent again after its ack was lost. Returns how many were new."""
         if not records:
-            return
+            return 0
         async with self.engine.begin() as conn:
-            await conn.execute(
-                gateway_logs.insert(), [{"gateway_id": gateway_id, **r} for r in records]
-            )
+            stored = {
+                (r.ts, r.source, r.message)
+                for r in await conn.execute(
+                    sa.select(gateway_logs.c.ts, gateway_logs.c.source, gateway_logs.c.message)
+                    .where(gateway_logs.c.gateway_id == gateway_id)
+                    .where(gateway_logs.c.ts.in_({r["ts"] for r in records}))
+                )
+            }
+            new = [r for r in records if (r["ts"], r["source"], r["message"]) not in stored]
+            if new:
+                await conn.execute(
+                    gateway_logs.insert(), [{"gateway_id": gateway_id, **r} for r in new]
+                )
+        return len(new)
 
     async def logs(
         self,
