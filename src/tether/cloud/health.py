@@ -108,6 +108,11 @@ class FleetCollector(Collector):
             ("tether_ingest_batches_rejected", "ingest_rejected", "Telemetry batches refused"),
             ("tether_health_reports", "health_reports", "Health reports received"),
             ("tether_gateway_log_records", "log_records", "Gateway log records received"),
+            (
+                "tether_gateway_log_records_dropped",
+                "log_dropped",
+                "Log records gateways dropped from their full buffers",
+            ),
         ):
             counter = CounterMetricFamily(name, help_text)
             counter.add_metric([], snap.get(value, 0))
@@ -147,6 +152,7 @@ async def snapshot(state: Any) -> dict[str, Any]:
         "ingest_rejected": state.ingest.stats.rejected,
         "health_reports": state.health.reports,
         "log_records": state.health.log_records,
+        "log_dropped": state.health.log_dropped_on_gateways,
         "health": await state.health.store.latest_all(),
         "at": datetime.now(UTC).isoformat(),
     }
