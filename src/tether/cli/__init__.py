@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from tether import __version__
-from tether.cli import cloud, demo, gateway, net, ops, points
+from tether.cli import cloud, demo, gateway, net, ops, points, users
 
 app = typer.Typer(
     name="tether",
@@ -22,6 +22,8 @@ app.add_typer(points.points_app, name="points")
 app.add_typer(points.config_app, name="config")
 app.command("logs")(points.logs)
 app.add_typer(net.app, name="net")
+app.add_typer(users.user_app, name="user")
+app.command("audit")(users.audit)
 app.command("demo")(demo.demo)
 
 

@@ -126,16 +126,21 @@ def line_chart(
     height: int = 170,
 ) -> Markup:
     """A time-series chart: one line per named series, a value axis, start and end times."""
-    drawn = {name: list(pts) for name, pts in series.items() if pts}
+    drawn = {name: list(pts) for name, pts in series.items() if len(pts) >= 2}
     if not drawn:
         return Markup(  # noqa: S704
-            f'<p class="empty">{escape(title)}: no values in this period.</p>'
+            f'<p class="empty">{escape(title)}: not enough reports yet for a chart.</p>'
         )
     left, right, top, bottom = 44, 8, 10, 24
     t0 = min(p[0] for pts in drawn.values() for p in pts)
     t1 = max(p[0] for pts in drawn.values() for p in pts)
     peak = max(p[1] for pts in drawn.values() for p in pts)
     top_value = y_max if y_max is not None else _nice_max(peak)
+    if y_max is None and all(float(p[1]).is_integer() for pts in drawn.values() for p in pts):
+        for _ in range(8):  # counts: whole numbers on every grid line
+            if top_value >= 4 and top_value % 4 == 0:
+                break
+            top_value *= 2
     span_t = (t1 - t0) or 1.0
     plot_w, plot_h = width - left - right, height - top - bottom
 

@@ -8,16 +8,12 @@ format come from :mod:`tether.netreq.render`, so the console serves exactly what
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import serialization
-
-from tether.cloud.console.pages import is_ip_literal
 from tether.cloud.settings import CloudSettings
-from tether.netreq.model import Manifest
-from tether.netreq.own import AREAS, DeploymentSettings, SettingsError, build_own_manifest
+from tether.netreq.model import Manifest, is_valid_hostname
+from tether.netreq.own import SettingsError
 from tether.netreq.render import (
     DOCUMENT_FORMATS,
     RULE_FORMATS,
@@ -55,34 +51,17 @@ class Deployment:
     note: str | None  # why the manifest differs from the settings, when it does
 
 
-def _ca_digest(ca: CertificateAuthority) -> str:
-    spki = ca.certificate.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(spki).hexdigest()
-
-
 def deployment_manifest(settings: CloudSettings, ca: CertificateAuthority) -> Deployment:
-    """The manifest for these settings; raises SettingsError when they cannot describe one."""
-    hostname = settings.hostname.lower()
+    """The manifest the cloud serves; raises SettingsError when the settings describe none."""
+    from tether.cloud.app import own_manifest  # the one place it is made (app imports us)
+
     note = None
-    if is_ip_literal(hostname):
+    if not is_valid_hostname(settings.hostname):
         note = (
-            f"The cloud's hostname is the address {hostname}; a network-requirements manifest "
-            "names DNS names, so this one says localhost. Set the hostname gateways dial to get "
-            "the document for this deployment."
+            f"The cloud's hostname is {settings.hostname!r}, not a DNS name; the manifest says "
+            "localhost instead. Set the hostname gateways dial to get this deployment's document."
         )
-        hostname = "localhost"
-    areas = {area: host.lower() for area, host in settings.hostnames.items() if area in AREAS}
-    manifest = build_own_manifest(
-        DeploymentSettings(
-            hostname=hostname,
-            port=settings.listen_port,
-            area_hostnames=areas,
-            ca_spki_sha256=_ca_digest(ca),
-        )
-    )
-    return Deployment(manifest=manifest, note=note)
+    return Deployment(manifest=own_manifest(settings, ca), note=note)
 
 
 _BODY = re.compile(r"<body[^>]*>(.*)</body>", re.DOTALL | re.IGNORECASE)

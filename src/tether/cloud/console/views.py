@@ -31,6 +31,7 @@ from tether.cloud.console.pages import (
     call_api,
     json_response,
 )
+from tether.cloud.store.health import HEALTH_FIGURES, figure, health_reports
 from tether.cloud.store.records import ROLES, CommandRecord, GatewayRecord
 from tether.cloud.store.telemetry import observations
 from tether.protocol.commands import FINAL_STATES
@@ -64,6 +65,7 @@ class GatewayRow:
     gateway: GatewayRecord
     status: str  # "linked", "offline" or "revoked"
     alerts: tuple[Alert, ...]
+    spool: float | None = None  # observations waiting on the gateway, from its last report
 
     @property
     def tier(self) -> str:
@@ -77,11 +79,25 @@ class GatewayRow:
         ).lower()
 
 
-def gateway_alerts(g: GatewayRecord, now: datetime) -> tuple[Alert, ...]:
-    """What needs a person's attention, from the gateway's record alone."""
+#: Health figures that raise an alert at or above this level (percent).
+HEALTH_LIMITS: Final = {"cpu_percent": "CPU", "memory_percent": "memory", "disk_percent": "disk"}
+HEALTH_ALERT: Final = 90.0
+
+
+def gateway_alerts(
+    g: GatewayRecord, now: datetime, figures: dict[str, float | None] | None = None
+) -> tuple[Alert, ...]:
+    """What needs a person's attention: from the gateway's record and its last health report."""
     if g.revoked:
         return (Alert("bad", "revoked"),)
     alerts: list[Alert] = []
+    for key, name in HEALTH_LIMITS.items():
+        value = (figures or {}).get(key)
+        if value is not None and value >= HEALTH_ALERT:
+            alerts.append(Alert("warn", f"{name} {value:.0f} %"))
+    dropped = (figures or {}).get("spool_dropped")
+    if dropped:
+        alerts.append(Alert("bad", f"{dropped:.0f} observations dropped"))
     if not g.linked:
         if g.last_seen is None:
             alerts.append(Alert("warn", "never linked"))
@@ -112,8 +128,14 @@ def _status(g: GatewayRecord) -> str:
 
 async def _fleet(ctx: Ctx) -> dict[str, Any]:
     now = datetime.now(UTC)
+    health = await ctx.state.health.store.latest_all()
     rows = [
-        GatewayRow(gateway=g, status=_status(g), alerts=gateway_alerts(g, now))
+        GatewayRow(
+            gateway=g,
+            status=_status(g),
+            alerts=gateway_alerts(g, now, health.get(g.gateway_id)),
+            spool=health.get(g.gateway_id, {}).get("spool_depth"),
+        )
         for g in await ctx.state.store.list_gateways()
     ]
     rows.sort(key=lambda r: (r.status != "offline", r.status != "linked", r.gateway.name))
@@ -283,6 +305,10 @@ def _duration(c: CommandRecord) -> str:
     return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.0f} s"
 
 
+HEALTH_WINDOW: Final = 86400.0  # seconds of health history in the charts
+LOG_LINES: Final = 40
+
+
 async def _gateway(ctx: Ctx, gateway_id: str, regions: set[str] | None) -> dict[str, Any]:
     """The gateway page's data; with *regions*, only what those regions need."""
 
@@ -294,60 +320,185 @@ async def _gateway(ctx: Ctx, gateway_id: str, regions: set[str] | None) -> dict[
     if record is None:
         raise web.HTTPNotFound()
     now = datetime.now(UTC)
+    latest = await state.health.store.latest(gateway_id)
+    figures = None
+    if latest is not None:
+        figures = {name: figure(latest, path) for name, path in HEALTH_FIGURES.items()}
     data: dict[str, Any] = {
         "g": record,
         "status": _status(record),
-        "alerts": gateway_alerts(record, now),
+        "alerts": gateway_alerts(record, now, figures),
         "tier_name": TIERS.get(record.tier or "", record.tier or DASH),
         "now": now,
         "sent": ctx.request.query.get("sent", ""),
         "can_command": ctx.can("command"),
+        "report": latest,
     }
     if wanted("gw-status"):
         data["link"] = await state.links.get(gateway_id)
-    if wanted("gw-commands") or wanted("gw-metrics"):
+        data["identity"] = _identity(await _latest_identity(ctx, gateway_id))
+    if wanted("gw-commands") or wanted("gw-health"):
         commands = await state.store.list_commands(gateway_id=gateway_id, limit=20)
         data["commands"] = commands
         data["summaries"] = {c.command_id: _result_summary(c) for c in commands}
         data["durations"] = {c.command_id: _duration(c) for c in commands}
         data["final"] = _FINAL
-        metrics = _latest_metrics(commands)
-        data["metrics"] = metrics
-        data["gauges"] = _gauges(metrics)
+    if wanted("gw-health"):
+        data.update(await _health(ctx, gateway_id, latest, data["commands"]))
     if wanted("gw-points"):
         data["devices"] = await _devices(ctx, gateway_id)
     if wanted("gw-streams"):
         data["streams"] = await state.telemetry.streams(gateway_id)
-    if wanted("gw-config"):
+    if wanted("gw-logs"):
+        data["logs"] = list(
+            reversed(
+                await state.health.store.logs(
+                    gateway_id, limit=LOG_LINES, include_customer_data=ctx.user.role != "support"
+                )
+            )
+        )
+    if wanted("gw-preflight"):
+        data["preflight"] = await state.health.store.preflight(gateway_id)
+    if regions is None:
         data["config"] = await state.service.config.all_for(gateway_id)
     return data
 
 
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _section(report: dict[str, Any] | None, *path: str) -> dict[str, Any]:
+    value: Any = report or {}
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+async def _latest_identity(ctx: Ctx, gateway_id: str) -> dict[str, Any] | None:
+    """The newest report that carried the network identity (sent when it changes)."""
+    r = health_reports.c
+    query = (
+        sa.select(r.data)
+        .where(r.gateway_id == gateway_id, r.data["network_identity"].as_string().is_not(None))
+        .order_by(r.ts.desc())
+        .limit(1)
+    )
+    async with ctx.state.telemetry.engine.connect() as conn:
+        row = (await conn.execute(query)).first()
+    return dict(row.data) if row is not None else None
+
+
+def _identity(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Host name and interfaces (loopback left out) from the latest health report."""
+    identity = _section(report, "network_identity")
+    if not identity:
+        return None
+    interfaces = [
+        {
+            "name": name,
+            "mac": info.get("mac") or "",
+            "addresses": [*info.get("ipv4", []), *info.get("ipv6", [])],
+            "up": bool(info.get("up")),
+        }
+        for name, info in sorted(_section(identity, "interfaces").items())
+        if isinstance(info, dict) and name != "lo"
+    ]
+    interfaces.sort(key=lambda i: (not i["up"], i["name"]))
+    return {"hostname": identity.get("hostname") or "", "interfaces": interfaces}
+
+
+async def _health(
+    ctx: Ctx, gateway_id: str, latest: dict[str, Any] | None, commands: list[CommandRecord]
+) -> dict[str, Any]:
+    """Gauges of the latest report (or of a ``metrics`` result), and charts over a day."""
+    out: dict[str, Any] = {"charts": [], "gauges": [], "metrics": None, "facts": []}
+    if latest is not None:
+        system = _section(latest, "system")
+        out["gauges"] = [
+            charts.gauge(_num(system.get("cpu_percent")), label="CPU"),
+            charts.gauge(_num(_section(system, "memory").get("percent")), label="Memory"),
+            charts.gauge(_num(_section(system, "disk").get("percent")), label="Disk"),
+        ]
+        spool = _section(latest, "spool")
+        uploader = _section(latest, "uploader")
+        clock = _section(latest, "time")
+        out["facts"] = [
+            ("Spool", f"{_count(spool.get('observations'))} observations waiting"),
+            ("Dropped on the gateway", _count(spool.get("dropped"))),
+            ("Uploaded", f"{_count(uploader.get('observations_acked'))} observations acknowledged"),
+            (
+                "Clock",
+                "NTP synchronized" if clock.get("ntp_synchronized") else "not NTP synchronized",
+            ),
+        ]
+        since = datetime.now(UTC).timestamp() - HEALTH_WINDOW
+        series = await ctx.state.health.store.series(gateway_id, since=since)
+
+        def line(name: str) -> list[tuple[float, float]]:
+            return [(p.ts, v) for p in series if (v := p.figures.get(name)) is not None]
+
+        out["charts"] = [
+            charts.line_chart(
+                {
+                    "CPU": line("cpu_percent"),
+                    "memory": line("memory_percent"),
+                    "disk": line("disk_percent"),
+                },
+                title="CPU, memory and disk",
+                unit="%",
+                y_max=100.0,
+            ),
+            charts.line_chart(
+                {"waiting": line("spool_depth"), "dropped": line("spool_dropped")},
+                title="Spool (observations)",
+            ),
+        ]
+        if line("net_rx_bps") or line("net_tx_bps"):
+            out["charts"].append(
+                charts.line_chart(
+                    {"received": line("net_rx_bps"), "sent": line("net_tx_bps")},
+                    title="Network (bytes/s)",
+                )
+            )
+        if line("temperature_max"):
+            out["charts"].append(
+                charts.line_chart(
+                    {"hottest": line("temperature_max")}, title="Temperature", unit="°C"
+                )
+            )
+    else:
+        metrics = _latest_metrics(commands)
+        out["metrics"] = metrics
+        out["gauges"] = _gauges(metrics)
+    return out
+
+
 def _gauges(metrics: CommandRecord | None) -> list[Any]:
+    """Gauges from a ``metrics`` command's result (before any health report arrived)."""
     if metrics is None or not metrics.result:
         return []
-    r = metrics.result
-    memory = r.get("memory")
-    disk = r.get("disk")
-    memory = memory if isinstance(memory, dict) else {}
-    disk = disk if isinstance(disk, dict) else {}
-
-    def num(value: object) -> float | None:
-        return float(value) if isinstance(value, int | float) else None
-
+    result: dict[str, Any] = dict(metrics.result)
     return [
-        charts.gauge(num(r.get("cpu_percent")), label="CPU"),
-        charts.gauge(num(memory.get("percent")), label="Memory"),
-        charts.gauge(num(disk.get("percent")), label="Disk"),
+        charts.gauge(_num(result.get("cpu_percent")), label="CPU"),
+        charts.gauge(_num(_section(result, "memory").get("percent")), label="Memory"),
+        charts.gauge(_num(_section(result, "disk").get("percent")), label="Disk"),
     ]
+
+
+def _count(value: object) -> str:
+    number = _num(value)
+    return DASH if number is None else f"{number:,.0f}"
 
 
 _GATEWAY_REGIONS: Final = {
     "gw-status": "_gateway_status.html",
     "gw-commands": "_gateway_commands.html",
-    "gw-metrics": "_gateway_metrics.html",
+    "gw-health": "_gateway_health.html",
     "gw-points": "_gateway_points.html",
     "gw-streams": "_gateway_streams.html",
+    "gw-logs": "_gateway_logs.html",
+    "gw-preflight": "_gateway_preflight.html",
 }
 
 
