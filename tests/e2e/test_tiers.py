@@ -303,11 +303,10 @@ async def test_telemetry_crosses_tier_changes_exactly_once(
     assert stream["accepted"] == appended
     assert stream["gaps"] == 0
     assert stream["duplicates"] == duplicates == uploader.stats.duplicates
-    tiers = [
-        h["tier"]
-        for h in (await api.get(f"/api/v1/gateways/{gw.gateway_id}")).json()["tier_history"]
-    ]
-    assert tiers[-4:] == ["ws", "long-poll", "poll", "ws"], tiers
+    history = (await api.get(f"/api/v1/gateways/{gw.gateway_id}")).json()["tier_history"]
+    assert [h["tier"] for h in history][-4:] == ["ws", "long-poll", "poll", "ws"], history
+    # Why it went to poll, in words: nginx's status line, not its HTML error page.
+    assert history[-2]["reason"].endswith("(long-poll exchange answered 504: Gateway Time-out)")
 
     # A batch sent again (its acknowledgement lost) is counted, never stored twice.
     first = BuildingModel(SimulatedBuildingConfig(seed=7)).observations_at(1_718_000_000.0)

@@ -101,9 +101,12 @@ class HttpTier:
                 if response.status in (401, 403):
                     raise LinkRefused(response.status, (await response.text()).strip())
                 if response.status != 200:
+                    # The cloud explains in plain text; a proxy's HTML error page is no reason.
+                    detail = response.reason or ""
+                    if response.content_type == "text/plain":
+                        detail = (await response.text())[:200].strip()
                     raise LinkError(
-                        f"{self.name} exchange answered {response.status}: "
-                        f"{(await response.text())[:200].strip()}",
+                        f"{self.name} exchange answered {response.status}: {detail}",
                         tier_specific=True,
                     )
                 body = await response.read()
