@@ -122,6 +122,7 @@ class Agent:
         self._net = NetCounter()
         self._identity_sent: dict[str, Any] | None = None
         self._health_due = asyncio.Event()
+        self._applied: dict[str, int] = {}  # section -> version applied by this process
         self.preflight = Preflight(
             cloud_url=settings.cloud_url or identity.cloud_url,
             ca_path=str(identity.ca_path),
@@ -252,6 +253,10 @@ class Agent:
         self, section: str, version: int, data: dict[str, Any]
     ) -> ConfigAck:
         """``agent``: {"health_interval": s}; ``logs``: {"level": …, "sources": […]}."""
+        if self._applied.get(section) == version:
+            # The cloud sends a section again on each link, and may wake the link twice for
+            # one change: applying it again would restart the journal reader and the reports.
+            return ConfigAck(section=section, version=version, ok=True)
         try:
             if section == "logs":
                 await self.logs.configure(data)
@@ -263,6 +268,7 @@ class Agent:
         except (ValueError, TypeError) as exc:
             return ConfigAck(section=section, version=version, ok=False, error=str(exc))
         self.ledger.set_value(f"config:{section}", {"version": version, "data": data})
+        self._applied[section] = version
         self._health_due.set()
         return ConfigAck(section=section, version=version, ok=True)
 
