@@ -35,6 +35,7 @@ class AgentSettings:
     spool_max_age: float = 7 * 86400.0
     health_interval: float = 60.0
     preflight_interval: float = 600.0
+    ntp_pools: tuple[str, ...] = ()  # used when DHCP advertises no NTP server
     tier: str = "auto"  # "auto" adapts; "ws", "long-poll" or "poll" pins the link to one tier
     longpoll_wait: float = 25.0
     poll_interval: float = 900.0
@@ -82,6 +83,11 @@ def load_agent_settings(data_dir: Path, **overrides: Any) -> AgentSettings:
         if tier not in {"auto", "ws", "long-poll", "poll"}:
             raise AgentSettingsError(f"{path}: 'tier' must be auto, ws, long-poll or poll")
         values["tier"] = tier
+    if "ntp_pools" in raw:
+        pools = raw.pop("ntp_pools")
+        if not isinstance(pools, list) or not all(isinstance(p, str) for p in pools):
+            raise AgentSettingsError(f"{path}: 'ntp_pools' must be a list of host names")
+        values["ntp_pools"] = tuple(pools)
     for name in ("cloud_url", "proxy"):
         if name in raw:
             if not isinstance(raw[name], str):
