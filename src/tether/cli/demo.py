@@ -21,11 +21,10 @@ def _free_port(preferred: int) -> int:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself does
         try:
-            s.bind(("127.0.0.1", preferred))
-            return preferred
+            s.bind(("127.0.0.1", preferred))  # 0 asks the kernel for any free port
         except OSError:
             s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+        return int(s.getsockname()[1])
 
 
 async def _run_demo(gateways: int, seconds: float | None, data_dir: Path, port: int) -> None:
