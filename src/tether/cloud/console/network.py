@@ -65,12 +65,16 @@ def deployment_manifest(settings: CloudSettings, ca: CertificateAuthority) -> De
 
 
 _BODY = re.compile(r"<body[^>]*>(.*)</body>", re.DOTALL | re.IGNORECASE)
+_HEADING = re.compile(r"<(/?)h([1-5])\b", re.IGNORECASE)
 
 
 def document_body(manifest: Manifest) -> str | None:
-    """The inside of the HTML document's ``<body>`` (generated and escaped by netreq)."""
+    """The inside of the HTML document's ``<body>`` (generated and escaped by netreq), its
+    headings one level down so they sit under the page's own title."""
     match = _BODY.search(render_document(manifest, "html"))
-    return match.group(1) if match else None
+    if match is None:
+        return None
+    return _HEADING.sub(lambda m: f"<{m.group(1)}h{int(m.group(2)) + 1}", match.group(1))
 
 
 def rule_files(manifest: Manifest) -> dict[str, RuleOutput]:
