@@ -347,6 +347,37 @@ async def test_support_does_not_see_records_that_may_carry_customer_data(
         ]
 
 
+async def test_tether_logs_follow_prints_records_as_they_arrive(
+    tmp_path: Path, cloud: Cloud, api: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    gw = await start_agent("logs-follow")
+    marker = uuid.uuid4().hex
+    log = logging.getLogger("tether.gateway.test")
+    log.warning("%s first", marker)
+    await _wait_log(api, gw.gateway_id, f"{marker} first")
+    out = tmp_path / "follow.out"
+    with out.open("wb") as sink:
+        follower = await asyncio.create_subprocess_exec(
+            *(str(tether_script()), "logs", gw.gateway_id, "--follow", "--interval", "0.2"),
+            env=cloud.cli_env(),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        await wait_for(lambda: f"{marker} first" in out.read_text(), what="the first record")
+        log.error("%s second", marker)
+        await wait_for(lambda: f"{marker} second" in out.read_text(), what="the followed record")
+        assert follower.returncode is None  # still following
+    finally:
+        follower.terminate()
+        await asyncio.wait_for(follower.wait(), 10)
+    lines = [line for line in out.read_text().splitlines() if marker in line]
+    assert len(lines) == 2  # each record once, in order
+    assert lines[0].endswith(f"{marker} first")
+    assert "error" in lines[1]
+
+
 async def test_a_log_batch_whose_ack_was_lost_is_sent_again_and_stored_once(
     cloud: Cloud, api: httpx.AsyncClient, start_agent: StartAgent
 ) -> None:
@@ -546,3 +577,47 @@ def _loopback_only(gw: RunningAgent, tmp_path: Path, dns: DNSServer) -> None:
         lease_root=tmp_path / "no-leases",
         resolv_conf=tmp_path / "no-resolv.conf",
     )
+
+
+async def test_after_failed_link_attempts_the_preflight_runs_and_goes_with_the_next_link(
+    tmp_path: Path, dns: DNSServer
+) -> None:
+    dns.records["localhost"] = ["127.0.0.1"]
+    names = ("127.0.0.1", "::1", "localhost")
+    async with running_cloud(tmp_path / "cloud", extra_hostnames=names) as cloud:
+        port = cloud.port
+        async with cloud.api() as api:
+            code = (await create_token(api, name="lonely"))["enrollment_code"]
+        gw_cm = running_agent(tmp_path / "gw", code=code, cloud_url=f"https://localhost:{port}")
+        gw = await gw_cm.__aenter__()
+        _loopback_only(gw, tmp_path, dns)
+    try:
+        # The cloud is gone: the agent's link attempts fail (not a tier's fault), and after a
+        # few it runs its preflight, which cannot fetch the manifest and builds it from the URL.
+        report = await wait_for(
+            lambda: gw.agent.preflight.last_report, what="the preflight after failed attempts"
+        )
+        assert report["status"] == "fail"
+        tcp = [r for r in report["results"] if r["check"] == "tcp"]
+        assert tcp
+        assert all(r["status"] == "fail" for r in tcp)
+        assert f"localhost:{port}" in tcp[0]["target"]
+        assert gw.agent.status.tier == "ws"  # the cloud was down: no tier was given up
+
+        # The cloud comes back on its port: the report goes with the first link.
+        async with running_cloud(tmp_path / "cloud", port=port, extra_hostnames=names) as back:
+            await gw.wait_linked()
+            async with back.api() as api:
+
+                async def stored() -> dict[str, Any] | None:
+                    detail = (await api.get(f"/api/v1/gateways/{gw.gateway_id}")).json()
+                    return detail["preflight"]  # type: ignore[no-any-return]
+
+                preflight = await wait_for(stored, what="the held preflight report in the cloud")
+            assert preflight["status"] == "fail"
+            assert [
+                (r["check"], r["target"], r["status"]) for r in preflight["report"]["results"]
+            ] == [(r["check"], r["target"], r["status"]) for r in report["results"]]
+            await gw.stop()
+    finally:
+        await gw_cm.__aexit__(None, None, None)
