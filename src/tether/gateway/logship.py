@@ -29,8 +29,16 @@ _SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1[redacted]"),
     (re.compile(r"\btt_[A-Za-z0-9_-]{16,}"), "tt_[redacted]"),
     (re.compile(r"tether-enroll-1\.[A-Za-z0-9_-]+"), "tether-enroll-1.[redacted]"),
-    (re.compile(r"(://[^:/@\s]+:)[^@\s]+@"), r"\1[redacted]@"),
-    (re.compile(r"(?i)\b(password|passwd|secret|token|api_key)(\s*[=:]\s*)\S+"), r"\1\2[redacted]"),
+    # A URL's password up to the last "@" of the URL (a raw "@" may be part of it).
+    (re.compile(r"(://[^:/@\s]+:)\S+@"), r"\1[redacted]@"),
+    # key=value, key: value, and keys of dicts and JSON ("db_password", "access_token" too).
+    (
+        re.compile(
+            r"(?i)(?<![a-z])(password|passwd|secret|token|api_key)"
+            r"([\"']?\s*[=:]\s*)(?:\"[^\"]*\"|'[^']*'|\S+)"
+        ),
+        r"\1\2[redacted]",
+    ),
     (
         re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
         "[redacted private key]",
