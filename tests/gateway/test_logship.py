@@ -61,6 +61,20 @@ EC_KEY = (
         ("db password=hunter22 host=db", "hunter22", "password=[redacted] host=db"),
         ("PASSWD: hunter22", "hunter22", "PASSWD: [redacted]"),
         ("api_key=AKIA1234567890", "AKIA1234567890", "api_key=[redacted]"),
+        ("db_password=hunter22", "hunter22", "db_password=[redacted]"),
+        ("access_token=abcdef123456", "abcdef123456", "access_token=[redacted]"),
+        ("client_secret: s3cr3tvalue", "s3cr3tvalue", "client_secret: [redacted]"),
+        (
+            "config {'password': 'hunter 22', 'host': 'db'}",
+            "hunter",
+            "{'password': [redacted], 'host': 'db'}",
+        ),
+        ('{"password": "hunter22", "port": 5432}', "hunter22", '{"password": [redacted], "port"'),
+        (
+            "proxy http://user:p@ss@proxy.site:3128/ refused",
+            "ss@proxy",
+            "http://user:[redacted]@proxy.site:3128/ refused",
+        ),
         ("secret = topsecret!", "topsecret!", "secret = [redacted]"),
         (
             f"loaded key\n{PEM_KEY}\ndone",
