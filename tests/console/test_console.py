@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
-from tests.support.browser import LAPTOP, PHONE, Demo, log_in, screenshot
+from tests.support.browser import LAPTOP, PHONE, Demo, console_errors, log_in, screenshot
 from tests.support.cloudproc import tether_script
 
 WAIT_MS = 30_000  # the bound of every wait on the page (a busy 2-core machine, not a target)
@@ -49,6 +49,7 @@ def test_admin_sees_the_fleet_opens_a_gateway_and_watches_a_ping_answer(
 ) -> None:
     context = browser.new_context(viewport=LAPTOP)
     page = context.new_page()
+    errors = console_errors(page)
     page.goto(demo.url + "/console/")
     expect(page).to_have_url(re.compile(r"/console/login\?next="))
     screenshot(page, artifacts, "login")
@@ -89,6 +90,7 @@ def test_admin_sees_the_fleet_opens_a_gateway_and_watches_a_ping_answer(
     expect(other.locator(".badge.state")).to_have_text("succeeded", timeout=WAIT_MS)
     assert page.evaluate("window.__sameDocument === true")
     screenshot(page, artifacts, "gateway")
+    assert errors == []  # no script error, no resource or inline code refused by the CSP
 
     phone = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
     small = phone.new_page()
@@ -107,6 +109,7 @@ def test_network_requirements_download_a_firewall_format_and_the_document(
     admin_page: Page, demo: Demo, artifacts: Path
 ) -> None:
     page = admin_page
+    errors = console_errors(page)
     page.get_by_role("link", name="Network").click()
     expect(page.locator("h1")).to_have_text("Network requirements")
     expect(page.locator(".netdoc table").first).to_be_visible()
@@ -129,6 +132,7 @@ def test_network_requirements_download_a_firewall_format_and_the_document(
     with page.expect_download() as info:
         page.locator('tr[data-format="nftables"] a.file').first.click()
     assert "table inet" in Path(info.value.path()).read_text()
+    assert errors == []
     page.context.close()
 
 

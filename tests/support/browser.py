@@ -39,6 +39,7 @@ __all__ = [
     "PHONE",
     "Demo",
     "chromium_launch",
+    "console_errors",
     "log_in",
     "running_demo",
     "screenshot",
@@ -155,6 +156,22 @@ def screenshot(page: Page, artifacts: Path, name: str) -> Path:
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 0
     return path
+
+
+def console_errors(page: Page) -> list[str]:
+    """A list that fills with the page's script errors and console errors (CSP refusals
+    included) from now on."""
+    seen: list[str] = []
+    page.on("pageerror", lambda error: seen.append(f"page error: {error}"))
+    page.on(
+        "console",
+        lambda message: (
+            seen.append(f"console {message.type}: {message.text}")
+            if message.type == "error"
+            else None
+        ),
+    )
+    return seen
 
 
 def log_in(page: Page, demo: Demo, username: str, password: str) -> None:

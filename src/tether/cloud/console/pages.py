@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -392,10 +391,3 @@ def same_secret(a: str | None, b: str | None) -> bool:
         return False
     return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
 
-
-def is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
