@@ -44,6 +44,19 @@ _SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
         "[redacted private key]",
     ),
 )
+#: The longest journal entry (one JSON line) read; a longer one is skipped and counted.
+_JOURNAL_LINE_LIMIT = 1 << 20
+#: journald's syslog priorities as log levels.
+_PRIORITIES = {
+    0: "critical",
+    1: "critical",
+    2: "critical",
+    3: "error",
+    4: "warning",
+    5: "info",
+    6: "info",
+    7: "debug",
+}
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 #: Loggers whose records may quote field data (values, point names from a building).
 _CUSTOMER_DATA_LOGGERS = ("tether.gateway.connectors",)
@@ -135,41 +148,51 @@ class LogShipper:
         for unit in filter(None, units):
             argv += ["--unit", unit]
         self._journal = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         self._journal_task = asyncio.get_running_loop().create_task(self._read_journal())
 
     async def _read_journal(self) -> None:
         assert self._journal is not None
         assert self._journal.stdout is not None
-        priorities = {
-            0: "critical",
-            1: "critical",
-            2: "critical",
-            3: "error",
-            4: "warning",
-            5: "info",
-            6: "info",
-            7: "debug",
-        }
-        async for line in self._journal.stdout:
-            try:
-                entry = json.loads(line)
-                ts = int(entry.get("__REALTIME_TIMESTAMP", "0")) / 1e6 or time.time()
-                level = priorities.get(int(entry.get("PRIORITY", 6)), "info")
-                unit = entry.get("_SYSTEMD_UNIT") or entry.get("SYSLOG_IDENTIFIER") or "journal"
-                message = entry.get("MESSAGE")
-            except (ValueError, TypeError):
-                continue
-            if isinstance(message, str):
-                # OS logs may quote anything: treat them as possibly carrying customer data.
-                self.add(
-                    ts=ts,
-                    level=level,
-                    source=f"journald:{unit}",
-                    message=message,
-                    customer_data=True,
-                )
+        stdout = self._journal.stdout
+        pending = bytearray()
+        skipping = False  # inside an entry longer than the limit, already counted
+        while chunk := await stdout.read(1 << 16):
+            pending += chunk
+            while (end := pending.find(b"\n")) >= 0:
+                line = bytes(pending[:end])
+                del pending[: end + 1]
+                if skipping:
+                    skipping = False
+                else:
+                    self._journal_entry(line)
+            if len(pending) > _JOURNAL_LINE_LIMIT:
+                if not skipping:
+                    self._count_drop()  # one entry too long to read: counted, and go on
+                skipping = True
+                pending.clear()
+
+    def _journal_entry(self, line: bytes) -> None:
+        try:
+            entry = json.loads(line)
+            ts = int(entry.get("__REALTIME_TIMESTAMP", "0")) / 1e6 or time.time()
+            level = _PRIORITIES.get(int(entry.get("PRIORITY", 6)), "info")
+            unit = entry.get("_SYSTEMD_UNIT") or entry.get("SYSLOG_IDENTIFIER") or "journal"
+            message = entry.get("MESSAGE")
+        except (ValueError, TypeError, AttributeError):
+            return
+        if isinstance(message, str):
+            # OS logs may quote anything: treat them as possibly carrying customer data.
+            self.add(
+                ts=ts,
+                level=level,
+                source=f"journald:{unit}",
+                message=message,
+                customer_data=True,
+            )
 
     async def stop_journal(self) -> None:
         if self._journal_task is not None:
@@ -192,8 +215,7 @@ class LogShipper:
             return
         if len(self._buffer) >= self.capacity:
             self._buffer.popleft()
-            self.dropped += 1
-            self.dropped_total += 1
+            self._count_drop()
         self._buffer.append(
             LogRecord(
                 ts=ts,
@@ -203,6 +225,10 @@ class LogShipper:
                 customer_data=customer_data,
             )
         )
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+        self.dropped_total += 1
 
     def on_link_open(self, send: Callable[[Message], None]) -> None:
         self._send = send
