@@ -363,3 +363,36 @@ async def test_journald_entries_of_the_chosen_units_are_shipped(
     # Only journald was chosen: the agent's own records are not shipped.
     add(shipper, "from the agent")
     assert shipper.pending == 2
+
+
+async def test_a_journal_line_too_long_to_read_is_counted_and_the_reading_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    entries = [
+        {"PRIORITY": "6", "_SYSTEMD_UNIT": "big.service", "MESSAGE": "x" * (2 << 20)},
+        {"PRIORITY": "6", "_SYSTEMD_UNIT": "big.service", "MESSAGE": "after the long one"},
+    ]
+    script = bin_dir / "journalctl"
+    script.write_text(
+        FAKE_JOURNALCTL.format(
+            python=sys.executable, argv_file=str(tmp_path / "argv.json"), entries=entries
+        )
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    shipper = LogShipper()
+    await shipper.configure({"sources": ["journald:big.service"]})
+    try:
+        await wait_for(lambda: shipper.pending >= 1, within=WITHIN, what="the entry after it")
+    finally:
+        await shipper.stop_journal()  # and the reader ended cleanly
+    link = Link()
+    shipper.on_link_open(link)
+    shipper.flush()
+    [batch] = link.batches()
+    assert [r.message for r in batch.records] == ["after the long one"]
+    assert batch.dropped == 1
+    # The journal can be configured again (its reader is restarted).
+    await shipper.configure({"sources": ["agent"]})
