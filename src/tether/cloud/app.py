@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from tether import __version__
 from tether.cloud import api, console, est, poll
+from tether.cloud.accounts import Accounts
 from tether.cloud.health import FleetCollector, HealthService, metrics_handler
 from tether.cloud.identity import IdentityError
 from tether.cloud.ingest import IngestPipeline
@@ -341,6 +342,7 @@ async def prepare(settings: CloudSettings) -> None:
     store = await Store.open(settings.database)
     try:
         await _bootstrap_admin(settings, store)
+        await Accounts(store).bootstrap_admin(settings.data_dir)  # the console's first user
     finally:
         await store.close()
 
