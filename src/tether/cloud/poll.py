@@ -17,7 +17,6 @@ import asyncio
 import logging
 import time
 import uuid
-from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -83,9 +82,7 @@ async def exchange(request: web.Request) -> web.Response:
         else:
             replies.extend(await state.service.handle(gateway_id, message))
     if not opened:
-        await state.store.set_link_state(
-            gateway_id, linked=True, now=datetime.now(UTC), tier=tier, peer=request.remote
-        )
+        await state.links.heard(gateway_id, tier=tier, peer=request.remote)
     outgoing = await state.service.outgoing(gateway_id, link_opened=opened, redeliver=True)
     if not replies and not outgoing and wait > 0:
         waiter = state.hub.waiter(gateway_id)

@@ -93,6 +93,25 @@ class LinkStore:
                 )
             )
 
+    async def heard(self, gateway_id: str, *, tier: str, peer: str | None) -> None:
+        """An exchange on an HTTPS tier: the gateway is linked there; ``link_since`` moves
+        only if it had been marked offline meanwhile."""
+        now = datetime.now(UTC)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                gateways.update()
+                .where(gateways.c.gateway_id == gateway_id)
+                .values(
+                    last_seen=now,
+                    tier=tier,
+                    peer=peer,
+                    linked=True,
+                    link_since=sa.case(
+                        (gateways.c.linked.is_(True), gateways.c.link_since), else_=now
+                    ),
+                )
+            )
+
     async def get(self, gateway_id: str) -> LinkRecord | None:
         async with self.engine.connect() as conn:
             row = (
