@@ -95,12 +95,10 @@ def test_admin_sees_the_fleet_opens_a_gateway_and_watches_a_ping_answer(
     phone = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
     small = phone.new_page()
     log_in(small, demo, "admin", demo.admin_password)
-    screenshot(small, artifacts, "fleet-phone")
     small.goto(f"{demo.url}/console/gateways/{gateway_id}")
     expect(small.locator(f'tr[data-command-id="{sent}"]')).to_be_visible()
     # no sideways scrolling on a phone
     assert small.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
-    screenshot(small, artifacts, "gateway-phone")
     phone.close()
     context.close()
 
@@ -223,4 +221,32 @@ def test_a_viewer_cannot_send_a_command(browser: Browser, demo: Demo, artifacts:
     expect(page).to_have_url(re.compile(r"/console/login\?bye=1"))
     page.goto(f"{demo.url}/console/gateways/{gateway_id}")
     expect(page).to_have_url(re.compile(r"/console/login\?next="))
+    context.close()
+
+
+def test_every_page_fits_a_phone_screen(browser: Browser, demo: Demo, artifacts: Path) -> None:
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    errors = console_errors(page)
+    log_in(page, demo, "admin", demo.admin_password)
+    gateway_id = page.locator("tr[data-gateway-id]").first.get_attribute("data-gateway-id")
+    pages = {
+        "fleet": "/console/",
+        "gateway": f"/console/gateways/{gateway_id}",
+        "network": "/console/network",
+        "tokens": "/console/tokens",
+        "audit": "/console/audit",
+        "users": "/console/users",
+        "account": "/console/account",
+    }
+    too_wide = []
+    for name, path in pages.items():
+        page.goto(demo.url + path)
+        expect(page.locator("h1").first).to_be_visible()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        if width > PHONE["width"] + 1:
+            too_wide.append(f"{name}: {width} px")
+        screenshot(page, artifacts, f"{name}-phone")
+    assert too_wide == []
+    assert errors == []
     context.close()
