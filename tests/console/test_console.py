@@ -250,3 +250,24 @@ def test_every_page_fits_a_phone_screen(browser: Browser, demo: Demo, artifacts:
     assert too_wide == []
     assert errors == []
     context.close()
+
+
+def test_an_open_page_says_so_when_its_session_ends(
+    browser: Browser, demo: Demo, artifacts: Path
+) -> None:
+    with _admin_api(demo) as api:
+        made = api.post("/api/v1/users", json={"username": "tess", "role": "operator"})
+        assert made.status_code == 201, made.text
+        password = made.json()["password"]
+        context = browser.new_context(viewport=LAPTOP)
+        page = context.new_page()
+        log_in(page, demo, "tess", password)
+        expect(page.locator("[data-live-stamp]")).to_contain_text("live")
+        assert api.post("/api/v1/users/tess/disable").status_code == 200  # her sessions end
+    banner = page.locator("#live-banner")
+    expect(banner).to_be_visible(timeout=WAIT_MS)
+    expect(banner).to_contain_text("Your session ended")
+    screenshot(page, artifacts, "session-ended")
+    banner.get_by_role("link", name="Log in again").click()
+    expect(page).to_have_url(re.compile(r"/console/login\?next="))
+    context.close()
