@@ -1,4 +1,4 @@
-"""The cloud killed (SIGKILL) and restarted in the middle of ingest, three times: the store ends
+"""The cloud killed (SIGKILL) and restarted in the middle of ingest, twice: the store ends
 up holding every observation the gateway's spool took, exactly once.
 
 The cloud runs as ``tether cloud serve`` (a child process), the agent as the recording child
@@ -25,7 +25,7 @@ from tests.e2e.telemetry_agent import (
 )
 from tests.support.cloudproc import Cloud, CloudProcess, create_token, enroll_gateway
 
-KILLS = 3
+KILLS = 2
 
 
 async def put_connectors(cloud: Cloud, gateway_id: str, **kw: Any) -> int:
