@@ -108,7 +108,7 @@ def own_manifest(settings: CloudSettings, ca: CertificateAuthority) -> Manifest:
     return build_own_manifest(
         DeploymentSettings(
             hostname=hostname,
-            port=settings.listen_port,
+            port=settings.gateway_port,
             area_hostnames=dict(settings.hostnames),
             ca_spki_sha256=hashlib.sha256(spki).hexdigest(),
         )

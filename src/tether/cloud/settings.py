@@ -6,6 +6,7 @@ Example ``cloud.toml``::
     hostname = "tether.example.com"     # what gateways dial; the manifest is generated from it
     listen_host = "0.0.0.0"
     listen_port = 443
+    public_port = 443                   # what gateways dial, if a load balancer listens elsewhere
     database_url = "postgresql+asyncpg://tether@db/tether"   # default: SQLite in data_dir
 
     [link]
@@ -35,9 +36,11 @@ class SettingsError(ValueError):
 class CloudSettings:
     data_dir: Path = Path("var/cloud")
     hostname: str = "localhost"
-    extra_hostnames: tuple[str, ...] = ("127.0.0.1", "::1")
+    extra_hostnames: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
     listen_host: str = "127.0.0.1"
     listen_port: int = 8443
+    #: The port gateways dial when a load balancer listens on another (default: listen_port).
+    public_port: int | None = None
     database_url: str | None = None
     heartbeat_interval: float = 30.0
     command_ttl: timedelta = timedelta(hours=1)
@@ -59,8 +62,12 @@ class CloudSettings:
         return f"sqlite+aiosqlite:///{(self.data_dir / 'tether.db').resolve()}"
 
     @property
+    def gateway_port(self) -> int:
+        return self.public_port or self.listen_port
+
+    @property
     def public_url(self) -> str:
-        port = "" if self.listen_port == 443 else f":{self.listen_port}"
+        port = "" if self.gateway_port == 443 else f":{self.gateway_port}"
         host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
         return f"https://{host}{port}"
 
@@ -132,6 +139,12 @@ def load_settings(path: Path | None = None, **overrides: Any) -> CloudSettings:
     settings = replace(base, **values)
     if not 0 < settings.listen_port < 65536:
         raise SettingsError("setting 'listen_port': expected 1..65535")
+    if settings.public_port is not None and (
+        isinstance(settings.public_port, bool)
+        or not isinstance(settings.public_port, int)
+        or not 0 < settings.public_port < 65536
+    ):
+        raise SettingsError("setting 'public_port': expected 1..65535")
     if settings.heartbeat_interval < 1:
         raise SettingsError("setting 'heartbeat_interval': expected at least 1 second")
     return settings
