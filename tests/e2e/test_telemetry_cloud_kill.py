@@ -77,7 +77,7 @@ async def test_a_cloud_killed_mid_ingest_loses_and_doubles_nothing(
             n = len(agent.appends) + rng.randint(1, 5)
             await agent.wait(lambda n=n: len(agent.appends) >= n, "appends while down")
             await process.start()
-        await agent.wait(lambda: agent.links == KILLS + 1, "a link to each cloud process")
+        await agent.wait(lambda: agent.links >= KILLS + 1, "a link to each cloud process")
         if tier is not None:
             assert set(agent.tiers) == {tier}
 
