@@ -212,6 +212,34 @@ async def test_a_permanent_reject_removes_the_batch_and_counts_it(
     assert (await spool.depth()).observations == 20
 
 
+async def test_a_refusal_does_not_delete_the_batches_before_it(
+    spool: AsyncSpool, make_uploader: Callable[..., Uploader]
+) -> None:
+    """The cloud refuses a malformed batch at once, while the batches before it still wait for
+    their commit: those must stay in the spool until acknowledged (a failed commit resends
+    them)."""
+    await spool.append("sim", obs(30))
+    uploader = make_uploader(max_batch=10, window=3)
+    link = Link()
+    uploader.on_link_open(link)
+    await until(lambda: len(link.batches()) == 3, "three batches")
+    await uploader.on_message(TelemetryReject("sim", 11, 20, "value is not a finite number"))
+    assert (await spool.depth()).observations == 30
+    assert uploader.stats.rejected_observations == 0
+    # The commit of 1..10 failed: it is sent again, and is still there to be sent.
+    await uploader.on_message(TelemetryReject("sim", 1, 10, "store unavailable", permanent=False))
+    await until(lambda: 1 in covered(link.batches()[3:]), "the resend of 1..10")
+    assert (await spool.depth()).observations == 30
+    # 1..10 committed: the refused 11..20 goes with it, counted as refused, not as acked.
+    await uploader.on_message(TelemetryAck("sim", 10, accepted=10))
+    assert uploader.stats.observations_acked == 10
+    assert uploader.stats.rejected_observations == 10
+    assert await spool.peek(max_items=100) == [SpoolBatch("sim", 21, 30, obs(10, start=20))]
+    await uploader.on_message(TelemetryAck("sim", 30, accepted=10))
+    assert (await spool.depth()).observations == 0
+    assert uploader.stats.observations_acked == 20
+
+
 async def test_a_deferred_batch_is_sent_again_from_its_first_sequence(
     spool: AsyncSpool, make_uploader: Callable[..., Uploader]
 ) -> None:

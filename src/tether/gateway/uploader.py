@@ -61,6 +61,8 @@ class Uploader:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._link = 0  # changes at every link open and close
+        # per stream: ranges refused for good, deleted once the batches before them are answered
+        self._refused: dict[str, list[tuple[int, int]]] = {}
 
     # -- link events -------------------------------------------------------------------------
 
@@ -78,6 +80,7 @@ class Uploader:
         self._send = None
         self._in_flight.clear()
         self._sent_upto.clear()
+        self._refused.clear()  # sent again on the next link, and refused again there
 
     def wake(self) -> None:
         """New observations are in the spool."""
@@ -100,6 +103,7 @@ class Uploader:
                 for s, last in self._in_flight
                 if not (s == message.stream and last <= message.last_seq)
             ]
+            await self._delete_refused(message.stream)
             self._wake.set()
             return True
         if isinstance(message, TelemetryReject):
@@ -116,21 +120,22 @@ class Uploader:
         self._in_flight = [
             (s, last)
             for s, last in self._in_flight
-            if not (s == message.stream and last <= message.last_seq)
+            if not (s == message.stream and message.first_seq <= last <= message.last_seq)
         ]
         if message.permanent:
             # The cloud will never take these rows; keeping them would block the stream forever.
             # They are counted and the reason logged, never dropped silently.
-            removed = await self.spool.ack(message.stream, message.last_seq)
-            self.stats.rejected_observations += removed
             log.error(
-                "cloud rejected %s %d..%d for good (%s); %d observations removed from the spool",
+                "cloud rejected %s %d..%d for good (%s); removed from the spool",
                 message.stream,
                 message.first_seq,
                 message.last_seq,
                 message.reason,
-                removed,
             )
+            self._refused.setdefault(message.stream, []).append(
+                (message.first_seq, message.last_seq)
+            )
+            await self._delete_refused(message.stream)
         else:
             # Several batches of a stream may be deferred in a row: resend from the earliest.
             sent = self._sent_upto.get(message.stream)
@@ -144,6 +149,23 @@ class Uploader:
                 message.reason,
             )
         self._wake.set()
+
+    async def _delete_refused(self, stream: str) -> None:
+        """Delete refused ranges once the spool holds nothing of the stream before them.
+
+        A refusal comes at once while the batches before it wait for their commit: deleting
+        (which is "everything up to") at once would delete them too, and if their commit then
+        failed they could not be sent again.
+        """
+        ranges = self._refused.get(stream)
+        while ranges:
+            first, last = ranges[0]
+            oldest = await self.spool.peek(stream, max_items=1)
+            if oldest and oldest[0].first_seq < first:
+                return  # not acknowledged yet: deleted at a later ack
+            ranges.pop(0)
+            self.stats.rejected_observations += await self.spool.ack(stream, last)
+        self._refused.pop(stream, None)
 
     # -- sending -----------------------------------------------------------------------------
 
