@@ -22,7 +22,9 @@ handshake with its store writes), idle CPU holding the links over a window of he
 push latency p50/p99 with every link open. Printed as a table with the ratio to Mosquitto and
 the DESIGN.md target, and recorded with the machine in ``bench/results/link_capacity.json``.
 
-Run: ``python -m bench.link_capacity [--links 10000] [--heartbeat 30]``.
+Run: ``python -m bench link_capacity`` (10,000 links, 30 s heartbeat, several minutes), or
+``python -m bench.link_capacity --links 1000 --heartbeat 10 --systems tether,mosquitto``;
+``--keep DIR`` keeps the servers' logs and data.
 """
 
 from __future__ import annotations
