@@ -101,12 +101,15 @@ async def gateway_identity(
     if peer is None:
         raise IdentityError("a gateway client certificate is required", status=401)
     now = datetime.now(UTC)
-    if not await store.certificate_is_valid(peer.serial_hex, now=now):
-        record = await store.get_certificate(peer.serial_hex)
-        if record is None:
-            raise IdentityError("client certificate is not known to this cloud")
-        raise IdentityError("gateway or certificate has been revoked")
+    # One lookup per link: revoking a gateway revokes all its certificates, and a revoked
+    # gateway can record no new one, so the certificate's own row says everything.
     record = await store.get_certificate(peer.serial_hex)
-    if record is None or record.gateway_id != peer.gateway_id:
+    if record is None:
+        raise IdentityError("client certificate is not known to this cloud")
+    if record.revoked_at is not None:
+        raise IdentityError("gateway or certificate has been revoked")
+    if not record.not_before <= now <= record.not_after:
+        raise IdentityError("client certificate is outside its validity period")
+    if record.gateway_id != peer.gateway_id:
         raise IdentityError("client certificate does not match its gateway")
     return GatewayIdentity(peer.gateway_id, peer.serial_hex, via_proxy)

@@ -150,7 +150,9 @@ class WebSocketLink:
     async def _loop(self) -> None:
         session = self.session
         while session.state is not SessionState.CLOSED:
-            timeout = max(0.0, session.next_deadline() - time.monotonic())
+            # aiohttp reads a timeout of 0 as "none": never pass it, or a deadline that is
+            # due now would wait for a frame that may never come.
+            timeout = max(0.001, session.next_deadline() - time.monotonic())
             try:
                 msg = await self.ws.receive(timeout=timeout)
             except TimeoutError:

@@ -236,7 +236,9 @@ class WebSocketTier:
                         session.close_code or CloseCode.NORMAL, session.close_reason, False
                     )
                     break
-                timeout = max(0.0, session.next_deadline() - time.monotonic())
+                # aiohttp reads a timeout of 0 as "none": never pass it, or a deadline that is
+                # due now would wait for a frame that may never come.
+                timeout = max(0.001, session.next_deadline() - time.monotonic())
                 try:
                     msg = await ws.receive(timeout=timeout)
                 except TimeoutError:

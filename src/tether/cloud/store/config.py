@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.cloud.store.models import JSONDocument, UTCDateTime, metadata
+from tether.cloud.store.store import write_transaction
 
 __all__ = ["ConfigRecord", "ConfigStore", "gateway_config"]
 
@@ -76,7 +77,7 @@ class ConfigStore:
         insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(
             gateway_config
         )
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             await conn.execute(
                 insert.values(
                     gateway_id=gateway_id,
@@ -129,7 +130,7 @@ class ConfigStore:
         return [_record(r) for r in rows]
 
     async def applied(self, gateway_id: str, section: str, version: int, error: str | None) -> None:
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             await conn.execute(
                 gateway_config.update()
                 .where(

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tether.cloud.store.models import JSONDocument, metadata
+from tether.cloud.store.store import write_transaction
 
 __all__ = [
     "HEALTH_FIGURES",
@@ -124,7 +125,7 @@ class HealthStore:
     async def add_report(self, gateway_id: str, ts: float, data: dict[str, Any]) -> None:
         row = {"gateway_id": gateway_id, "ts": ts, "data": data}
         row.update({name: figure(data, path) for name, path in HEALTH_FIGURES.items()})
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             await conn.execute(health_reports.insert(), [row])
 
     async def latest(self, gateway_id: str) -> dict[str, Any] | None:
@@ -200,7 +201,7 @@ class HealthStore:
         cutoff = (now - raw_retention).timestamp()
         cutoff -= cutoff % 3600  # whole hours only, so no hour is folded twice
         hour = sa.func.floor(health_reports.c.ts / 3600) * 3600
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             rows = (
                 await conn.execute(
                     sa.select(
@@ -263,7 +264,7 @@ class HealthStore:
 
     async def set_preflight(self, gateway_id: str, ts: float, report: dict[str, Any]) -> None:
         status = str(report.get("status", "unknown"))[:16]
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             await conn.execute(
                 gateway_preflight.delete().where(gateway_preflight.c.gateway_id == gateway_id)
             )
@@ -288,7 +289,7 @@ class HealthStore:
         message): a batch sent again after its ack was lost. Returns how many were new."""
         if not records:
             return 0
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             stored = {
                 (r.ts, r.source, r.message)
                 for r in await conn.execute(

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.cloud.store.models import JSONDocument, UTCDateTime, gateways, metadata
+from tether.cloud.store.store import write_transaction
 
 __all__ = ["HISTORY_LENGTH", "LinkRecord", "LinkStore", "gateway_links"]
 
@@ -56,7 +57,7 @@ class LinkStore:
     ) -> None:
         """A link opened on *tier*: mark the gateway linked and record a tier change."""
         now = datetime.now(UTC)
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             await conn.execute(
                 gateways.update()
                 .where(gateways.c.gateway_id == gateway_id)
@@ -97,7 +98,7 @@ class LinkStore:
         """An exchange on an HTTPS tier: the gateway is linked there; ``link_since`` moves
         only if it had been marked offline meanwhile."""
         now = datetime.now(UTC)
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             await conn.execute(
                 gateways.update()
                 .where(gateways.c.gateway_id == gateway_id)
@@ -125,7 +126,7 @@ class LinkStore:
 
     async def mark_stale(self, *, now: datetime, long_poll_grace: float, poll_grace: float) -> int:
         """HTTPS-tier gateways not heard from within their tier's grace are no longer linked."""
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             result = await conn.execute(
                 gateways.update()
                 .where(

@@ -80,7 +80,7 @@ from .records import (
     GatewayRecord,
 )
 
-__all__ = ["Store"]
+__all__ = ["Store", "write_transaction"]
 
 MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
@@ -243,6 +243,18 @@ def _upgrade(sync_conn: Connection) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = sync_conn
     alembic_command.upgrade(cfg, "heads")  # independent branches (one per area) may coexist
+
+
+@asynccontextmanager
+async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A write transaction for the modules that keep tables beside the store's (telemetry,
+    configuration, links, health): ``BEGIN IMMEDIATE`` on SQLite, so concurrent writers queue
+    on the write lock (bounded by the busy timeout) instead of failing with "database is
+    locked" when a read lock cannot be upgraded."""
+    async with engine.connect() as plain:
+        conn = await plain.execution_options(**{_WRITE: True})
+        async with conn.begin():
+            yield conn
 
 
 @contextmanager

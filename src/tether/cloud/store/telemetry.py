@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.cloud.store.models import JSONDocument, UTCDateTime, metadata
+from tether.cloud.store.store import write_transaction
 from tether.protocol.telemetry import DeviceInfo, Observation, PointInfo
 
 __all__ = [
@@ -168,7 +169,7 @@ class TelemetryStore:
             return []
         now = datetime.now(UTC)
         keys = list(dict.fromkeys((b.gateway_id, b.stream) for b in batches))
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             # Taking the write lock first (SQLite) and locking the marks (PostgreSQL) makes
             # two writers of the same stream queue up instead of both passing the same mark.
             await conn.execute(
@@ -277,12 +278,12 @@ class TelemetryStore:
     async def raw_insert(self, rows: list[tuple[Any, ...]]) -> None:
         """Insert observation rows with the bulk path and nothing else (the benchmark's
         reference for what ingest costs on top)."""
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             await self._bulk_insert(conn, rows)
 
     async def record_drops(self, gateway_id: str, stream: str, total: int) -> None:
         now = datetime.now(UTC)
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             await conn.execute(
                 _insert(self.dialect, telemetry_streams).on_conflict_do_nothing(),
                 [{"gateway_id": gateway_id, "stream": stream, "updated_at": now}],
@@ -305,7 +306,7 @@ class TelemetryStore:
         found_points: Sequence[PointInfo],
     ) -> None:
         now = datetime.now(UTC)
-        async with self.engine.begin() as conn:
+        async with write_transaction(self.engine) as conn:
             if found_devices:
                 stmt = _insert(self.dialect, devices)
                 await conn.execute(
