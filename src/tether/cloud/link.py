@@ -16,13 +16,14 @@ import uuid
 from datetime import UTC, datetime
 
 from aiohttp import WSMsgType, web
+from sqlalchemy.exc import SQLAlchemyError
 
 from tether.cloud.identity import GatewayIdentity
 from tether.cloud.service import GatewayService
 from tether.cloud.store import Store
 from tether.cloud.store.links import LinkStore
 from tether.protocol.codec import HEADER
-from tether.protocol.messages import CloseCode, Message, TelemetryBatch
+from tether.protocol.messages import CloseCode, ErrorReport, Message, TelemetryBatch
 from tether.protocol.session import (
     FrameRejected,
     HelloReceived,
@@ -208,12 +209,25 @@ class WebSocketLink:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         else:
-            replies = await self.service.handle(self.gateway_id, event)  # type: ignore[arg-type]
-            self._send_all(replies)
+            self._send_all(await self._handle(event))  # type: ignore[arg-type]
+
+    async def _handle(self, message: Message) -> list[Message]:
+        """The service's answer; a store failure refuses this one message, not the link."""
+        try:
+            return await self.service.handle(self.gateway_id, message)
+        except (SQLAlchemyError, OSError) as exc:
+            log.error(
+                "gateway %s: %s not handled: %s", self.gateway_id, type(message).__name__, exc
+            )
+            return [
+                ErrorReport(
+                    code="unavailable",
+                    message="the cloud could not store this message now; send it again later",
+                )
+            ]
 
     async def _handle_later(self, message: Message) -> None:
-        replies = await self.service.handle(self.gateway_id, message)
-        self._send_all(replies)
+        self._send_all(await self._handle(message))
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.flush()
 

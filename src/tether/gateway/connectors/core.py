@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import random
 import re
 import time
@@ -192,6 +193,15 @@ class _Context:
         if not observations:
             return
         stats = self._instance.stats
+        for o in observations:
+            # The cloud refuses a batch holding a non-finite number or time whole; refusing the
+            # one bad submit here keeps the connector's bug from costing its neighbours' data.
+            if not math.isfinite(o.ts) or (
+                isinstance(o.value, float) and not math.isfinite(o.value)
+            ):
+                error = f"point {o.point_id!r}: time and value must be finite numbers"
+                self._runner._record_error(self._instance, f"submit refused: {error}")
+                raise ValueError(error)
         try:
             await self._runner._sink.append(self.instance, observations)
         except Exception as exc:  # the sink's own errors (SpoolFull...): counted, then re-raised
