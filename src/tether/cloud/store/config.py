@@ -11,10 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.cloud.store.models import JSONDocument, UTCDateTime, metadata
-from tether.cloud.store.store import write_transaction
+from tether.cloud.store.store import dialect_insert, write_transaction
 
 __all__ = ["ConfigRecord", "ConfigStore", "gateway_config"]
 
@@ -74,9 +73,7 @@ class ConfigStore:
     ) -> ConfigRecord:
         """Store a new version of *section* (the version grows by one each time)."""
         now = datetime.now(UTC)
-        insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(
-            gateway_config
-        )
+        insert = dialect_insert(self.dialect, gateway_config)
         async with write_transaction(self.engine) as conn:
             await conn.execute(
                 insert.values(

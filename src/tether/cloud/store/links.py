@@ -12,10 +12,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.cloud.store.models import JSONDocument, UTCDateTime, gateways, metadata
-from tether.cloud.store.store import write_transaction
+from tether.cloud.store.store import dialect_insert, write_transaction
 
 __all__ = ["HISTORY_LENGTH", "LinkRecord", "LinkStore", "gateway_links"]
 
@@ -82,9 +81,7 @@ class LinkStore:
                 since = now
             else:
                 since = row.since
-            insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(
-                gateway_links
-            )
+            insert = dialect_insert(self.dialect, gateway_links)
             await conn.execute(
                 insert.values(
                     gateway_id=gateway_id, tier=tier, reason=reason, since=since, history=history

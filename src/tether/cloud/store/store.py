@@ -26,6 +26,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from alembic import command as alembic_command
 from alembic.config import Config as AlembicConfig
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, RowMapping, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -80,7 +81,7 @@ from .records import (
     GatewayRecord,
 )
 
-__all__ = ["Store", "write_transaction"]
+__all__ = ["Store", "dialect_insert", "write_transaction"]
 
 MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
@@ -243,6 +244,11 @@ def _upgrade(sync_conn: Connection) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = sync_conn
     alembic_command.upgrade(cfg, "heads")  # independent branches (one per area) may coexist
+
+
+def dialect_insert(dialect: str, table: sa.Table) -> Any:
+    """An INSERT that supports ``on_conflict_do_…`` on both engines (SQLite, PostgreSQL)."""
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
 @asynccontextmanager

@@ -14,11 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.cloud.store.models import JSONDocument, UTCDateTime, metadata
-from tether.cloud.store.store import write_transaction
+from tether.cloud.store.store import dialect_insert, write_transaction
 from tether.protocol.telemetry import DeviceInfo, Observation, PointInfo
 
 __all__ = [
@@ -150,10 +149,6 @@ def _split_value(value: object) -> tuple[float | None, str | None]:
     return None, str(value)
 
 
-def _insert(dialect: str, table: sa.Table) -> Any:
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
 class TelemetryStore:
     """Telemetry operations on the store's engine (see :attr:`Store.engine`)."""
 
@@ -173,7 +168,7 @@ class TelemetryStore:
             # Taking the write lock first (SQLite) and locking the marks (PostgreSQL) makes
             # two writers of the same stream queue up instead of both passing the same mark.
             await conn.execute(
-                _insert(self.dialect, telemetry_streams).on_conflict_do_nothing(),
+                dialect_insert(self.dialect, telemetry_streams).on_conflict_do_nothing(),
                 [{"gateway_id": g, "stream": s, "updated_at": now} for g, s in keys],
             )
             query = sa.select(
@@ -285,7 +280,7 @@ class TelemetryStore:
         now = datetime.now(UTC)
         async with write_transaction(self.engine) as conn:
             await conn.execute(
-                _insert(self.dialect, telemetry_streams).on_conflict_do_nothing(),
+                dialect_insert(self.dialect, telemetry_streams).on_conflict_do_nothing(),
                 [{"gateway_id": gateway_id, "stream": stream, "updated_at": now}],
             )
             await conn.execute(
@@ -308,7 +303,7 @@ class TelemetryStore:
         now = datetime.now(UTC)
         async with write_transaction(self.engine) as conn:
             if found_devices:
-                stmt = _insert(self.dialect, devices)
+                stmt = dialect_insert(self.dialect, devices)
                 await conn.execute(
                     stmt.on_conflict_do_update(
                         index_elements=["gateway_id", "device_id"],
@@ -343,7 +338,7 @@ class TelemetryStore:
                     ],
                 )
             if found_points:
-                stmt = _insert(self.dialect, points)
+                stmt = dialect_insert(self.dialect, points)
                 await conn.execute(
                     stmt.on_conflict_do_update(
                         index_elements=["gateway_id", "point_id"],
