@@ -457,13 +457,17 @@ async def measure(
     if high.t <= low.t:  # too small a run to have a steady part: use the whole of it
         low, high = samples[0], samples[-1]
     window = high.t - low.t
+    # CPU time comes in 10 ms clock ticks: over a window shorter than a second it can read 0,
+    # so a short run takes its CPU figures over the whole run instead.
+    cpu_low, cpu_high = (low, high) if window >= 1.0 else (samples[0], samples[-1])
+    cpu_window = max(cpu_high.t - cpu_low.t, 1e-9)
     return Run(
         mode=mode,
         rate=(high.committed - low.committed) / window,
         window_seconds=window,
         total_seconds=samples[-1].t - started,
-        cloud_cpu=(high.cloud_cpu - low.cloud_cpu) / window,
-        senders_cpu=(high.senders_cpu - low.senders_cpu) / window,
+        cloud_cpu=(cpu_high.cloud_cpu - cpu_low.cloud_cpu) / cpu_window,
+        senders_cpu=(cpu_high.senders_cpu - cpu_low.senders_cpu) / cpu_window,
     )
 
 
