@@ -14,10 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import sqlalchemy as sa
 
 from tether.cloud.store import Store
-from tether.cloud.store.config import ConfigStore
+from tether.cloud.store.config import ConfigStore, gateway_config
 from tether.cloud.store.errors import CommandNotFound
+from tether.cloud.store.models import commands as commands_table
 from tether.protocol.commands import CommandEvent, CommandState, IllegalTransition
 from tether.protocol.messages import (
     CommandRequest,
@@ -32,6 +34,9 @@ from tether.protocol.messages import (
 __all__ = ["GatewayService", "MessageHandler"]
 
 log = logging.getLogger(__name__)
+
+#: Commands handed out in one answer at most (the rest follow in the next).
+OUTGOING_LIMIT = 100
 
 MessageHandler = Callable[[str, Message], Awaitable[list[Message]]]
 
@@ -91,22 +96,40 @@ class GatewayService:
         """What waits for the gateway: configuration it has not applied (every section when
         a link just opened), then queued unexpired commands, marked delivered, oldest first."""
         now = _now()
-        out: list[Message] = [
-            ConfigUpdate(section=c.section, version=c.version, data=c.data)
-            for c in await self.config.all_for(gateway_id)
-            if link_opened or c.pending
-        ]
-        commands = await self.store.pending_commands(gateway_id, now=now)
+        states = [CommandState.QUEUED.value]
         if redeliver:
-            # HTTPS tiers: a response may have been lost; delivered-not-started goes again.
-            delivered = await self.store.list_commands(
-                gateway_id=gateway_id, state=CommandState.DELIVERED, limit=100
+            # A response may have been lost: delivered-not-started goes again (the agent runs
+            # an id at most once).
+            states.append(CommandState.DELIVERED.value)
+        c = commands_table.c
+        async with self.store.engine.connect() as conn:  # one checkout for both questions
+            sections = (
+                await conn.execute(
+                    sa.select(gateway_config).where(gateway_config.c.gateway_id == gateway_id)
+                )
+            ).all()
+            command_ids = (
+                (
+                    await conn.execute(
+                        sa.select(c.command_id)
+                        .where(c.gateway_id == gateway_id, c.state.in_(states), c.expires_at > now)
+                        .order_by(c.created_at)
+                        .limit(OUTGOING_LIMIT)
+                    )
+                )
+                .scalars()
+                .all()
             )
-            commands = [c for c in reversed(delivered) if c.expires_at > now] + commands
+        out: list[Message] = [
+            ConfigUpdate(section=r.section, version=r.version, data=dict(r.data))
+            for r in sections
+            if link_opened or r.applied_version != r.version
+        ]
+        commands = list(command_ids)
         for command in commands:
             try:
                 record = await self.store.apply_command_event(
-                    command.command_id, CommandEvent.DELIVER, now=now, gateway_id=gateway_id
+                    command, CommandEvent.DELIVER, now=now, gateway_id=gateway_id
                 )
             except IllegalTransition:
                 continue  # cancelled or expired meanwhile, or another node delivered it

@@ -7,6 +7,7 @@ back.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,8 @@ from tether.cloud.store.store import dialect_insert, write_transaction
 __all__ = ["HISTORY_LENGTH", "LinkRecord", "LinkStore", "gateway_links"]
 
 HISTORY_LENGTH = 50
+#: Link openings committed in one transaction at most.
+OPENINGS_PER_GROUP = 500
 
 gateway_links = sa.Table(
     "gateway_links",
@@ -40,10 +43,25 @@ class LinkRecord:
     history: list[dict[str, Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Opening:
+    gateway_id: str
+    tier: str
+    reason: str
+    agent_version: str | None
+    peer: str | None
+    at: datetime
+
+
 class LinkStore:
+    """Link state and tier history. Link openings are written in groups: a reconnect storm of
+    thousands of gateways costs a few transactions, not one each."""
+
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.dialect: str = engine.dialect.name
+        self._waiting: list[tuple[_Opening, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def opened(
         self,
@@ -54,42 +72,93 @@ class LinkStore:
         agent_version: str | None,
         peer: str | None,
     ) -> None:
-        """A link opened on *tier*: mark the gateway linked and record a tier change."""
-        now = datetime.now(UTC)
+        """A link opened on *tier*: mark the gateway linked and record a tier change. Returns
+        once it is committed (together with the other openings that arrived meanwhile)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        opening = _Opening(gateway_id, tier, reason, agent_version, peer, datetime.now(UTC))
+        self._waiting.append((opening, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_openings())
+        await future
+
+    async def _write_openings(self) -> None:
+        while self._waiting:
+            group, self._waiting = (
+                self._waiting[:OPENINGS_PER_GROUP],
+                self._waiting[OPENINGS_PER_GROUP:],
+            )
+            try:
+                await self._commit_openings([o for o, _ in group])
+            except BaseException as exc:
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for _, future in group:
+                if not future.done():
+                    future.set_result(None)
+
+    async def _commit_openings(self, openings: list[_Opening]) -> None:
+        latest: dict[str, _Opening] = {}
+        for o in openings:  # a gateway that relinked twice in one group: the last one counts
+            latest[o.gateway_id] = o
         async with write_transaction(self.engine) as conn:
             await conn.execute(
                 gateways.update()
-                .where(gateways.c.gateway_id == gateway_id)
+                .where(gateways.c.gateway_id == sa.bindparam("g"))
                 .values(
                     linked=True,
-                    tier=tier,
-                    last_seen=now,
-                    link_since=now,
-                    peer=peer,
-                    **({"agent_version": agent_version} if agent_version else {}),
-                )
+                    tier=sa.bindparam("t"),
+                    last_seen=sa.bindparam("at"),
+                    link_since=sa.bindparam("at"),
+                    peer=sa.bindparam("p"),
+                    agent_version=sa.func.coalesce(sa.bindparam("v"), gateways.c.agent_version),
+                ),
+                [
+                    {
+                        "g": o.gateway_id,
+                        "t": o.tier,
+                        "at": o.at,
+                        "p": o.peer,
+                        "v": o.agent_version or None,
+                    }
+                    for o in latest.values()
+                ],
             )
-            row = (
+            rows = {
+                row.gateway_id: row
+                for row in await conn.execute(
+                    sa.select(gateway_links).where(gateway_links.c.gateway_id.in_(list(latest)))
+                )
+            }
+            upserts = []
+            for o in latest.values():
+                row = rows.get(o.gateway_id)
+                history: list[dict[str, Any]] = list(row.history) if row is not None else []
+                if row is None or row.tier != o.tier or row.reason != o.reason:
+                    history.append({"at": o.at.isoformat(), "tier": o.tier, "reason": o.reason})
+                    upserts.append(
+                        {
+                            "gateway_id": o.gateway_id,
+                            "tier": o.tier,
+                            "reason": o.reason,
+                            "since": o.at,
+                            "history": history[-HISTORY_LENGTH:],
+                        }
+                    )
+            if upserts:
+                insert = dialect_insert(self.dialect, gateway_links)
                 await conn.execute(
-                    sa.select(gateway_links).where(gateway_links.c.gateway_id == gateway_id)
+                    insert.on_conflict_do_update(
+                        index_elements=["gateway_id"],
+                        set_={
+                            c: insert.excluded[c] for c in ("tier", "reason", "since", "history")
+                        },
+                    ),
+                    upserts,
                 )
-            ).one_or_none()
-            history: list[dict[str, Any]] = list(row.history) if row is not None else []
-            if row is None or row.tier != tier or row.reason != reason:
-                history.append({"at": now.isoformat(), "tier": tier, "reason": reason})
-                history = history[-HISTORY_LENGTH:]
-                since = now
-            else:
-                since = row.since
-            insert = dialect_insert(self.dialect, gateway_links)
-            await conn.execute(
-                insert.values(
-                    gateway_id=gateway_id, tier=tier, reason=reason, since=since, history=history
-                ).on_conflict_do_update(
-                    index_elements=["gateway_id"],
-                    set_={"tier": tier, "reason": reason, "since": since, "history": history},
-                )
-            )
 
     async def heard(self, gateway_id: str, *, tier: str, peer: str | None) -> None:
         """An exchange on an HTTPS tier: the gateway is linked there; ``link_since`` moves
