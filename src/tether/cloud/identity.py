@@ -17,7 +17,9 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from tether.cloud.batching import BatchLoader
 from tether.cloud.store import Store
+from tether.cloud.store.records import CertificateRecord
 from tether.cloud.tls import PeerCertificate, peer_certificate
 from tether.pki.ca import CertificateAuthority
 
@@ -92,6 +94,7 @@ async def gateway_identity(
     ca: CertificateAuthority,
     trusted_proxies: tuple[str, ...],
     header: str,
+    certificates: BatchLoader[str, CertificateRecord] | None = None,
 ) -> GatewayIdentity:
     """Return the calling gateway or raise :class:`IdentityError` saying why not."""
     peer = _certificate_from_header(request, header, trusted_proxies, ca)
@@ -103,7 +106,11 @@ async def gateway_identity(
     now = datetime.now(UTC)
     # One lookup per link: revoking a gateway revokes all its certificates, and a revoked
     # gateway can record no new one, so the certificate's own row says everything.
-    record = await store.get_certificate(peer.serial_hex)
+    record = await (
+        certificates.get(peer.serial_hex.lower())
+        if certificates is not None
+        else store.get_certificate(peer.serial_hex)
+    )
     if record is None:
         raise IdentityError("client certificate is not known to this cloud")
     if record.revoked_at is not None:

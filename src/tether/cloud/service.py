@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
+from tether.cloud.batching import BatchLoader
 from tether.cloud.store import Store
 from tether.cloud.store.config import ConfigStore, gateway_config
 from tether.cloud.store.errors import CommandNotFound
@@ -68,10 +69,39 @@ class GatewayService:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.config = ConfigStore(store.engine)
+        self._waiting: BatchLoader[str, tuple[list[Any], list[tuple[str, str, datetime]]]] = (
+            BatchLoader(self._load_waiting)
+        )
         self._handlers: dict[type, MessageHandler] = {
             CommandUpdate: self._command_update,
             ConfigAck: self._config_ack,
         }
+
+    async def _load_waiting(
+        self, gateway_ids: list[str]
+    ) -> dict[str, tuple[list[Any], list[tuple[str, str, datetime]]]]:
+        """Configuration sections and undelivered or unstarted commands of many gateways,
+        two queries for all of them (links opening together ask together)."""
+        c = commands_table.c
+        out: dict[str, tuple[list[Any], list[tuple[str, str, datetime]]]] = {
+            g: ([], []) for g in gateway_ids
+        }
+        async with self.store.engine.connect() as conn:
+            for row in await conn.execute(
+                sa.select(gateway_config).where(gateway_config.c.gateway_id.in_(gateway_ids))
+            ):
+                out[row.gateway_id][0].append(row)
+            for row in await conn.execute(
+                sa.select(c.gateway_id, c.command_id, c.state, c.expires_at)
+                .where(
+                    c.gateway_id.in_(gateway_ids),
+                    c.state.in_([CommandState.QUEUED.value, CommandState.DELIVERED.value]),
+                    c.expires_at > _now(),
+                )
+                .order_by(c.created_at)
+            ):
+                out[row.gateway_id][1].append((row.command_id, row.state, row.expires_at))
+        return out
 
     def register(self, message_type: type, handler: MessageHandler) -> None:
         """Add the handler of one message type; a second handler for the same type is a bug."""
@@ -96,36 +126,20 @@ class GatewayService:
         """What waits for the gateway: configuration it has not applied (every section when
         a link just opened), then queued unexpired commands, marked delivered, oldest first."""
         now = _now()
-        states = [CommandState.QUEUED.value]
-        if redeliver:
-            # A response may have been lost: delivered-not-started goes again (the agent runs
-            # an id at most once).
-            states.append(CommandState.DELIVERED.value)
-        c = commands_table.c
-        async with self.store.engine.connect() as conn:  # one checkout for both questions
-            sections = (
-                await conn.execute(
-                    sa.select(gateway_config).where(gateway_config.c.gateway_id == gateway_id)
-                )
-            ).all()
-            command_ids = (
-                (
-                    await conn.execute(
-                        sa.select(c.command_id)
-                        .where(c.gateway_id == gateway_id, c.state.in_(states), c.expires_at > now)
-                        .order_by(c.created_at)
-                        .limit(OUTGOING_LIMIT)
-                    )
-                )
-                .scalars()
-                .all()
-            )
+        waiting = await self._waiting.get(gateway_id)
+        sections, pending = waiting if waiting is not None else ([], [])
         out: list[Message] = [
             ConfigUpdate(section=r.section, version=r.version, data=dict(r.data))
             for r in sections
             if link_opened or r.applied_version != r.version
         ]
-        commands = list(command_ids)
+        # A delivered-not-started command goes again only when the answer that carried it may
+        # have been lost (a new link, an HTTPS exchange); the agent runs an id at most once.
+        commands = [
+            command_id
+            for command_id, state, expires_at in pending
+            if expires_at > now and (redeliver or state == CommandState.QUEUED.value)
+        ][:OUTGOING_LIMIT]
         for command in commands:
             try:
                 record = await self.store.apply_command_event(

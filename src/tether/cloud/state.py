@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from tether.cloud.batching import BatchLoader
 from tether.cloud.health import HealthService
 from tether.cloud.identity import GatewayIdentity, gateway_identity
 from tether.cloud.ingest import IngestPipeline
@@ -14,6 +15,7 @@ from tether.cloud.service import GatewayService
 from tether.cloud.settings import CloudSettings
 from tether.cloud.store import Store
 from tether.cloud.store.links import LinkStore
+from tether.cloud.store.records import CertificateRecord
 from tether.cloud.store.telemetry import TelemetryStore
 from tether.pki.ca import CertificateAuthority
 
@@ -31,6 +33,11 @@ class CloudState:
     ingest: IngestPipeline
     links: LinkStore
     health: HealthService
+    certificates: BatchLoader[str, CertificateRecord] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Certificate checks of links opening together are answered by one query.
+        self.certificates = BatchLoader(self.store.get_certificates)
 
     async def gateway_identity(self, request: web.Request) -> GatewayIdentity:
         return await gateway_identity(
@@ -39,6 +46,7 @@ class CloudState:
             ca=self.ca,
             trusted_proxies=self.settings.trusted_proxies,
             header=self.settings.client_cert_header,
+            certificates=self.certificates,
         )
 
 

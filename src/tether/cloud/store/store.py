@@ -631,6 +631,17 @@ class Store:
             ).first()
         return None if row is None else _certificate(row._mapping)
 
+    async def get_certificates(self, serials: list[str]) -> dict[str, CertificateRecord]:
+        """Several certificates in one query, by serial (lower-case hex keys)."""
+        wanted = [s.lower() for s in serials]
+        async with self._read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(certificates).where(certificates.c.serial_hex.in_(wanted))
+                )
+            ).all()
+        return {row.serial_hex: _certificate(row._mapping) for row in rows}
+
     async def certificate_is_valid(self, serial_hex: str, *, now: datetime) -> bool:
         """Known, unrevoked, its gateway unrevoked, and *now* within its validity period."""
         c, g = certificates.c, gateways.c
