@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .errors import StoreError, UnknownRole
 from .models import UTCDateTime, api_tokens, audit_log, metadata
 from .records import ROLES, ApiTokenRecord, AuditRecord
-from .store import _WRITE, Store
+from .store import _WRITE, Store, _api_token, _audit
 
 __all__ = [
     "AccountStore",
@@ -151,31 +151,6 @@ def _user(row: RowMapping) -> UserRecord:
         password_changed_at=row["password_changed_at"],
         disabled_at=row["disabled_at"],
         last_login_at=row["last_login_at"],
-    )
-
-
-def _api_token(row: RowMapping) -> ApiTokenRecord:
-    return ApiTokenRecord(
-        token_id=row["token_id"],
-        name=row["name"],
-        role=row["role"],
-        created_at=row["created_at"],
-        created_by=row["created_by"],
-        expires_at=row["expires_at"],
-        revoked_at=row["revoked_at"],
-        last_used_at=row["last_used_at"],
-    )
-
-
-def _audit(row: RowMapping) -> AuditRecord:
-    return AuditRecord(
-        audit_id=int(row["audit_id"]),
-        at=row["at"],
-        actor=row["actor"],
-        action=row["action"],
-        target=row["target"],
-        detail=None if row["detail"] is None else dict(row["detail"]),
-        source=row["source"],
     )
 
 
