@@ -29,9 +29,21 @@ from tether import __version__
 from tether.cloud import api, console, est, poll
 from tether.cloud.accounts import Accounts
 from tether.cloud.health import FleetCollector, HealthService, metrics_handler
-from tether.cloud.identity import IdentityError
+from tether.cloud.identity import (
+    ERROR_HEADER,
+    GatewayIdentity,
+    IdentityError,
+    connection_identity,
+)
 from tether.cloud.ingest import IngestPipeline
-from tether.cloud.link import LinkHub, WebSocketLink, max_ws_message
+from tether.cloud.link import (
+    AiohttpChannel,
+    LinkChannel,
+    LinkHub,
+    WebSocketLink,
+    max_ws_message,
+    serve_aiohttp_link,
+)
 from tether.cloud.service import GatewayService
 from tether.cloud.settings import CloudSettings
 from tether.cloud.state import STATE_KEY, CloudState
@@ -40,6 +52,8 @@ from tether.cloud.store.health import HealthStore
 from tether.cloud.store.links import LinkStore
 from tether.cloud.store.telemetry import TelemetryStore
 from tether.cloud.tls import server_ssl_context
+from tether.cloud.tlsserver import TLSServer, start_tls_server
+from tether.cloud.wsserver import FrontDoor, HandshakeRefused, LinkConnection, RequestHead
 from tether.netreq import serve
 from tether.netreq.model import Manifest, is_valid_hostname
 from tether.netreq.own import DeploymentSettings, build_own_manifest
@@ -182,6 +196,8 @@ async def long_poll_probe(request: web.Request) -> web.Response:
 
 
 async def link(request: web.Request) -> web.StreamResponse:
+    """A link upgrade on a connection aiohttp already serves (the first request of a connection
+    goes to :class:`~tether.cloud.wsserver.FrontDoor`, which opens links itself)."""
     if "probe" in request.query:
         return await link_probe(request)
     state: CloudState = request.app[STATE_KEY]
@@ -197,19 +213,107 @@ async def link(request: web.Request) -> web.StreamResponse:
         max_msg_size=max_ws_message(state.settings.max_frame),
     )
     await ws.prepare(request)
-    conn = WebSocketLink(
-        ws,
+    conn = _new_link(state, AiohttpChannel(ws), identity, request.remote)
+    await serve_aiohttp_link(ws, conn)
+    return ws
+
+
+def _new_link(
+    state: CloudState, channel: LinkChannel, identity: GatewayIdentity, peer: str | None
+) -> WebSocketLink:
+    return WebSocketLink(
+        channel,
         identity,
         service=state.service,
         hub=state.hub,
         store=state.store,
         links=state.links,
-        peer=request.remote,
+        peer=peer,
         heartbeat_interval=state.settings.heartbeat_interval,
         max_frame=state.settings.max_frame,
     )
-    await conn.run()
-    return ws
+
+
+async def open_link(
+    state: CloudState, head: RequestHead, connection: LinkConnection
+) -> WebSocketLink:
+    """Who is calling on a link upgrade the front door took; raise HandshakeRefused if no one
+    the cloud will link with."""
+    peername = connection.transport.get_extra_info("peername")
+    remote = str(peername[0]) if peername else None
+    try:
+        identity = await connection_identity(
+            transport=connection.transport,
+            remote=remote,
+            header_value=head.headers.get(state.settings.client_cert_header.lower()),
+            store=state.store,
+            ca=state.ca,
+            trusted_proxies=state.settings.trusted_proxies,
+            header=state.settings.client_cert_header,
+            certificates=state.certificates,
+        )
+    except IdentityError as exc:
+        log.warning("link refused from %s: %s", remote, exc.reason_text)
+        raise HandshakeRefused(
+            exc.status_code, exc.reason_text, ((ERROR_HEADER, exc.reason_text),)
+        ) from None
+    return _new_link(state, connection, identity, remote)
+
+
+class FrontDoorSite(web.BaseSite):
+    """The one TLS port: links through :class:`~tether.cloud.wsserver.FrontDoor`, everything
+    else through the aiohttp application."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext,
+        backlog: int,
+        reuse_port: bool,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._reuse_port = reuse_port
+        self._opening: set[asyncio.Task[None]] = set()
+        self._app_runner = runner
+        self._tls: TLSServer | None = None
+
+    @property
+    def name(self) -> str:
+        return f"https://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        http = self._app_runner.server
+        assert http is not None
+        state = self._app_runner.app[STATE_KEY]
+        max_message = max_ws_message(state.settings.max_frame)
+        opening = self._opening
+
+        async def opener(head: RequestHead, connection: LinkConnection) -> WebSocketLink:
+            return await open_link(state, head, connection)
+
+        def front_door() -> FrontDoor:
+            return FrontDoor(http, opener, max_message=max_message, tasks=opening)
+
+        assert self._ssl_context is not None
+        self._tls = start_tls_server(
+            front_door,
+            self._host,
+            self._port,
+            ctx=self._ssl_context,
+            backlog=self._backlog,
+            reuse_port=self._reuse_port,
+        )
+
+    async def stop(self) -> None:
+        if self._tls is not None:
+            self._tls.close()
+        await super().stop()
 
 
 async def _sweep(state: CloudState) -> None:
@@ -259,7 +363,9 @@ def build_app(settings: CloudSettings) -> web.Application:
         ca = CertificateAuthority.load_or_create(settings.pki_dir)
         store = await Store.open(settings.database)
         await _bootstrap_admin(settings, store)
-        hub = LinkHub()
+        # Liveness is checked to a twentieth of its timeout: cheap at 10,000 links, and a
+        # silent link still ends well within a heartbeat of its deadline.
+        hub = LinkHub(sweep_interval=min(5.0, max(0.02, settings.heartbeat_interval * 2.5 / 20)))
         service = GatewayService(store)
         telemetry = TelemetryStore(store.engine)
         ingest = IngestPipeline(telemetry)
@@ -284,15 +390,17 @@ def build_app(settings: CloudSettings) -> web.Application:
         )
         app[STATE_KEY] = state
         sweeper = asyncio.get_running_loop().create_task(_sweep(state))
+        link_sweeper = asyncio.get_running_loop().create_task(hub.sweep())
 
         async def notified(payload: str) -> None:
             await _on_notify(state, payload)
 
         async with store.listen_commands(notified):
             yield
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in (sweeper, link_sweeper):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await hub.close_all(CloseCode.GOING_AWAY, "cloud shutting down")
         await ingest.stop()
         await store.close()
@@ -362,12 +470,12 @@ async def run(
     app = build_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(
+    site = FrontDoorSite(
         runner,
         settings.listen_host,
         settings.listen_port,
         ssl_context=ctx,
-        reuse_port=reuse_port or None,
+        reuse_port=reuse_port,
         backlog=4096,
     )
     await site.start()

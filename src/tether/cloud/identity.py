@@ -23,7 +23,13 @@ from tether.cloud.store.records import CertificateRecord
 from tether.cloud.tls import PeerCertificate, peer_certificate
 from tether.pki.ca import CertificateAuthority
 
-__all__ = ["ERROR_HEADER", "GatewayIdentity", "IdentityError", "gateway_identity"]
+__all__ = [
+    "ERROR_HEADER",
+    "GatewayIdentity",
+    "IdentityError",
+    "connection_identity",
+    "gateway_identity",
+]
 
 #: Response header with the reason a gateway was refused (mirrored in tether.gateway.link).
 ERROR_HEADER = "X-Tether-Error"
@@ -53,25 +59,28 @@ class GatewayIdentity:
     via_proxy: bool
 
 
-def _certificate_from_tls(request: web.Request) -> PeerCertificate | None:
-    transport = request.transport
-    if transport is None:
+def _certificate_from_transport(transport: object) -> PeerCertificate | None:
+    get_extra_info = getattr(transport, "get_extra_info", None)
+    if get_extra_info is None:
         return None
-    ssl_object = transport.get_extra_info("ssl_object")
-    if not isinstance(ssl_object, ssl.SSLObject):
+    ssl_object = get_extra_info("ssl_object")
+    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
         return None
     return peer_certificate(ssl_object.getpeercert(binary_form=True))
 
 
 def _certificate_from_header(
-    request: web.Request, header: str, trusted: tuple[str, ...], ca: CertificateAuthority
+    value: str | None,
+    remote: str | None,
+    header: str,
+    trusted: tuple[str, ...],
+    ca: CertificateAuthority,
 ) -> PeerCertificate | None:
-    value = request.headers.get(header)
     if value is None:
         return None
-    if request.remote not in trusted:
+    if remote not in trusted:
         raise IdentityError(
-            f"header {header} is accepted only from a trusted proxy, not from {request.remote}",
+            f"header {header} is accepted only from a trusted proxy, not from {remote}",
             status=400,
         )
     try:
@@ -97,10 +106,35 @@ async def gateway_identity(
     certificates: BatchLoader[str, CertificateRecord] | None = None,
 ) -> GatewayIdentity:
     """Return the calling gateway or raise :class:`IdentityError` saying why not."""
-    peer = _certificate_from_header(request, header, trusted_proxies, ca)
+    return await connection_identity(
+        transport=request.transport,
+        remote=request.remote,
+        header_value=request.headers.get(header),
+        store=store,
+        ca=ca,
+        trusted_proxies=trusted_proxies,
+        header=header,
+        certificates=certificates,
+    )
+
+
+async def connection_identity(
+    *,
+    transport: object,
+    remote: str | None,
+    header_value: str | None,
+    store: Store,
+    ca: CertificateAuthority,
+    trusted_proxies: tuple[str, ...],
+    header: str,
+    certificates: BatchLoader[str, CertificateRecord] | None = None,
+) -> GatewayIdentity:
+    """The gateway behind a connection: its TLS client certificate, or the certificate a
+    trusted proxy put in *header* (*header_value*); raise :class:`IdentityError` if none."""
+    peer = _certificate_from_header(header_value, remote, header, trusted_proxies, ca)
     via_proxy = peer is not None
     if peer is None:
-        peer = _certificate_from_tls(request)
+        peer = _certificate_from_transport(transport)
     if peer is None:
         raise IdentityError("a gateway client certificate is required", status=401)
     now = datetime.now(UTC)

@@ -9,11 +9,14 @@ at once and a revoked gateway's link closed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from datetime import UTC, datetime
+from typing import Protocol
 
 from aiohttp import WSMsgType, web
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,6 +28,7 @@ from tether.cloud.store.links import LinkStore
 from tether.protocol.codec import HEADER
 from tether.protocol.messages import CloseCode, ErrorReport, Message, TelemetryBatch
 from tether.protocol.session import (
+    Event,
     FrameRejected,
     HelloReceived,
     LinkClosed,
@@ -34,23 +38,59 @@ from tether.protocol.session import (
     SessionState,
 )
 
-__all__ = ["LinkHub", "WebSocketLink"]
+__all__ = [
+    "AiohttpChannel",
+    "LinkChannel",
+    "LinkHub",
+    "WebSocketLink",
+    "max_ws_message",
+    "serve_aiohttp_link",
+]
 
 log = logging.getLogger(__name__)
 
 
 class LinkHub:
-    """The links held by this process, by gateway id."""
+    """The links held by this process: open ones by gateway id, and every live one (opening
+    included) for the sweeper that enforces handshake and liveness deadlines."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, sweep_interval: float = 1.0) -> None:
         self._links: dict[str, WebSocketLink] = {}
+        self._live: set[WebSocketLink] = set()
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.sweep_interval = sweep_interval
 
     def __len__(self) -> int:
         return len(self._links)
 
     def get(self, gateway_id: str) -> WebSocketLink | None:
         return self._links.get(gateway_id)
+
+    def track(self, link: WebSocketLink) -> None:
+        self._live.add(link)
+
+    def untrack(self, link: WebSocketLink) -> None:
+        self._live.discard(link)
+
+    def spawn(self, work: Coroutine[object, object, None]) -> None:
+        """Run *work* in the background; :meth:`close_all` waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("link clean-up failed: %s", exc)
+
+    async def sweep(self) -> None:
+        """Call :meth:`WebSocketLink.tick` on every link whose deadline passed, forever."""
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            now = time.monotonic()
+            for link in [link for link in self._live if link.session.next_deadline() <= now]:
+                link.tick(now)
 
     def register(self, link: WebSocketLink) -> WebSocketLink | None:
         """Make *link* the gateway's link; return the one it replaces, if any."""
@@ -93,18 +133,69 @@ class LinkHub:
         return True
 
     async def close_all(self, code: str, reason: str) -> None:
+        """Close every link and wait for their clean-up (link state, requeued commands)."""
         await asyncio.gather(
-            *(link.close(code, reason) for link in list(self._links.values())),
+            *(link.close(code, reason) for link in list(self._live)),
             return_exceptions=True,
         )
+        for link in list(self._live):
+            link.transport_lost()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
+
+
+class LinkChannel(Protocol):
+    """How a link writes: the lean server's :class:`~tether.cloud.wsserver.LinkConnection`,
+    or :class:`AiohttpChannel` for an upgrade that arrived on a connection aiohttp serves."""
+
+    def write_frames(self, frames: list[bytes]) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def close_transport(self, code: int = ..., reason: str = ...) -> None: ...
+
+
+#: Reading pauses while this many received frames wait for the link to handle them.
+_BACKLOG_PAUSE = 32
+_BACKLOG_RESUME = 8
 
 
 class WebSocketLink:
-    """One gateway's WebSocket link."""
+    """One gateway's WebSocket link, driven by its channel's callbacks.
+
+    A frame is fed to the session the moment it arrives; heartbeats are answered right there.
+    Messages that need the store are handled in order by one task that exists only while there
+    is such work (frames arriving meanwhile wait in a backlog, and reading pauses if it grows).
+    Telemetry batches are handled beside that order, so a window of them keeps flowing while
+    each waits for its group commit. The hub's sweeper calls :meth:`tick` for liveness.
+    """
+
+    __slots__ = (
+        "_background",
+        "_backlog",
+        "_deliver_lock",
+        "_lost",
+        "_worker",
+        "channel",
+        "gateway_id",
+        "hub",
+        "identity",
+        "links",
+        "peer",
+        "service",
+        "session",
+        "store",
+    )
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        channel: LinkChannel,
         identity: GatewayIdentity,
         *,
         service: GatewayService,
@@ -115,7 +206,7 @@ class WebSocketLink:
         heartbeat_interval: float,
         max_frame: int,
     ) -> None:
-        self.ws = ws
+        self.channel = channel
         self.gateway_id = identity.gateway_id
         self.identity = identity
         self.service = service
@@ -129,50 +220,89 @@ class WebSocketLink:
             heartbeat_interval=heartbeat_interval,
             max_frame=max_frame,
         )
-        self._send_lock = asyncio.Lock()
-        self._deliver_lock = asyncio.Lock()
-        self._background: set[asyncio.Task[None]] = set()
+        self._backlog: collections.deque[bytes] | None = None  # not None while the worker runs
+        self._worker: asyncio.Task[None] | None = None
+        self._deliver_lock: asyncio.Lock | None = None
+        self._background: set[asyncio.Task[None]] | None = None
+        self._lost = False
+        hub.track(self)
 
-    async def run(self) -> None:
-        try:
-            await self._loop()
-        finally:
-            if self.session.state is not SessionState.CLOSED:
-                self.session.close(CloseCode.GOING_AWAY, "link ended")
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.flush()
-            if not self.ws.closed:
-                await self.ws.close()
-            if self.hub.unregister(self):
-                now = datetime.now(UTC)
-                await self.store.set_link_state(self.gateway_id, linked=False, now=now)
-                await self.store.requeue_delivered(self.gateway_id, now=now)
+    # -- from the channel ------------------------------------------------------------------------
 
-    async def _loop(self) -> None:
+    def frame_received(self, data: bytes) -> None:
+        backlog = self._backlog
+        if backlog is not None:
+            backlog.append(data)
+            if len(backlog) == _BACKLOG_PAUSE:
+                self.channel.pause_reading()
+            return
         session = self.session
-        while session.state is not SessionState.CLOSED:
-            # aiohttp reads a timeout of 0 as "none": never pass it, or a deadline that is
-            # due now would wait for a frame that may never come.
-            timeout = max(0.001, session.next_deadline() - time.monotonic())
-            try:
-                msg = await self.ws.receive(timeout=timeout)
-            except TimeoutError:
-                session.tick(time.monotonic())
-                await self.flush()
-                continue
-            now = time.monotonic()
-            if msg.type is WSMsgType.BINARY:
-                session.receive_frame(msg.data, now=now)
-            elif msg.type is WSMsgType.TEXT:
-                session.receive_frame(msg.data.encode(), now=now)
-            else:  # CLOSE, CLOSING, CLOSED, ERROR: the transport is gone
-                session.close(CloseCode.GOING_AWAY, f"websocket {msg.type.name.lower()}")
-                break
-            # Handling one event may raise another (accept() raises LinkOpened): drain them all.
-            while events := session.events():
-                for event in events:
-                    await self._on_event(event)
-            await self.flush()
+        session.receive_frame(data, now=time.monotonic())
+        events = session.events()
+        if events:
+            self._backlog = collections.deque()
+            self._worker = asyncio.get_running_loop().create_task(self._work(events))
+        else:
+            self._flush()
+
+    def transport_lost(self) -> None:
+        """The connection is gone: forget the link and put back what it was given."""
+        if self._lost:
+            return
+        self._lost = True
+        if self.session.state is not SessionState.CLOSED:
+            self.session.close(CloseCode.GOING_AWAY, "link ended")
+        self.hub.untrack(self)
+        if self.hub.unregister(self):
+            self.hub.spawn(self._forget())
+
+    def tick(self, now: float) -> None:
+        """Liveness and handshake deadlines (the hub's sweeper calls this when one is due)."""
+        self.session.tick(now)
+        if self.session.state is SessionState.CLOSED:
+            for event in self.session.events():
+                if isinstance(event, LinkClosed):
+                    log.info(
+                        "gateway %s link closed: %s %s", self.gateway_id, event.code, event.reason
+                    )
+            self._flush()
+
+    # -- work ------------------------------------------------------------------------------------
+
+    async def _work(self, events: list[Event]) -> None:
+        session = self.session
+        backlog = self._backlog
+        assert backlog is not None
+        try:
+            while True:
+                while events:
+                    for event in events:
+                        await self._on_event(event)
+                    events = session.events()  # accept() raises LinkOpened, and so on
+                self._flush()
+                if not backlog or session.state is SessionState.CLOSED:
+                    break
+                if len(backlog) == _BACKLOG_RESUME:
+                    self.channel.resume_reading()
+                session.receive_frame(backlog.popleft(), now=time.monotonic())
+                events = session.events()
+        except Exception:  # a bug must not leave the link half-handled: close it, say why
+            log.exception("gateway %s: link handler failed", self.gateway_id)
+            session.close(CloseCode.GOING_AWAY, "the cloud failed to handle a message")
+            self._flush()
+        finally:
+            if len(backlog) >= _BACKLOG_RESUME:
+                self.channel.resume_reading()
+            self._backlog = None
+            self._worker = None
+        # Frames that arrived after the last look are fed on the normal path.
+        for data in backlog:
+            self.frame_received(data)
+
+    async def _forget(self) -> None:
+        now = datetime.now(UTC)
+        await self.store.set_link_state(self.gateway_id, linked=False, now=now)
+        await self.store.requeue_delivered(self.gateway_id, now=now)
 
     async def _on_event(self, event: object) -> None:
         session = self.session
@@ -195,9 +325,7 @@ class WebSocketLink:
             )
             log.info("gateway %s linked (agent %s)", self.gateway_id, event.hello.agent_version)
         elif isinstance(event, LinkOpened):
-            task = asyncio.get_running_loop().create_task(self.deliver(link_opened=True))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self.deliver(link_opened=True))
         elif isinstance(event, LinkClosed):
             log.info("gateway %s link closed: %s %s", self.gateway_id, event.code, event.reason)
         elif isinstance(event, FrameRejected):
@@ -205,11 +333,16 @@ class WebSocketLink:
         elif isinstance(event, TelemetryBatch):
             # Acknowledged after the group commit: do not stop reading while it happens, so a
             # window of batches (and any command update between them) keeps flowing.
-            task = asyncio.get_running_loop().create_task(self._handle_later(event))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._handle_later(event))
         else:
             self._send_all(await self._handle(event))  # type: ignore[arg-type]
+
+    def _in_background(self, work: Coroutine[object, object, None]) -> None:
+        if self._background is None:
+            self._background = set()
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _handle(self, message: Message) -> list[Message]:
         """The service's answer; a store failure refuses this one message, not the link."""
@@ -228,25 +361,31 @@ class WebSocketLink:
 
     async def _handle_later(self, message: Message) -> None:
         self._send_all(await self._handle(message))
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.flush()
+        self._flush()
+        await self.channel.drain()
 
     def _send_all(self, messages: list[Message]) -> None:
         for message in messages:
             if self.session.state is SessionState.OPEN:
                 self.session.send(message)
 
+    def _flush(self) -> None:
+        frames = self.session.data_to_send()
+        if frames:
+            self.channel.write_frames(frames)
+        if self.session.state is SessionState.CLOSED:
+            self.channel.close_transport()
+
     async def flush(self) -> None:
-        async with self._send_lock:
-            for frame in self.session.data_to_send():
-                if self.ws.closed:
-                    return
-                await self.ws.send_bytes(frame)
+        self._flush()
+        await self.channel.drain()
 
     async def deliver(self, *, link_opened: bool = False) -> None:
         """Send whatever waits for this gateway (configuration, queued commands)."""
         if self.session.state is not SessionState.OPEN:
             return
+        if self._deliver_lock is None:
+            self._deliver_lock = asyncio.Lock()
         async with self._deliver_lock:
             # A new link also takes what an older one (perhaps on a process that died) was given
             # but never started: the agent runs an id at most once, so sending again is harmless.
@@ -254,14 +393,95 @@ class WebSocketLink:
                 self.gateway_id, link_opened=link_opened, redeliver=link_opened
             )
             self._send_all(outgoing)
-            with contextlib.suppress(ConnectionError):
-                await self.flush()
+            await self.flush()
 
     async def close(self, code: str, reason: str) -> None:
         self.session.close(code, reason)
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.flush()
+        await self.flush()
+
+
+class AiohttpChannel:
+    """A :class:`LinkChannel` over aiohttp's WebSocket, for the upgrade that arrives on a
+    connection aiohttp already serves (a reused keep-alive connection, a test server)."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self._outgoing: collections.deque[bytes] = collections.deque()
+        self._ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        if self._closing:
+            return
+        self._outgoing.extend(frames)
+        self._idle.clear()
+        self._ready.set()
+
+    async def drain(self) -> None:
+        await self._idle.wait()
+
+    def pause_reading(self) -> None:
+        """aiohttp's reader is paused by the loop in :func:`serve_aiohttp_link` instead."""
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self._closing or self.ws.closed
+
+    def close_transport(self, code: int = 1000, reason: str = "") -> None:
+        self._closing = True
+        self._ready.set()
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                while self._outgoing:
+                    frame = self._outgoing.popleft()
+                    if self.ws.closed:
+                        self._outgoing.clear()
+                        break
+                    await self.ws.send_bytes(frame)
+                self._idle.set()
+                if self._closing:
+                    break
+        except (ConnectionError, RuntimeError):
+            self._outgoing.clear()
+            self._idle.set()
         await self.ws.close()
+
+    async def finish(self) -> None:
+        self.close_transport()
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._writer
+
+
+async def serve_aiohttp_link(ws: web.WebSocketResponse, link: WebSocketLink) -> None:
+    """Feed *link* from aiohttp's WebSocket until the connection ends."""
+    channel = link.channel
+    assert isinstance(channel, AiohttpChannel)
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.BINARY:
+                link.frame_received(msg.data)
+            elif msg.type is WSMsgType.TEXT:
+                link.frame_received(msg.data.encode())
+            else:
+                break
+            worker = link._worker
+            backlog = link._backlog
+            if worker is not None and backlog is not None and len(backlog) >= _BACKLOG_PAUSE:
+                await asyncio.wait([worker])  # aiohttp reads on only when the link caught up
+            if channel.is_closing():
+                break
+    finally:
+        link.transport_lost()
+        await channel.finish()
 
 
 def max_ws_message(max_frame: int) -> int:
