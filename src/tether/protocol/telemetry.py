@@ -4,6 +4,9 @@ An :class:`Observation` is one value of one point at one instant. It is encoded 
 array (``array_like``), so a list of them costs little more than the values themselves:
 ``["b1/ahu-1/sat", 1718000000.0, 13.2, "good"]``.
 
+:func:`observation_columns` turns a list of observations into four field lists with one C-level
+pass per field: what bulk validation and bulk inserts work on, with no Python code per row.
+
 Discovery describes what a connector found in the field: :class:`DeviceInfo` (a physical or
 logical device) and :class:`PointInfo` (one readable, maybe writable, value of a device). The
 link's batch messages that carry these types are defined with the link, not here.
@@ -12,6 +15,9 @@ link's batch messages that carry these types are defined with the link, not here
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
+from operator import attrgetter
+from typing import NamedTuple
 
 import msgspec
 
@@ -19,12 +25,14 @@ __all__ = [
     "DeviceInfo",
     "Discovery",
     "Observation",
+    "ObservationColumns",
     "PointInfo",
     "PointKind",
     "Quality",
     "Value",
     "decode_observations",
     "encode_observations",
+    "observation_columns",
 ]
 
 Value = float | int | bool | str
@@ -38,13 +46,41 @@ class Quality(enum.StrEnum):
     BAD = "bad"  # communication failure, sensor fault; the value is a placeholder
 
 
-class Observation(msgspec.Struct, frozen=True, array_like=True):
-    """One value of one point at one instant (``ts`` in unix seconds)."""
+class Observation(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One value of one point at one instant (``ts`` in unix seconds).
+
+    Its fields are atoms (it can never be part of a reference cycle), so it is not tracked by
+    the garbage collector: the many observations a cloud holds while a group commits do not
+    make every collection walk them.
+    """
 
     point_id: str
     ts: float
     value: Value
     quality: str = Quality.GOOD.value
+
+
+class ObservationColumns(NamedTuple):
+    """The fields of a list of observations, one list per field, in the same order."""
+
+    point_ids: list[str]
+    ts: list[float]
+    values: list[Value]
+    qualities: list[str]
+
+
+_FIELDS = tuple(attrgetter(name) for name in Observation.__struct_fields__)
+
+
+def observation_columns(observations: Sequence[Observation]) -> ObservationColumns:
+    """The observations as columns (``map`` of an ``attrgetter`` per field: no Python per row)."""
+    point_id, ts, value, quality = _FIELDS
+    return ObservationColumns(
+        list(map(point_id, observations)),
+        list(map(ts, observations)),
+        list(map(value, observations)),
+        list(map(quality, observations)),
+    )
 
 
 class PointKind(enum.StrEnum):

@@ -8,25 +8,39 @@ Bulk paths: ``executemany`` on SQLite, ``COPY`` on PostgreSQL (asyncpg), inside 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from itertools import chain, islice, repeat
+from operator import le
+from typing import Any, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.cloud.store.models import JSONDocument, UTCDateTime, metadata
 from tether.cloud.store.store import dialect_insert, write_transaction
-from tether.protocol.telemetry import DeviceInfo, Observation, PointInfo
+from tether.protocol.telemetry import (
+    DeviceInfo,
+    Observation,
+    ObservationColumns,
+    PointInfo,
+    observation_columns,
+)
 
 __all__ = [
     "BatchOutcome",
+    "BatchRows",
     "IncomingBatch",
     "ObservationRow",
     "PointRecord",
     "StreamRecord",
     "TelemetryStore",
+    "batch_rows",
     "devices",
     "observations",
     "points",
@@ -92,16 +106,109 @@ points = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+_T = TypeVar("_T")
+
 _COLUMNS = ("gateway_id", "point_id", "ts", "value_num", "value_text", "quality")
+_SQLITE_INSERT = (
+    "INSERT INTO observations (gateway_id, point_id, ts, value_num, value_text, quality) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_SQLITE_ENSURE_STREAM = (
+    "INSERT INTO telemetry_streams (gateway_id, stream, updated_at) VALUES (?, ?, ?) "
+    "ON CONFLICT DO NOTHING"
+)
+_SQLITE_MARK = "SELECT hwm FROM telemetry_streams WHERE gateway_id = ? AND stream = ?"
+_SQLITE_ADVANCE = (
+    "UPDATE telemetry_streams SET hwm = ?, accepted = accepted + ?, "
+    "duplicates = duplicates + ?, gaps = gaps + ?, updated_at = ? "
+    "WHERE gateway_id = ? AND stream = ?"
+)
+# Ties on time go to the later observation, within a group as across groups.
+_SET_LAST = (
+    "UPDATE points SET last_ts = {0}, last_value_num = {1}, last_value_text = {2}, "
+    "updated_at = {3} WHERE gateway_id = {4} AND point_id = {5} "
+    "AND (last_ts IS NULL OR last_ts <= {0})"
+)
+_SQLITE_SET_LAST = _SET_LAST.format(*"???????")
+_POSTGRES_SET_LAST = _SET_LAST.format(*(f"${i}" for i in range(1, 7)))
+_NUMERIC = frozenset((float, int, bool))
+
+#: A point's newest value in a batch: (ts, value_num, value_text).
+Latest = tuple[float, float | None, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRows:
+    """A batch as the store writes it, column by column (values split into number and text),
+    and the newest value of each of its points."""
+
+    point_ids: list[str]
+    ts: list[float]
+    nums: list[float | None]
+    texts: list[str | None] | None  # None: the batch holds no text value
+    qualities: list[str]
+    latest: dict[str, Latest]
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def rows(self, gateway_id: str) -> Iterator[tuple[Any, ...]]:
+        """The observation rows (``_COLUMNS`` order), each made as the bulk path takes it."""
+        texts: Iterable[str | None] = repeat(None) if self.texts is None else self.texts
+        return zip(
+            repeat(gateway_id),
+            self.point_ids,
+            self.ts,
+            self.nums,
+            texts,
+            self.qualities,
+            strict=False,
+        )
+
+
+def batch_rows(
+    observations: Sequence[Observation], columns: ObservationColumns | None = None
+) -> BatchRows:
+    """What the store writes of ``observations`` (``columns`` if the caller has them already).
+
+    Numeric values (the usual case) take C-level passes over whole columns; a batch holding
+    text, or observations out of time order, takes a loop over its rows.
+    """
+    point_ids, ts, values, qualities = columns or observation_columns(observations)
+    nums: list[float | None]
+    texts: list[str | None] | None
+    if set(map(type, values)) <= _NUMERIC:
+        nums, texts = list(map(float, values)), None
+    else:
+        split = [_split_value(v) for v in values]
+        nums, texts = [num for num, _ in split], [text for _, text in split]
+    every_text: Iterable[str | None] = repeat(None) if texts is None else texts
+    if all(map(le, ts, islice(ts, 1, None))):
+        # In time order: a point's newest value is its last (a dict keeps the last of a key).
+        latest: dict[str, Latest] = dict(
+            zip(point_ids, zip(ts, nums, every_text, strict=False), strict=False)
+        )
+    else:
+        latest = {}
+        for point_id, t, num, text in zip(point_ids, ts, nums, every_text, strict=False):
+            seen = latest.get(point_id)
+            if seen is None or seen[0] <= t:
+                latest[point_id] = (t, num, text)
+    return BatchRows(point_ids, ts, nums, texts, qualities, latest)
 
 
 @dataclass(frozen=True, slots=True)
 class IncomingBatch:
+    """A validated batch of one gateway's stream, ready to commit. ``rows`` may be prepared by
+    the caller (outside the transaction); otherwise :meth:`TelemetryStore.commit_batches`
+    prepares them before it begins."""
+
     gateway_id: str
     stream: str
     first_seq: int
     last_seq: int
     observations: Sequence[Observation]
+    rows: BatchRows | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,12 +256,147 @@ def _split_value(value: object) -> tuple[float | None, str | None]:
     return None, str(value)
 
 
+@dataclass(slots=True)
+class _Plan:
+    """What one group's transaction writes, given the marks it read."""
+
+    outcomes: list[BatchOutcome]
+    rows: list[Iterator[tuple[Any, ...]]]  # each accepted batch's rows
+    streams: list[tuple[str, str, int, int, int, int]]  # (gateway, stream, hwm, +acc, +dup, +gap)
+    latest: dict[tuple[str, str], Latest]  # (gateway, point) -> newest value
+
+
+def _plan(
+    batches: Sequence[IncomingBatch],
+    prepared: Sequence[BatchRows],
+    marks: dict[tuple[str, str], int],
+) -> _Plan:
+    """Cut each batch to what lies above its stream's mark, advancing the marks in order."""
+    start = dict(marks)
+    marks = dict(marks)
+    tallies = {key: [0, 0, 0] for key in marks}
+    plan = _Plan([], [], [], {})
+    latest = plan.latest
+    for batch, whole in zip(batches, prepared, strict=True):
+        key = (batch.gateway_id, batch.stream)
+        mark = marks[key]
+        if batch.last_seq <= mark:
+            outcome = BatchOutcome(0, len(batch.observations), 0)
+        else:
+            skip = max(0, mark - batch.first_seq + 1)
+            gap = max(0, batch.first_seq - mark - 1)
+            # A batch partly sent before (rare): its new tail only.
+            ready = batch_rows(batch.observations[skip:]) if skip else whole
+            gateway_id = batch.gateway_id
+            plan.rows.append(ready.rows(gateway_id))
+            for point_id, newest in ready.latest.items():
+                seen = latest.get((gateway_id, point_id))
+                if seen is None or seen[0] <= newest[0]:
+                    latest[(gateway_id, point_id)] = newest
+            marks[key] = batch.last_seq
+            outcome = BatchOutcome(len(ready), skip, gap)
+        tally = tallies[key]
+        tally[0] += outcome.accepted
+        tally[1] += outcome.duplicates
+        tally[2] += outcome.gap
+        plan.outcomes.append(outcome)
+    plan.streams = [
+        (g, s, marks[(g, s)], accepted, duplicates, gaps)
+        for (g, s), (accepted, duplicates, gaps) in tallies.items()
+        if marks[(g, s)] != start[(g, s)] or duplicates
+    ]
+    return plan
+
+
+def _sqlite_commit(
+    db: sqlite3.Connection,
+    batches: Sequence[IncomingBatch],
+    prepared: Sequence[BatchRows],
+    stamp: Any,
+) -> list[BatchOutcome]:
+    """A group's whole transaction on SQLite, run on the connection's own thread."""
+    keys = list(dict.fromkeys((b.gateway_id, b.stream) for b in batches))
+    with _sqlite_transaction(db):
+        # BEGIN IMMEDIATE took the write lock: no other writer can pass these marks meanwhile.
+        db.executemany(_SQLITE_ENSURE_STREAM, [(g, s, stamp) for g, s in keys])
+        marks = {(g, s): int(db.execute(_SQLITE_MARK, (g, s)).fetchone()[0]) for g, s in keys}
+        plan = _plan(batches, prepared, marks)
+        if plan.rows:
+            db.executemany(_SQLITE_INSERT, chain.from_iterable(plan.rows))
+        if plan.streams:
+            db.executemany(
+                _SQLITE_ADVANCE,
+                [(h, a, d, gp, stamp, g, s) for g, s, h, a, d, gp in plan.streams],
+            )
+        if plan.latest:
+            db.executemany(
+                _SQLITE_SET_LAST,
+                [(t, num, text, stamp, g, p, t) for (g, p), (t, num, text) in plan.latest.items()],
+            )
+    return plan.outcomes
+
+
+def _sqlite_insert(db: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    with _sqlite_transaction(db):
+        db.executemany(_SQLITE_INSERT, rows)
+
+
+@contextmanager
+def _sqlite_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (the connection is in autocommit
+    mode: see the store's engine set-up)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:
+            db.rollback()
+        raise
+    db.execute("COMMIT")
+
+
+async def _in_sqlite_thread(driver: Any, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    """Run ``work`` with the sqlite3 connection under an aiosqlite connection, on that
+    connection's thread: a whole transaction for one hand-over between the event loop and the
+    thread (each statement awaited apart would wait its turn behind the loop's other work)."""
+    connection: sqlite3.Connection = driver._conn
+    result: _T = await driver._execute(work, connection)
+    return result
+
+
+def _driver_errors(dialect: str) -> tuple[type[BaseException], ...]:
+    """What the driver itself raises (statements run on its own connection bypass SQLAlchemy's
+    translation)."""
+    if dialect == "postgresql":
+        return (asyncpg.PostgresError, asyncpg.InterfaceError)
+    return (sqlite3.Error,)
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    """The driver's own connection (aiosqlite or asyncpg) under a SQLAlchemy connection."""
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    if driver is None:
+        raise RuntimeError("the connection was invalidated")
+    return driver
+
+
 class TelemetryStore:
     """Telemetry operations on the store's engine (see :attr:`Store.engine`)."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.dialect: str = engine.dialect.name
+        self._driver_errors = _driver_errors(self.dialect)
+        self._stamp_processor = points.c.updated_at.type.bind_processor(engine.dialect)
+
+    @contextmanager
+    def _on_driver(self, statement: str) -> Iterator[None]:
+        """Driver errors raised as SQLAlchemy's, as every other statement's are."""
+        try:
+            yield
+        except self._driver_errors as exc:
+            raise sa.exc.DBAPIError(statement, None, exc) from exc
 
     # -- ingest ------------------------------------------------------------------------------
 
@@ -162,56 +404,55 @@ class TelemetryStore:
         """Commit a group of batches in one transaction; outcomes in the same order."""
         if not batches:
             return []
+        # Everything done per row happens before the transaction begins.
+        prepared = [b.rows or batch_rows(b.observations) for b in batches]
         now = datetime.now(UTC)
+        if self.dialect == "sqlite":
+            async with self.engine.connect() as conn:
+                driver = await _driver(conn)
+                with self._on_driver("telemetry group commit"):
+                    return await _in_sqlite_thread(
+                        driver,
+                        partial(
+                            _sqlite_commit,
+                            batches=batches,
+                            prepared=prepared,
+                            stamp=self._stamp(now),
+                        ),
+                    )
+        return await self._postgres_commit(batches, prepared, now)
+
+    async def _postgres_commit(
+        self, batches: Sequence[IncomingBatch], prepared: Sequence[BatchRows], now: datetime
+    ) -> list[BatchOutcome]:
         keys = list(dict.fromkeys((b.gateway_id, b.stream) for b in batches))
         async with write_transaction(self.engine) as conn:
-            # Taking the write lock first (SQLite) and locking the marks (PostgreSQL) makes
-            # two writers of the same stream queue up instead of both passing the same mark.
+            # Locking the marks makes two writers of the same stream queue up instead of both
+            # passing the same mark.
             await conn.execute(
                 dialect_insert(self.dialect, telemetry_streams).on_conflict_do_nothing(),
                 [{"gateway_id": g, "stream": s, "updated_at": now} for g, s in keys],
             )
-            query = sa.select(
-                telemetry_streams.c.gateway_id, telemetry_streams.c.stream, telemetry_streams.c.hwm
-            ).where(sa.tuple_(telemetry_streams.c.gateway_id, telemetry_streams.c.stream).in_(keys))
-            if self.dialect == "postgresql":
-                query = query.with_for_update()
+            query = (
+                sa.select(
+                    telemetry_streams.c.gateway_id,
+                    telemetry_streams.c.stream,
+                    telemetry_streams.c.hwm,
+                )
+                .where(
+                    sa.tuple_(telemetry_streams.c.gateway_id, telemetry_streams.c.stream).in_(keys)
+                )
+                .with_for_update()
+            )
             marks = {(g, s): int(h) for g, s, h in (await conn.execute(query)).all()}
-            start_marks = dict(marks)
-            outcomes: list[BatchOutcome] = []
-            rows: list[tuple[Any, ...]] = []
-            tallies: dict[tuple[str, str], list[int]] = {k: [0, 0, 0] for k in keys}
-            latest: dict[tuple[str, str], tuple[float, object]] = {}
-            for batch in batches:
-                key = (batch.gateway_id, batch.stream)
-                mark = marks[key]
-                if batch.last_seq <= mark:
-                    outcome = BatchOutcome(0, len(batch.observations), 0)
-                else:
-                    skip = max(0, mark - batch.first_seq + 1)
-                    gap = max(0, batch.first_seq - mark - 1)
-                    fresh = batch.observations[skip:]
-                    for o in fresh:
-                        num, text = _split_value(o.value)
-                        rows.append((batch.gateway_id, o.point_id, o.ts, num, text, o.quality))
-                        pkey = (batch.gateway_id, o.point_id)
-                        if pkey not in latest or latest[pkey][0] < o.ts:
-                            latest[pkey] = (o.ts, o.value)
-                    marks[key] = batch.last_seq
-                    outcome = BatchOutcome(len(fresh), skip, gap)
-                tally = tallies[key]
-                tally[0] += outcome.accepted
-                tally[1] += outcome.duplicates
-                tally[2] += outcome.gap
-                outcomes.append(outcome)
-            if rows:
-                await self._bulk_insert(conn, rows)
-            changed = [
-                {"g": g, "s": s, "h": marks[(g, s)], "a": t[0], "d": t[1], "gp": t[2], "u": now}
-                for (g, s), t in tallies.items()
-                if marks[(g, s)] != start_marks[(g, s)] or t[1]
-            ]
-            if changed:
+            plan = _plan(batches, prepared, marks)
+            driver = await _driver(conn)
+            if plan.rows:
+                with self._on_driver("COPY observations"):
+                    await driver.copy_records_to_table(
+                        "observations", records=chain.from_iterable(plan.rows), columns=_COLUMNS
+                    )
+            if plan.streams:
                 await conn.execute(
                     telemetry_streams.update()
                     .where(
@@ -225,56 +466,42 @@ class TelemetryStore:
                         gaps=telemetry_streams.c.gaps + sa.bindparam("gp"),
                         updated_at=sa.bindparam("u"),
                     ),
-                    changed,
+                    [
+                        {"g": g, "s": s, "h": h, "a": a, "d": d, "gp": gp, "u": now}
+                        for g, s, h, a, d, gp in plan.streams
+                    ],
                 )
-            if latest:
-                await self._update_last_values(conn, latest, now)
-        return outcomes
+            if plan.latest:
+                stamp = self._stamp(now)
+                with self._on_driver(_POSTGRES_SET_LAST):
+                    await driver.executemany(
+                        _POSTGRES_SET_LAST,
+                        [
+                            (t, num, text, stamp, g, p)
+                            for (g, p), (t, num, text) in plan.latest.items()
+                        ],
+                    )
+        return plan.outcomes
 
-    async def _bulk_insert(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
-        if self.dialect == "postgresql":
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            await driver.copy_records_to_table("observations", records=rows, columns=_COLUMNS)
-        else:
-            await conn.exec_driver_sql(
-                "INSERT INTO observations (gateway_id, point_id, ts, value_num, value_text, "
-                "quality) VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-
-    async def _update_last_values(
-        self,
-        conn: AsyncConnection,
-        latest: dict[tuple[str, str], tuple[float, object]],
-        now: datetime,
-    ) -> None:
-        params = []
-        for (gateway_id, point_id), (ts, value) in latest.items():
-            num, text = _split_value(value)
-            params.append({"g": gateway_id, "p": point_id, "t": ts, "n": num, "x": text, "u": now})
-        await conn.execute(
-            points.update()
-            .where(
-                points.c.gateway_id == sa.bindparam("g"),
-                points.c.point_id == sa.bindparam("p"),
-                sa.or_(points.c.last_ts.is_(None), points.c.last_ts < sa.bindparam("t")),
-            )
-            .values(
-                last_ts=sa.bindparam("t"),
-                last_value_num=sa.bindparam("n"),
-                last_value_text=sa.bindparam("x"),
-                updated_at=sa.bindparam("u"),
-            ),
-            params,
-        )
+    def _stamp(self, now: datetime) -> Any:
+        """``now`` as the driver takes it for an ``updated_at`` column."""
+        return now if self._stamp_processor is None else self._stamp_processor(now)
 
     async def raw_insert(self, rows: list[tuple[Any, ...]]) -> None:
         """Insert observation rows with the bulk path and nothing else (the benchmark's
-        reference for what ingest costs on top)."""
+        reference for what ingest costs on top): ``COPY`` on PostgreSQL, on SQLite one
+        ``executemany`` in one transaction handed to the connection's thread whole, as ingest's
+        group commit is."""
+        if self.dialect == "sqlite":
+            async with self.engine.connect() as conn:
+                driver = await _driver(conn)
+                with self._on_driver(_SQLITE_INSERT):
+                    await _in_sqlite_thread(driver, partial(_sqlite_insert, rows=rows))
+            return
         async with write_transaction(self.engine) as conn:
-            await self._bulk_insert(conn, rows)
+            driver = await _driver(conn)
+            with self._on_driver("COPY observations"):
+                await driver.copy_records_to_table("observations", records=rows, columns=_COLUMNS)
 
     async def record_drops(self, gateway_id: str, stream: str, total: int) -> None:
         now = datetime.now(UTC)
