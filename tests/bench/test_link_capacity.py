@@ -38,6 +38,12 @@ def test_percentile_is_nearest_rank() -> None:
     assert lc.percentile([5.0], 99) == 5.0
 
 
+def test_server_timing_durations_are_read_in_seconds() -> None:
+    header = "auth;dur=0.040, queue;desc=commit;dur=1.5,push;dur=bad, total;dur=2"
+    assert lc.server_timing(header) == {"auth": 0.00004, "queue": 0.0015, "total": 0.002}
+    assert lc.server_timing("") == {}
+
+
 def test_receive_timeout_is_never_zero() -> None:
     # aiohttp takes receive(timeout=0) for "no timeout": a deadline just passed must still wake.
     assert lc.until(0.0) == lc.MIN_WAIT
@@ -94,11 +100,30 @@ def test_bench_connects_every_link_and_measures_every_figure(
         assert figures["latency_p99_ms"] >= figures["latency_p50_ms"]
         assert figures["latency_samples"] == 20
 
+    tether = recorded["systems"]["tether"]
+    # Commit → gateway is part of API POST start → gateway, sample by sample.
+    assert 0 < tether["cloud_push_p50_ms"] <= tether["latency_p50_ms"]
+    assert tether["cloud_push_p99_ms"] <= tether["latency_p99_ms"]
+    assert set(tether["server_steps"]) == {
+        "answer (client)",
+        "auth",
+        "queue",
+        "push",
+        "mark",
+        "total",
+    }
+    for system in ("ws_echo", "mosquitto"):
+        assert recorded["systems"][system]["cloud_push_p99_ms"] is None
+
     rows = {row["figure"]: row for row in recorded["comparisons"]}
     assert set(rows) == {key for key, *_ in lc.TARGETS}
     for key, row in rows.items():
         assert row["ratio"] > 0, key
         assert row["ratio"] == pytest.approx(row["tether"] / row["mosquitto"])
+    # The cloud-side rows hold Mosquitto's own publish → receive figure as the reference.
+    mosquitto = recorded["systems"]["mosquitto"]
+    assert rows["cloud_push_p99_ms"]["mosquitto"] == mosquitto["latency_p99_ms"]
+    assert rows["cloud_push_p99_ms"]["tether"] == tether["cloud_push_p99_ms"]
     out = capsys.readouterr().out
     assert "tether/mosq" in out
     assert "CPU per mTLS handshake" in out

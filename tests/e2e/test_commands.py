@@ -121,3 +121,26 @@ async def test_command_queued_while_offline_runs_when_the_gateway_links(
         done = await wait_command(api, waiting["id"])
         assert done["state"] == "succeeded"
         assert gw.agent.ledger.get(waiting["id"]) is not None
+
+
+async def test_a_pushed_command_is_answered_delivered_with_its_timing(
+    api: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    gw = await start_agent("building-1")
+    response = await api.post(
+        f"/api/v1/gateways/{gw.gateway_id}/commands", json={"kind": "ping", "args": {}}
+    )
+    assert response.status_code == 201, response.text
+    sent = response.json()
+    # The link is held by this cloud process: pushed and recorded delivered before the answer.
+    assert sent["state"] in ("delivered", "running", "succeeded"), sent
+    assert sent["delivered_at"] is not None
+    steps = [part.split(";")[0] for part in response.headers["Server-Timing"].split(", ")]
+    assert steps == ["auth", "queue", "push", "mark", "total"]
+    done = await wait_command(api, sent["id"])
+    assert done["state"] == "succeeded", done
+    assert done["delivered_at"] == sent["delivered_at"]
+    audit = (await api.get("/api/v1/audit")).json()
+    [entry] = [a for a in audit if a["action"] == "command.send" and a["target"] == sent["id"]]
+    assert entry["detail"] == {"gateway": gw.gateway_id, "kind": "ping"}
+    assert entry["source"] == "127.0.0.1"

@@ -3,15 +3,28 @@
 Each route names its permission, its request and response types; the OpenAPI document is built
 from the same table and the same msgspec types the handlers decode and encode, so the two cannot
 drift apart.
+
+A bearer token the store accepted is believed for :data:`TOKEN_CACHE_SECONDS` without asking the
+store again (each check is a write: it stamps ``last_used_at``). A token revoked, its user
+disabled or its role changed through this API is checked afresh at once (a change to users or
+tokens empties the cache); a change made elsewhere (the console, another cloud process or node)
+takes effect within :data:`TOKEN_CACHE_SECONDS`.
+
+Every answer carries a ``Server-Timing`` header (W3C Server Timing) with the time its steps took
+in this process: ``auth``, then the route's own steps, then ``total``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import time
+import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from aiohttp import web
@@ -19,13 +32,22 @@ from aiohttp import web
 from tether import __version__
 from tether.cloud import accounts
 from tether.cloud.state import STATE_KEY, CloudState
+from tether.cloud.store import Store
 from tether.cloud.store.errors import GatewayRevoked, GatewayUnknown
-from tether.cloud.store.records import CommandRecord, GatewayRecord
+from tether.cloud.store.records import ApiTokenRecord, CommandRecord, GatewayRecord
 from tether.protocol.commands import CommandEvent, CommandState, IllegalTransition
 from tether.protocol.enrollment import encode_code
 from tether.protocol.messages import CloseCode
 
-__all__ = ["PERMISSIONS", "ROUTES", "ApiRoute", "Principal", "api_routes", "openapi_document"]
+__all__ = [
+    "PERMISSIONS",
+    "ROUTES",
+    "TOKEN_CACHE_SECONDS",
+    "ApiRoute",
+    "Principal",
+    "api_routes",
+    "openapi_document",
+]
 
 # --- roles ----------------------------------------------------------------------------------
 
@@ -287,6 +309,70 @@ async def _decode(request: web.Request, kind: type[Any]) -> Any:
         raise _error(400, f"invalid request body: {exc}") from None
 
 
+#: How long an accepted API token is believed without asking the store (see the module doc).
+TOKEN_CACHE_SECONDS: Final = 1.0
+_TOKEN_CACHE_SIZE: Final = 4096
+
+
+class _TokenCache:
+    """Tokens the store accepted, by the SHA-256 of their secret, with when it said so."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, ApiTokenRecord]] = {}
+
+    @staticmethod
+    def key(secret: str) -> str:
+        return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+    def get(self, key: str, *, now: datetime) -> ApiTokenRecord | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        checked, record = entry
+        if time.monotonic() - checked >= TOKEN_CACHE_SECONDS or (
+            record.expires_at is not None and record.expires_at <= now
+        ):
+            del self._entries[key]
+            return None
+        return record
+
+    def put(self, key: str, record: ApiTokenRecord) -> None:
+        if len(self._entries) >= _TOKEN_CACHE_SIZE:
+            self._entries.clear()  # rare (thousands of live tokens): start over, stay bounded
+        self._entries[key] = (time.monotonic(), record)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+# One cache per store (several clouds may run in one process, e.g. in tests).
+_token_caches: weakref.WeakKeyDictionary[Store, _TokenCache] = weakref.WeakKeyDictionary()
+
+
+def _token_cache(store: Store) -> _TokenCache:
+    cache = _token_caches.get(store)
+    if cache is None:
+        cache = _token_caches[store] = _TokenCache()
+    return cache
+
+
+#: Routes whose success may change what a token may do (users, their roles and tokens).
+_ACCOUNT_HANDLERS: Final = frozenset(spec.handler for spec in accounts.API_ROUTES)
+
+# ``Server-Timing`` steps of the API request being handled: (name, milliseconds). A context
+# variable, not a request key: the console runs these handlers with a stand-in request.
+_timing: ContextVar[list[tuple[str, float]] | None] = ContextVar("server_timing", default=None)
+
+
+def _step(name: str, started: float) -> float:
+    """Record the step *name* as having run from *started* (perf_counter) until now."""
+    now = time.perf_counter()
+    steps = _timing.get()
+    if steps is not None:
+        steps.append((name, (now - started) * 1e3))
+    return now
+
+
 async def authenticate(request: web.Request, state: CloudState) -> Principal:
     session = await accounts.api_session(request)  # the console's cookie, when no bearer token
     if session is not None:
@@ -300,22 +386,43 @@ async def authenticate(request: web.Request, state: CloudState) -> Principal:
             content_type="application/json",
             headers={"WWW-Authenticate": 'Bearer realm="tether"'},
         )
-    record = await state.store.authenticate_api_token(secret.strip(), now=datetime.now(UTC))
+    secret = secret.strip()
+    now = datetime.now(UTC)
+    cache = _token_cache(state.store)
+    key = cache.key(secret)
+    record = cache.get(key, now=now)
     if record is None:
-        raise _error(401, "API token unknown, expired or revoked")
+        record = await state.store.authenticate_api_token(secret, now=now)
+        if record is None:
+            raise _error(401, "API token unknown, expired or revoked")
+        cache.put(key, record)
     return Principal(name=record.name, role=record.role, token_id=record.token_id)
 
 
 def _wrap(route: ApiRoute) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    account_change = route.handler in _ACCOUNT_HANDLERS and route.method != "GET"
+
     async def handler(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        steps: list[tuple[str, float]] = []
+        _timing.set(steps)  # this request's task has its own context
         state: CloudState = request.app[STATE_KEY]
         principal = await authenticate(request, state)
         if principal.role not in PERMISSIONS[route.permission]:
             raise _error(403, f"role {principal.role!r} may not {route.permission}")
-        result = await route.handler(request, state, principal)
-        if isinstance(result, web.StreamResponse):
-            return result
-        return _json(result, route.status)
+        _step("auth", started)
+        try:
+            result = await route.handler(request, state, principal)
+        finally:
+            if account_change:
+                _token_cache(state.store).clear()
+        response = result if isinstance(result, web.StreamResponse) else _json(result, route.status)
+        if not response.prepared:
+            _step("total", started)
+            response.headers["Server-Timing"] = ", ".join(
+                f"{name};dur={ms:.3f}" for name, ms in steps
+            )
+        return response
 
     return handler
 
@@ -383,6 +490,13 @@ async def revoke_gateway(request: web.Request, state: CloudState, p: Principal) 
 
 
 async def send_command(request: web.Request, state: CloudState, p: Principal) -> CommandOut:
+    """Queue the command and its audit entry in one transaction, then push it to the
+    gateway's link if this process holds it (from memory, no second read), then tell the
+    other processes; answer once its delivery, if any, is recorded.
+
+    Server-Timing steps: ``queue`` (the transaction, from the ``created_at`` stamp to the
+    commit), ``push`` (the wake-up: the CommandRequest handed to the link's socket), ``mark``
+    (waiting for the grouped write that records it delivered)."""
     gateway_id = request.match_info["gateway_id"]
     body: CommandIn = await _decode(request, CommandIn)
     if not _KIND.fullmatch(body.kind):
@@ -393,6 +507,7 @@ async def send_command(request: web.Request, state: CloudState, p: Principal) ->
             raise _error(400, "ttl_seconds must be within (0, 2592000]")
         ttl = timedelta(seconds=body.ttl_seconds)
     now = datetime.now(UTC)
+    started = time.perf_counter()
     try:
         record = await state.store.create_command(
             gateway_id=gateway_id,
@@ -401,23 +516,29 @@ async def send_command(request: web.Request, state: CloudState, p: Principal) ->
             expires_at=now + ttl,
             created_by=p.actor,
             now=now,
+            source=request.remote,
         )
     except GatewayUnknown:
         raise _error(404, f"no gateway {gateway_id!r}") from None
     except GatewayRevoked:
         raise _error(409, f"gateway {gateway_id!r} is revoked") from None
-    await _audit(
-        request,
-        state,
-        p,
-        "command.send",
-        record.command_id,
-        {"gateway": gateway_id, "kind": body.kind},
-    )
-    await state.hub.wake(gateway_id)
+    started = _step("queue", started)
+    state.service.offer(record)
+    try:
+        await state.hub.wake(gateway_id)
+    finally:
+        state.service.withdraw(gateway_id, record.command_id)  # no link here took it
+    started = _step("push", started)
     await state.store.notify_command(gateway_id)
-    fresh = await state.store.get_command(record.command_id)
-    return _command_out(fresh or record)
+    delivered_at = await state.service.delivery_marked(record.command_id)
+    if delivered_at is not None:
+        record = replace(
+            record, state=CommandState.DELIVERED, delivered_at=delivered_at, updated_at=delivered_at
+        )
+    else:  # not sent from memory here (no link here, or a read of what waits sent it)
+        record = await state.store.get_command(record.command_id) or record
+    _step("mark", started)
+    return _command_out(record)
 
 
 async def list_commands(request: web.Request, state: CloudState, p: Principal) -> list[CommandOut]:

@@ -4,23 +4,32 @@ The WebSocket tier and the HTTPS tiers both call :meth:`GatewayService.handle` f
 gateway sent and send back what it returns; they call :meth:`GatewayService.outgoing` to collect
 what waits for the gateway (queued commands, configuration). So a command or a telemetry batch
 means the same on every tier: only the latency differs.
+
+A command the operator API just committed is *offered* here (:meth:`GatewayService.offer`) before
+the API wakes the gateway's link: the link's next :meth:`~GatewayService.outgoing` sends it from
+memory, without reading the store, and marks it delivered afterwards in a grouped write. The
+command was durable before it was offered, so nothing depends on that mark: a command whose mark
+never lands stays queued and goes again later (the agent runs an id at most once).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 
 from tether.cloud.batching import BatchLoader
 from tether.cloud.store import Store
 from tether.cloud.store.config import ConfigStore, gateway_config
 from tether.cloud.store.errors import CommandNotFound
 from tether.cloud.store.models import commands as commands_table
+from tether.cloud.store.records import CommandRecord
 from tether.protocol.commands import CommandEvent, CommandState, IllegalTransition
 from tether.protocol.messages import (
     CommandRequest,
@@ -38,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Commands handed out in one answer at most (the rest follow in the next).
 OUTGOING_LIMIT = 100
+#: Ids of commands sent from memory that a plain read of what waits skips (the latest ones).
+SENT_MEMORY = 16_384
 
 MessageHandler = Callable[[str, Message], Awaitable[list[Message]]]
 
@@ -50,6 +61,24 @@ _UPDATE_EVENTS = {
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class _Pending(NamedTuple):
+    """A queued or delivered-not-started command, as the store's read of what waits saw it."""
+
+    command_id: str
+    state: str
+    expires_at: datetime
+    kind: str
+    args: dict[str, Any]
+
+
+def _request(
+    command_id: str, kind: str, args: dict[str, Any], expires_at: datetime
+) -> CommandRequest:
+    return CommandRequest(
+        command_id=command_id, kind=kind, args=dict(args), expires_at=expires_at.timestamp()
+    )
 
 
 def _storable(result: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -69,9 +98,20 @@ class GatewayService:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.config = ConfigStore(store.engine)
-        self._waiting: BatchLoader[str, tuple[list[Any], list[tuple[str, str, datetime]]]] = (
-            BatchLoader(self._load_waiting)
+        self._waiting: BatchLoader[str, tuple[list[Any], list[_Pending]]] = BatchLoader(
+            self._load_waiting
         )
+        # Commands committed by this process's API, not yet sent: gateway → id → request.
+        self._offers: dict[str, dict[str, CommandRequest]] = {}
+        # Delivery marks not yet committed: the group filling up, and each command's group.
+        self._marks: list[str] = []
+        self._marks_at: datetime | None = None
+        self._marks_done: asyncio.Future[tuple[set[str], datetime]] | None = None
+        self._marking: dict[str, asyncio.Future[tuple[set[str], datetime]]] = {}
+        self._mark_writer: asyncio.Task[None] | None = None
+        # Sent from memory (latest first out): a read that began before their mark committed
+        # would see them queued. Only a new link or an HTTPS exchange sends them again.
+        self._sent: dict[str, None] = {}
         self._handlers: dict[type, MessageHandler] = {
             CommandUpdate: self._command_update,
             ConfigAck: self._config_ack,
@@ -79,20 +119,18 @@ class GatewayService:
 
     async def _load_waiting(
         self, gateway_ids: list[str]
-    ) -> dict[str, tuple[list[Any], list[tuple[str, str, datetime]]]]:
+    ) -> dict[str, tuple[list[Any], list[_Pending]]]:
         """Configuration sections and undelivered or unstarted commands of many gateways,
         two queries for all of them (links opening together ask together)."""
         c = commands_table.c
-        out: dict[str, tuple[list[Any], list[tuple[str, str, datetime]]]] = {
-            g: ([], []) for g in gateway_ids
-        }
+        out: dict[str, tuple[list[Any], list[_Pending]]] = {g: ([], []) for g in gateway_ids}
         async with self.store.engine.connect() as conn:
             for row in await conn.execute(
                 sa.select(gateway_config).where(gateway_config.c.gateway_id.in_(gateway_ids))
             ):
                 out[row.gateway_id][0].append(row)
             for row in await conn.execute(
-                sa.select(c.gateway_id, c.command_id, c.state, c.expires_at)
+                sa.select(c.gateway_id, c.command_id, c.state, c.expires_at, c.kind, c.args)
                 .where(
                     c.gateway_id.in_(gateway_ids),
                     c.state.in_([CommandState.QUEUED.value, CommandState.DELIVERED.value]),
@@ -100,7 +138,9 @@ class GatewayService:
                 )
                 .order_by(c.created_at)
             ):
-                out[row.gateway_id][1].append((row.command_id, row.state, row.expires_at))
+                out[row.gateway_id][1].append(
+                    _Pending(row.command_id, row.state, row.expires_at, row.kind, dict(row.args))
+                )
         return out
 
     def register(self, message_type: type, handler: MessageHandler) -> None:
@@ -120,11 +160,49 @@ class GatewayService:
             ]
         return await handler(gateway_id, message)
 
+    def offer(self, record: CommandRecord) -> None:
+        """A command was just committed for a gateway that may hold a link to this process:
+        the next :meth:`outgoing` for it sends the command from memory. Call :meth:`withdraw`
+        once the wake-up is done, for the case no link here took it."""
+        self._offers.setdefault(record.gateway_id, {})[record.command_id] = _request(
+            record.command_id, record.kind, record.args, record.expires_at
+        )
+
+    def withdraw(self, gateway_id: str, command_id: str) -> bool:
+        """Forget an offer no link took; True if it was still waiting."""
+        offers = self._offers.get(gateway_id)
+        if offers is None or offers.pop(command_id, None) is None:
+            return False
+        if not offers:
+            del self._offers[gateway_id]
+        return True
+
+    async def delivery_marked(self, command_id: str) -> datetime | None:
+        """Wait for the delivery mark of a command sent from memory, if one is being written:
+        its ``delivered_at`` once committed; None if no mark is pending or the store did not
+        take it (the command moved on meanwhile, or the write failed)."""
+        done = self._marking.get(command_id)
+        if done is None:
+            return None
+        moved, at = await asyncio.shield(done)
+        return at if command_id in moved else None
+
     async def outgoing(
         self, gateway_id: str, *, link_opened: bool = False, redeliver: bool = False
     ) -> list[Message]:
         """What waits for the gateway: configuration it has not applied (every section when
-        a link just opened), then queued unexpired commands, marked delivered, oldest first."""
+        a link just opened), then queued unexpired commands, marked delivered, oldest first.
+
+        Commands offered by the API (:meth:`offer`) are the whole answer when there are some
+        and the link is not new: sent from memory, marked delivered after the send, in a
+        grouped write. Every call that takes no offer reads the store, so a wake-up for any
+        other reason (configuration, a command from another node) is still answered in full:
+        if this call took an offer meant for another wake-up, that one reads the store."""
+        if not (link_opened or redeliver):
+            fresh = self._take_offers(gateway_id)
+            if fresh:
+                self._mark_later([r.command_id for r in fresh])
+                return list(fresh)
         now = _now()
         waiting = await self._waiting.get(gateway_id)
         sections, pending = waiting if waiting is not None else ([], [])
@@ -135,27 +213,69 @@ class GatewayService:
         ]
         # A delivered-not-started command goes again only when the answer that carried it may
         # have been lost (a new link, an HTTPS exchange); the agent runs an id at most once.
+        # One sent from memory was sent, whatever this read saw of its mark: not again here.
         commands = [
-            command_id
-            for command_id, state, expires_at in pending
-            if expires_at > now and (redeliver or state == CommandState.QUEUED.value)
-        ][:OUTGOING_LIMIT]
-        for command in commands:
-            try:
-                record = await self.store.apply_command_event(
-                    command, CommandEvent.DELIVER, now=now, gateway_id=gateway_id
-                )
-            except IllegalTransition:
-                continue  # cancelled or expired meanwhile, or another node delivered it
-            out.append(
-                CommandRequest(
-                    command_id=record.command_id,
-                    kind=record.kind,
-                    args=dict(record.args),
-                    expires_at=record.expires_at.timestamp(),
-                )
+            p
+            for p in pending
+            if p.expires_at > now
+            and (
+                redeliver
+                or (p.state == CommandState.QUEUED.value and p.command_id not in self._sent)
             )
+        ][:OUTGOING_LIMIT]
+        for p in commands:  # the read covers these offers: they go now, not again later
+            self.withdraw(gateway_id, p.command_id)
+        if not commands:
+            return out
+        # Cancelled, expired or started meanwhile (perhaps through another node): not sent.
+        # Stamped after the read: it may have seen commands created after ``now``.
+        moved = await self.store.deliver_commands([p.command_id for p in commands], now=_now())
+        out.extend(
+            _request(p.command_id, p.kind, p.args, p.expires_at)
+            for p in commands
+            if p.command_id in moved
+        )
         return out
+
+    def _take_offers(self, gateway_id: str) -> list[CommandRequest]:
+        offers = self._offers.pop(gateway_id, None)
+        if not offers:
+            return []
+        now = _now().timestamp()
+        live = [r for r in offers.values() if r.expires_at > now]
+        if len(live) > OUTGOING_LIMIT:
+            self._offers[gateway_id] = {r.command_id: r for r in live[OUTGOING_LIMIT:]}
+        return live[:OUTGOING_LIMIT]
+
+    def _mark_later(self, command_ids: list[str]) -> None:
+        """Mark commands delivered in the next grouped write (stamped with the latest send)."""
+        if self._marks_done is None:
+            self._marks_done = asyncio.get_running_loop().create_future()
+        for command_id in command_ids:
+            self._marking[command_id] = self._marks_done
+            self._sent[command_id] = None
+        while len(self._sent) > SENT_MEMORY:
+            del self._sent[next(iter(self._sent))]
+        self._marks.extend(command_ids)
+        self._marks_at = _now()
+        if self._mark_writer is None or self._mark_writer.done():
+            self._mark_writer = asyncio.get_running_loop().create_task(self._write_marks())
+
+    async def _write_marks(self) -> None:
+        while self._marks and self._marks_done is not None and self._marks_at is not None:
+            ids, at, done = self._marks, self._marks_at, self._marks_done
+            self._marks, self._marks_at, self._marks_done = [], None, None
+            moved: set[str] = set()
+            try:
+                moved = await self.store.deliver_commands(ids, now=at)
+            except (SQLAlchemyError, OSError) as exc:
+                # They stay queued: the next read of what waits for their gateways sends them.
+                log.error("%d commands sent but not marked delivered: %s", len(ids), exc)
+            finally:
+                for command_id in ids:
+                    if self._marking.get(command_id) is done:
+                        del self._marking[command_id]
+                done.set_result((moved, at))
 
     async def _config_ack(self, gateway_id: str, message: Message) -> list[Message]:
         assert isinstance(message, ConfigAck)
@@ -186,6 +306,9 @@ class GatewayService:
                     ref=message.command_id,
                 )
             ]
+        # A delivery mark of this command still being written lands first (delivered, then
+        # running: the record keeps the order the agent saw).
+        await self.delivery_marked(message.command_id)
         try:
             await self.store.apply_command_event(
                 message.command_id,

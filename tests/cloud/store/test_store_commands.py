@@ -362,3 +362,45 @@ async def test_commands_of_a_revoked_gateway_are_kept(gateway_store: Store) -> N
         count = await conn.scalar(sa.text("SELECT count(*) FROM commands"))
     assert count == 1
     assert await gateway_store.get_command(record.command_id) == record
+
+
+async def test_a_queued_command_and_its_audit_entry_commit_together(gateway_store: Store) -> None:
+    record = await gateway_store.create_command(
+        gateway_id="gw-1",
+        kind="ping",
+        args={},
+        expires_at=NOW + HOUR,
+        created_by="alice (operator)",
+        now=NOW,
+        source="198.51.100.7",
+    )
+    [entry] = await gateway_store.list_audit()
+    assert (entry.action, entry.target, entry.actor) == (
+        "command.send",
+        record.command_id,
+        "alice (operator)",
+    )
+    assert (entry.at, entry.source) == (NOW, "198.51.100.7")
+    assert entry.detail == {"gateway": "gw-1", "kind": "ping"}
+    # A refused command leaves neither a command nor an audit entry behind.
+    with pytest.raises(GatewayUnknown):
+        await _command(gateway_store, "gw-nope")
+    assert [c.command_id for c in await gateway_store.list_commands()] == [record.command_id]
+    assert len(await gateway_store.list_audit()) == 1
+
+
+async def test_deliver_commands_moves_only_what_the_table_allows(gateway_store: Store) -> None:
+    queued = await _bring_to(gateway_store, S.QUEUED)
+    delivered = await _bring_to(gateway_store, S.DELIVERED)
+    running = await _bring_to(gateway_store, S.RUNNING)
+    cancelled = await _bring_to(gateway_store, S.CANCELLED)
+    ids = [queued.command_id, delivered.command_id, running.command_id, cancelled.command_id]
+    later = NOW + MINUTE
+    moved = await gateway_store.deliver_commands([*ids, "0" * 32, queued.command_id], now=later)
+    assert moved == {queued.command_id, delivered.command_id}
+    states = {c.command_id: (c.state, c.delivered_at) for c in await gateway_store.list_commands()}
+    assert states[queued.command_id] == (S.DELIVERED, later)
+    assert states[delivered.command_id] == (S.DELIVERED, later)  # redelivered: stamped again
+    assert states[running.command_id] == (S.RUNNING, NOW)
+    assert states[cancelled.command_id] == (S.CANCELLED, None)
+    assert await gateway_store.deliver_commands([], now=later) == set()

@@ -8,6 +8,19 @@ there first, so no two nodes ever apply an event to the same state twice.
 
 On SQLite, write transactions begin with ``BEGIN IMMEDIATE``: they queue on the database's write
 lock (bounded by a busy timeout) instead of failing when a read snapshot turns out stale.
+
+The command path's writes (queueing a command with its audit entry, marking commands delivered)
+are written once, as functions of a synchronous connection. On a SQLite file they run whole on
+one writer thread with its own connection (:class:`_SqliteWriter`): one hop from the event loop
+per transaction, and the write lock is never held across event-loop turns. The aiosqlite path
+costs three or four thread hops per statement, each waiting for a turn of a loop that may be
+serving thousands of links. Elsewhere (PostgreSQL, an in-memory database) the same functions run
+through ``AsyncConnection.run_sync``.
+
+SQLite runs in WAL mode with ``synchronous = NORMAL``: a committed transaction survives the cloud
+process dying or restarting (it is in the WAL, which the operating system holds); a power cut or
+kernel crash may lose the last transactions before the next checkpoint, never the database's
+integrity. ``FULL`` would sync the WAL on every commit.
 """
 
 from __future__ import annotations
@@ -17,11 +30,12 @@ import hashlib
 import secrets
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 from alembic import command as alembic_command
@@ -193,10 +207,10 @@ def _audit(row: RowMapping) -> AuditRecord:
 # --- engine set-up -------------------------------------------------------------------------
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: sa.Engine) -> None:
     """WAL, foreign keys, a busy timeout, and BEGIN under our control (IMMEDIATE for writes)."""
 
-    @sa.event.listens_for(engine.sync_engine, "connect")
+    @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: object) -> None:
         # Stop the driver from issuing its own deferred BEGIN; the "begin" hook below does it.
         dbapi_connection.isolation_level = None
@@ -208,7 +222,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         finally:
             cursor.close()
 
-    @sa.event.listens_for(engine.sync_engine, "begin")
+    @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get(_WRITE, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -283,16 +297,98 @@ def _listen_dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+_T = TypeVar("_T")
+
+# Statements of the command path, built once (building one costs more than running it).
+_GATEWAY_REVOKED: Final = sa.select(gateways.c.revoked_at).where(
+    gateways.c.gateway_id == sa.bindparam("gateway_id")
+)
+_INSERT_COMMAND: Final = commands.insert().returning(*commands.c)
+_INSERT_AUDIT: Final = audit_log.insert()
+_COMMAND_STATE: Final = sa.select(commands.c.state, commands.c.gateway_id).where(
+    commands.c.command_id == sa.bindparam("p_id")
+)
+_DELIVER: Final = (
+    commands.update()
+    .where(
+        commands.c.command_id.in_(sa.bindparam("p_ids", expanding=True)),
+        commands.c.state == sa.bindparam("p_old"),
+    )
+    .values(
+        state=sa.bindparam("p_new"),
+        delivered_at=sa.bindparam("p_at"),
+        updated_at=sa.bindparam("p_at"),
+    )
+    .returning(commands.c.command_id)
+)
+_transition_updates: dict[frozenset[str], Any] = {}
+
+
+def _transition_update(columns: frozenset[str]) -> Any:
+    """``UPDATE commands SET <columns> WHERE command_id = :p_id AND state = :p_old RETURNING *``,
+    built once for each set of columns an event writes."""
+    statement = _transition_updates.get(columns)
+    if statement is None:
+        c = commands.c
+        statement = _transition_updates[columns] = (
+            commands.update()
+            .where(c.command_id == sa.bindparam("p_id"), c.state == sa.bindparam("p_old"))
+            .values({name: sa.bindparam(f"p_{name}") for name in sorted(columns)})
+            .returning(*commands.c)
+        )
+    return statement
+
+
+#: Commands marked delivered by one statement at most (bounds the IN list).
+DELIVER_BATCH: Final = 500
+
+
+class _SqliteWriter:
+    """Whole write transactions on a SQLite file, each run on one thread in one hop.
+
+    The thread has its own connection (pysqlite, the same pragmas and ``BEGIN IMMEDIATE``), so
+    it queues on SQLite's write lock with the engine's other writers like any of them.
+    """
+
+    def __init__(self, url: URL) -> None:
+        engine = sa.create_engine(url.set(drivername="sqlite"))
+        _configure_sqlite(engine)
+        self._engine = engine.execution_options(**{_WRITE: True})
+        self._dispose = engine.dispose
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sqlite-writer")
+
+    def _transaction(self, work: Callable[[Connection], _T]) -> _T:
+        with self._engine.begin() as conn:
+            return work(conn)
+
+    async def run(self, work: Callable[[Connection], _T]) -> _T:
+        """Run *work* in one write transaction on the writer thread; committed when it
+        returns, rolled back if it raises (the exception is re-raised here)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._transaction, work)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._dispose)
+        self._thread.shutdown(wait=True)
+
+
 class Store:
     """The cloud store. Open with :meth:`open`, close with :meth:`close`."""
 
     def __init__(
-        self, engine: AsyncEngine, notifier: CommandNotifier, *, single_connection: bool = False
+        self,
+        engine: AsyncEngine,
+        notifier: CommandNotifier,
+        *,
+        single_connection: bool = False,
+        writer: _SqliteWriter | None = None,
     ) -> None:
         self._engine = engine
         self._notifier = notifier
         # An in-memory SQLite database is one connection: its transactions must take turns.
         self._turns = asyncio.Lock() if single_connection else None
+        self._writer = writer
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -313,7 +409,7 @@ class Store:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 key = str(path.resolve())
             engine = create_async_engine(parsed)
-            _configure_sqlite(engine)
+            _configure_sqlite(engine.sync_engine)
             try:
                 await _enable_sqlite_wal(engine)
             except BaseException:
@@ -336,10 +432,14 @@ class Store:
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine, notifier, single_connection=single_connection)
+        # A file has room for a second connection: the command path's writer thread.
+        writer = _SqliteWriter(parsed) if backend == "sqlite" and not single_connection else None
+        return cls(engine, notifier, single_connection=single_connection, writer=writer)
 
     async def close(self) -> None:
         await self._notifier.close()
+        if self._writer is not None:
+            await self._writer.close()
         await self._engine.dispose()
 
     @property
@@ -358,6 +458,15 @@ class Store:
             conn = await plain.execution_options(**{_WRITE: True})
             async with conn.begin():
                 yield conn
+
+    async def _transact(self, work: Callable[[Connection], _T]) -> _T:
+        """Run *work* (a function of a synchronous connection) in one write transaction: on
+        the writer thread for a SQLite file, else through the async engine."""
+        if self._writer is not None:
+            with _caller_errors():
+                return await self._writer.run(work)
+        async with self._write() as conn:
+            return await conn.run_sync(work)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -689,40 +798,47 @@ class Store:
         expires_at: datetime,
         created_by: str,
         now: datetime,
+        source: str | None = None,
     ) -> CommandRecord:
-        """Queue a command for a gateway; raises GatewayUnknown or GatewayRevoked."""
-        g = gateways.c
-        async with self._write() as conn:
-            gateway = (
-                await conn.execute(sa.select(g.revoked_at).where(g.gateway_id == gateway_id))
-            ).first()
+        """Queue a command for a gateway and record who asked (audit ``command.send``, from
+        *source*) in the same transaction; raises GatewayUnknown or GatewayRevoked."""
+        command_id = _new_id()
+        values = {
+            "command_id": command_id,
+            "gateway_id": gateway_id,
+            "kind": kind,
+            "args": dict(args),
+            "state": CommandState.QUEUED.value,
+            "created_at": now,
+            "created_by": created_by,
+            "expires_at": expires_at,
+            "delivered_at": None,
+            "started_at": None,
+            "finished_at": None,
+            "updated_at": now,
+            "result": None,
+            "error": None,
+        }
+        entry = {
+            "at": now,
+            "actor": created_by,
+            "action": "command.send",
+            "target": command_id,
+            "detail": {"gateway": gateway_id, "kind": kind},
+            "source": source,
+        }
+
+        def queue(conn: Connection) -> RowMapping:
+            gateway = conn.execute(_GATEWAY_REVOKED, {"gateway_id": gateway_id}).first()
             if gateway is None:
                 raise GatewayUnknown(gateway_id)
             if gateway.revoked_at is not None:
                 raise GatewayRevoked(gateway_id)
-            row = (
-                await conn.execute(
-                    commands.insert()
-                    .values(
-                        command_id=_new_id(),
-                        gateway_id=gateway_id,
-                        kind=kind,
-                        args=dict(args),
-                        state=CommandState.QUEUED.value,
-                        created_at=now,
-                        created_by=created_by,
-                        expires_at=expires_at,
-                        delivered_at=None,
-                        started_at=None,
-                        finished_at=None,
-                        updated_at=now,
-                        result=None,
-                        error=None,
-                    )
-                    .returning(*commands.c)
-                )
-            ).one()
-        return _command(row._mapping)
+            row = conn.execute(_INSERT_COMMAND, values).one()
+            conn.execute(_INSERT_AUDIT, entry)
+            return row._mapping
+
+        return _command(await self._transact(queue))
 
     async def get_command(self, command_id: str) -> CommandRecord | None:
         async with self._read() as conn:
@@ -779,59 +895,83 @@ class Store:
         gateway cannot probe for other gateways' command ids). Illegal moves raise
         IllegalTransition.
         """
-        c = commands.c
         event = CommandEvent(event)
+
+        def attempt(conn: Connection) -> RowMapping | None:
+            current = conn.execute(_COMMAND_STATE, {"p_id": command_id}).first()
+            if current is None or (gateway_id is not None and current.gateway_id != gateway_id):
+                raise CommandNotFound(command_id)
+            old = CommandState(current.state)
+            new = transition(old, event)
+            values: dict[str, object] = {"state": new.value, "updated_at": now}
+            if event is CommandEvent.DELIVER:
+                values["delivered_at"] = now
+            elif event is CommandEvent.START:
+                values["started_at"] = now
+            if is_final(new):
+                values["finished_at"] = now
+            if result is not None:
+                values["result"] = dict(result)
+            if error is not None:
+                values["error"] = error
+            params = {f"p_{name}": value for name, value in values.items()}
+            params.update(p_id=command_id, p_old=old.value)
+            row = conn.execute(_transition_update(frozenset(values)), params).first()
+            return None if row is None else row._mapping
+
         for _attempt in range(CAS_ATTEMPTS):
-            async with self._write() as conn:
-                current = (
-                    await conn.execute(
-                        sa.select(c.state, c.gateway_id).where(c.command_id == command_id)
-                    )
-                ).first()
-                if current is None or (gateway_id is not None and current.gateway_id != gateway_id):
-                    raise CommandNotFound(command_id)
-                old = CommandState(current.state)
-                new = transition(old, event)
-                values: dict[str, object] = {"state": new.value, "updated_at": now}
-                if event is CommandEvent.DELIVER:
-                    values["delivered_at"] = now
-                elif event is CommandEvent.START:
-                    values["started_at"] = now
-                if is_final(new):
-                    values["finished_at"] = now
-                if result is not None:
-                    values["result"] = dict(result)
-                if error is not None:
-                    values["error"] = error
-                row = (
-                    await conn.execute(
-                        commands.update()
-                        .where(c.command_id == command_id, c.state == old.value)
-                        .values(values)
-                        .returning(*commands.c)
-                    )
-                ).first()
-            if row is not None:
-                return _command(row._mapping)
+            mapping = await self._transact(attempt)
+            if mapping is not None:
+                return _command(mapping)
         raise CommandContention(command_id, CAS_ATTEMPTS)
+
+    async def deliver_commands(self, command_ids: Sequence[str], *, now: datetime) -> set[str]:
+        """Mark commands sent on a link as delivered, in one transaction; returns the ids that
+        took the event (queued or already delivered ones), not those meanwhile cancelled,
+        expired, started or finished (the lifecycle table refuses those), nor unknown ids."""
+        ids = list(dict.fromkeys(command_ids))
+        moves = [  # delivered ones first, so the queued ones moved next are not matched again
+            (old, transition(old, CommandEvent.DELIVER))
+            for old in (CommandState.DELIVERED, CommandState.QUEUED)
+        ]
+
+        def deliver(conn: Connection) -> set[str]:
+            moved: set[str] = set()
+            for start in range(0, len(ids), DELIVER_BATCH):
+                chunk = ids[start : start + DELIVER_BATCH]
+                for old, new in moves:
+                    rows = conn.execute(
+                        _DELIVER,
+                        {"p_ids": chunk, "p_old": old.value, "p_new": new.value, "p_at": now},
+                    )
+                    moved.update(row.command_id for row in rows)
+            return moved
+
+        if not ids:
+            return set()
+        return await self._transact(deliver)
 
     async def expire_due_commands(self, *, now: datetime) -> list[CommandRecord]:
         """Expire every unfinished command whose deadline has passed; returns those expired."""
         c = commands.c
-        expired: list[CommandRecord] = []
-        async with self._write() as conn:
+
+        def expire(conn: Connection) -> list[CommandRecord]:
+            expired: list[CommandRecord] = []
             for old in CommandState:
                 try:
                     new = transition(old, CommandEvent.EXPIRE)
                 except IllegalTransition:
                     continue
-                rows = await conn.execute(
+                rows = conn.execute(
                     commands.update()
                     .where(c.state == old.value, c.expires_at <= now)
                     .values(state=new.value, updated_at=now, finished_at=now)
                     .returning(*commands.c)
                 )
                 expired.extend(_command(r._mapping) for r in rows)
+            return expired
+
+        expired = await self._transact(expire)
         expired.sort(key=lambda record: (record.created_at, record.command_id))
         return expired
 
@@ -840,14 +980,17 @@ class Store:
         c = commands.c
         old = CommandState.DELIVERED
         new = transition(old, CommandEvent.REQUEUE)
-        async with self._write() as conn:
-            rows = await conn.execute(
+
+        def requeue(conn: Connection) -> int:
+            rows = conn.execute(
                 commands.update()
                 .where(c.gateway_id == gateway_id, c.state == old.value)
                 .values(state=new.value, updated_at=now)
                 .returning(c.command_id)
             )
             return len(rows.all())
+
+        return await self._transact(requeue)
 
     # --- operator API tokens --------------------------------------------------------------
 
@@ -886,20 +1029,22 @@ class Store:
     async def authenticate_api_token(self, secret: str, *, now: datetime) -> ApiTokenRecord | None:
         """The token for *secret* if it is known, unrevoked and unexpired (marks it used)."""
         t = api_tokens.c
-        async with self._write() as conn:
-            row = (
-                await conn.execute(
-                    api_tokens.update()
-                    .where(
-                        t.token_hash == _hash_secret(secret),
-                        t.revoked_at.is_(None),
-                        sa.or_(t.expires_at.is_(None), t.expires_at > now),
-                    )
-                    .values(last_used_at=now)
-                    .returning(*api_tokens.c)
+
+        def use(conn: Connection) -> RowMapping | None:
+            row = conn.execute(
+                api_tokens.update()
+                .where(
+                    t.token_hash == _hash_secret(secret),
+                    t.revoked_at.is_(None),
+                    sa.or_(t.expires_at.is_(None), t.expires_at > now),
                 )
+                .values(last_used_at=now)
+                .returning(*api_tokens.c)
             ).first()
-        return None if row is None else _api_token(row._mapping)
+            return None if row is None else row._mapping
+
+        mapping = await self._transact(use)
+        return None if mapping is None else _api_token(mapping)
 
     async def list_api_tokens(self) -> list[ApiTokenRecord]:
         """All API tokens, newest first."""
@@ -940,17 +1085,19 @@ class Store:
         now: datetime,
     ) -> None:
         """Append one entry to the audit log. There is no way to change or remove entries."""
-        async with self._write() as conn:
-            await conn.execute(
-                audit_log.insert().values(
-                    at=now,
-                    actor=actor,
-                    action=action,
-                    target=target,
-                    detail=None if detail is None else dict(detail),
-                    source=source,
-                )
-            )
+        entry = {
+            "at": now,
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "detail": None if detail is None else dict(detail),
+            "source": source,
+        }
+
+        def append(conn: Connection) -> None:
+            conn.execute(_INSERT_AUDIT, entry)
+
+        await self._transact(append)
 
     async def list_audit(
         self, *, limit: int = 200, since: datetime | None = None
