@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 #: Plaintext read per readiness callback at most, so one busy link cannot starve the others.
 _READ_BUDGET = 256 * 1024
 _READ_CHUNK = 64 * 1024
+_FULL_RECORD = 16 * 1024  # TLS plaintext records are at most 16 KiB
 _HIGH_WATER = 64 * 1024
 _LOW_WATER = 16 * 1024
 #: Connections accepted per readiness callback of the listening socket.
@@ -134,14 +135,20 @@ class TLSTransport(asyncio.Transport):
         eof = False
         buffer = self._server.buffer
         view = self._server.view
+        sock = self._sock
         try:
             while total < _READ_BUDGET:
-                n = self._sock.recv_into(buffer)
+                n = sock.recv_into(buffer)
                 if n == 0:
                     eof = True
                     break
                 chunks.append(bytes(view[:n]))
                 total += n
+                # OpenSSL reads one record per call. A short one is most likely all there is
+                # (a heartbeat, a command update): stop rather than pay a failing read; if more
+                # is waiting, the socket is still readable and this runs again at once.
+                if n < _FULL_RECORD and not sock.pending():
+                    break
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             pass
         except ssl.SSLZeroReturnError:
@@ -158,10 +165,8 @@ class TLSTransport(asyncio.Transport):
             if not keep_open:
                 self.close()
             return
-        if total >= _READ_BUDGET and self._reading and not self._closing:
-            self._loop.call_soon(self._read_ready)  # more may sit in OpenSSL's buffer
-        elif self._sock.pending() and self._reading and not self._closing:
-            self._loop.call_soon(self._read_ready)
+        if self._reading and not self._closing and (total >= _READ_BUDGET or sock.pending()):
+            self._loop.call_soon(self._read_ready)  # more sits in OpenSSL's buffer
 
     def _deliver(self, chunks: list[bytes]) -> None:
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -190,10 +195,19 @@ class TLSTransport(asyncio.Transport):
             return
         if self._wbuf:
             self._wbuf += data
-        else:
-            self._wbuf = bytearray(data)
-            self._flush()
-        self._check_high_water()
+            self._check_high_water()
+            return
+        try:
+            n = self._sock.send(data)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+            n = 0  # the same bytes are offered again from the buffer, as OpenSSL requires
+        except (ssl.SSLError, OSError) as exc:
+            self._fatal(exc)
+            return
+        if n < len(data):
+            self._wbuf = bytearray(memoryview(data)[n:])
+            self._watch_write(True, self._write_ready)
+            self._check_high_water()
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))

@@ -154,7 +154,7 @@ class LinkSession:
         self.frames_rejected = 0
         self._events: deque[Event] = deque()
         self._outgoing: list[bytes] = []
-        self._last_received = now
+        self.last_received = now
         self._handshake_deadline = now + handshake_timeout
         self._next_ping = now + heartbeat_interval
         self._ping_seq = 0
@@ -182,7 +182,7 @@ class LinkSession:
             message = decode_frame(data, max_frame=self.max_frame)
         except (MalformedFrame, FrameTooLarge) as exc:
             # The frame's bounds are known, so the stream is still in step: refuse this one.
-            self._last_received = now
+            self.last_received = now
             self.frames_rejected += 1
             self._events.append(FrameRejected(exc.close_code, str(exc)))
             if self.state is SessionState.OPEN:
@@ -199,7 +199,7 @@ class LinkSession:
         """Feed an already decoded message (the HTTPS tiers decode bodies themselves)."""
         if self.state is SessionState.CLOSED:
             return
-        self._last_received = now
+        self.last_received = now
         if isinstance(message, Close):
             self._closed(message.code, message.reason, by_peer=True)
         elif self.state is SessionState.HANDSHAKE:
@@ -316,7 +316,7 @@ class LinkSession:
             return math.inf
         if self.state is SessionState.HANDSHAKE:
             return self._handshake_deadline
-        deadline = self._last_received + self.liveness_timeout
+        deadline = self.last_received + self.liveness_timeout
         if self.role is Role.CLIENT:
             deadline = min(deadline, self._next_ping)
         return deadline
@@ -328,10 +328,10 @@ class LinkSession:
             if now >= self._handshake_deadline:
                 self.close(CloseCode.HEARTBEAT_TIMEOUT, "handshake not completed in time")
             return
-        if now - self._last_received >= self.liveness_timeout:
+        if now - self.last_received >= self.liveness_timeout:
             self.close(
                 CloseCode.HEARTBEAT_TIMEOUT,
-                f"nothing received for {now - self._last_received:.1f} s",
+                f"nothing received for {now - self.last_received:.1f} s",
             )
             return
         if self.role is Role.CLIENT and now >= self._next_ping:
