@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tests.support.cloudproc import wait_for
 
 from tether.cloud.ingest import MAX_OBSERVATIONS, BatchInvalid, IngestPipeline, validate_batch
 from tether.cloud.store import Store
@@ -299,3 +302,70 @@ async def test_stopping_defers_what_is_still_queued(telemetry: TelemetryStore) -
     assert not reply.permanent
     assert "shutting down" in reply.reason
     assert await telemetry.count() == 0
+
+
+# --- column-wise validation agrees with the row-by-row rules -----------------------------------
+
+
+def _row_by_row(observations: list[Observation]) -> str | None:
+    """The rules, one observation at a time: the first offence, named as the pipeline does."""
+    for o in observations:
+        if not o.point_id or len(o.point_id) > 255:
+            return "point id"
+        if not math.isfinite(o.ts):
+            return "timestamp"
+        if isinstance(o.value, float) and not math.isfinite(o.value):
+            return "not a finite number"
+        if isinstance(o.value, str) and len(o.value) > 4096:
+            return "4096"
+    return None
+
+
+_values = st.one_of(
+    st.floats(),  # NaN and infinities included
+    st.floats(min_value=1e300, max_value=1.7e308),  # sums that overflow, values that do not
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.booleans(),
+    st.text(max_size=3),
+    st.just("x" * 4097),
+)
+_observations = st.builds(
+    Observation,
+    point_id=st.one_of(st.just(POINT), st.just(""), st.just("p" * 256), st.text(max_size=4)),
+    ts=st.one_of(st.just(T0), st.floats()),
+    value=_values,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_observations, min_size=1, max_size=12))
+def test_column_checks_find_exactly_what_the_row_checks_find(
+    observations: list[Observation],
+) -> None:
+    message = TelemetryBatch("sim", 1, len(observations), observations)
+    offence = _row_by_row(observations)
+    if offence is None:
+        columns = validate_batch(message)
+        assert columns.point_ids == [o.point_id for o in observations]
+        assert columns.values == [o.value for o in observations]
+    else:
+        with pytest.raises(BatchInvalid, match=offence):
+            validate_batch(message)
+
+
+def test_a_large_valid_batch_passes_on_columns_alone() -> None:
+    big = [Observation(f"p{i % 96}", T0 + i, 1.5e308 if i % 2 else i) for i in range(10_000)]
+    columns = validate_batch(TelemetryBatch("sim", 1, len(big), big))
+    assert len(columns.ts) == 10_000
+
+
+async def test_the_writer_lets_its_connection_go_when_idle_and_takes_one_again(
+    telemetry: TelemetryStore,
+) -> None:
+    async with started(IngestPipeline(telemetry, hold_writer=0.01)) as pipeline:
+        assert await one(pipeline, tm(1, 10)) == TelemetryAck("sim", 10, accepted=10)
+        # No batch for longer than the hold: the writer gives its connection back.
+        pool = telemetry.engine.sync_engine.pool
+        await wait_for(lambda: pool.checkedout() == 0, within=5, what="the writer to go idle")
+        assert await one(pipeline, tm(11, 20)) == TelemetryAck("sim", 20, accepted=10)
+    assert await stored_seqs(telemetry) == list(range(1, 21))

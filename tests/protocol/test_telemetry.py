@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 
 import msgspec
@@ -17,6 +18,7 @@ from tether.protocol.telemetry import (
     Quality,
     decode_observations,
     encode_observations,
+    observation_columns,
 )
 
 values = st.one_of(
@@ -74,3 +76,16 @@ def test_discovery_round_trips() -> None:
     assert decoded == discovery
     assert decoded.points[0].kind == "numeric"
     assert decoded.points[0].writable is False
+
+
+def test_columns_are_the_fields_in_order() -> None:
+    items = [Observation("a", 1.0, 2), Observation("b", 2.0, "x", "bad")]
+    columns = observation_columns(items)
+    assert columns == (["a", "b"], [1.0, 2.0], [2, "x"], ["good", "bad"])
+    assert observation_columns([]) == ([], [], [], [])
+
+
+def test_observations_are_not_tracked_by_the_garbage_collector() -> None:
+    (decoded,) = decode_observations(encode_observations([Observation("p", 1.0, 2.0)]))
+    assert not gc.is_tracked(decoded)
+    assert not gc.is_tracked(Observation("p", 1.0, "text"))

@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from tether.cloud.store.telemetry import IncomingBatch, TelemetryStore, batch_rows
+from tether.cloud.store.telemetry import (
+    BatchOutcome,
+    GroupWriter,
+    IncomingBatch,
+    TelemetryStore,
+    batch_rows,
+)
 from tether.protocol.messages import (
     Discovery,
     DiscoveryAck,
@@ -138,11 +144,16 @@ class _Pending:
 
 
 class IngestPipeline:
-    def __init__(self, telemetry: TelemetryStore, *, max_rows: int = 50_000) -> None:
+    def __init__(
+        self, telemetry: TelemetryStore, *, max_rows: int = 50_000, hold_writer: float = 1.0
+    ) -> None:
         self.telemetry = telemetry
         self.max_rows = max_rows
+        #: Seconds the writer keeps its connection once no batch waits.
+        self.hold_writer = hold_writer
         self.stats = IngestStats()
         self._queue: list[_Pending] = []
+        self._failed: list[_Pending] = []  # the group being committed, deferred if it fails
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # (gateway, stream) -> first sequence number of a batch deferred by a store failure
@@ -157,9 +168,10 @@ class IngestPipeline:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for pending in self._queue:
+        for pending in self._failed + self._queue:  # the group being committed, and the rest
             if not pending.future.done():
                 pending.future.set_result(self._deferred(pending.batch, "cloud shutting down"))
+        self._failed = []
         self._queue.clear()
 
     # -- message handlers (registered with GatewayService) ------------------------------------
@@ -270,35 +282,58 @@ class IngestPipeline:
 
     async def _writer(self) -> None:
         while True:
-            await self._ready.wait()
+            if not self._queue:
+                await self._ready.wait()
+            try:
+                async with self.telemetry.writer() as writer:
+                    await self._write(writer)
+            except (SQLAlchemyError, OSError) as exc:
+                # The group failed (or no connection could be had for it): it is deferred, the
+                # gateways send it again, and the next group starts on a fresh connection.
+                group = self._failed or self._take()
+                self._failed = []
+                self.stats.failures += 1
+                log.error("ingest of %d batches failed, deferred: %s", len(group), exc)
+                self._defer(group, "store unavailable")
+
+    async def _write(self, writer: GroupWriter) -> None:
+        """Commit groups while batches keep coming; return once none came for a while, so the
+        connection (and its warm cache) is held through a stream of batches and no longer."""
+        while True:
             self._ready.clear()
             while self._queue:
                 group = self._in_order(self._take())
                 if not group:
                     continue
-                try:
-                    outcomes = await self.telemetry.commit_batches([p.batch for p in group])
-                except (SQLAlchemyError, OSError) as exc:
-                    self.stats.failures += 1
-                    log.error("ingest of %d batches failed, deferred: %s", len(group), exc)
-                    for p in group:
-                        key = (p.batch.gateway_id, p.batch.stream)
-                        first = min(p.batch.first_seq, self._resume_at.get(key, p.batch.first_seq))
-                        self._resume_at[key] = first
-                        if not p.future.done():
-                            p.future.set_result(self._deferred(p.batch, "store unavailable"))
-                    continue
-                self.stats.groups += 1
-                for p, outcome in zip(group, outcomes, strict=True):
-                    self.stats.batches += 1
-                    self.stats.observations += outcome.accepted
-                    self.stats.duplicates += outcome.duplicates
-                    if not p.future.done():
-                        p.future.set_result(
-                            TelemetryAck(
-                                stream=p.batch.stream,
-                                last_seq=p.batch.last_seq,
-                                accepted=outcome.accepted,
-                                duplicates=outcome.duplicates,
-                            )
-                        )
+                self._failed = group
+                outcomes = await writer.commit([p.batch for p in group])
+                self._failed = []
+                self._acknowledge(group, outcomes)
+            try:
+                await asyncio.wait_for(self._ready.wait(), self.hold_writer)
+            except TimeoutError:
+                return
+
+    def _defer(self, group: list[_Pending], reason: str) -> None:
+        for p in group:
+            key = (p.batch.gateway_id, p.batch.stream)
+            first = min(p.batch.first_seq, self._resume_at.get(key, p.batch.first_seq))
+            self._resume_at[key] = first
+            if not p.future.done():
+                p.future.set_result(self._deferred(p.batch, reason))
+
+    def _acknowledge(self, group: list[_Pending], outcomes: list[BatchOutcome]) -> None:
+        self.stats.groups += 1
+        for p, outcome in zip(group, outcomes, strict=True):
+            self.stats.batches += 1
+            self.stats.observations += outcome.accepted
+            self.stats.duplicates += outcome.duplicates
+            if not p.future.done():
+                p.future.set_result(
+                    TelemetryAck(
+                        stream=p.batch.stream,
+                        last_seq=p.batch.last_seq,
+                        accepted=outcome.accepted,
+                        duplicates=outcome.duplicates,
+                    )
+                )

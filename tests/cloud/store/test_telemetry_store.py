@@ -6,11 +6,21 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from tether.cloud.store import Store
-from tether.cloud.store.telemetry import BatchOutcome, IncomingBatch, TelemetryStore
+from tether.cloud.store.telemetry import (
+    WRITER_CACHE,
+    BatchOutcome,
+    IncomingBatch,
+    TelemetryStore,
+    batch_rows,
+    points,
+    telemetry_streams,
+)
 from tether.protocol.telemetry import DeviceInfo, Observation, PointInfo
 
 GW = "gw-1"
@@ -266,3 +276,119 @@ async def test_raw_insert_only_inserts(telemetry: TelemetryStore) -> None:
     await telemetry.raw_insert(rows)
     assert await telemetry.count(GW) == 1000
     assert await telemetry.streams(GW) == []
+
+
+# --- the bulk path: rows prepared column by column, one writer for many groups ---------------
+
+
+def test_batch_rows_split_values_and_keep_each_points_newest() -> None:
+    numeric = [
+        Observation("a", T0 + 1, 1),
+        Observation("b", T0 + 1, True),
+        Observation("a", T0 + 2, 2.5, "bad"),
+    ]
+    rows = batch_rows(numeric)
+    assert rows.texts is None  # no text value: the text column is all NULL
+    assert list(rows.rows(GW)) == [
+        (GW, "a", T0 + 1, 1.0, None, "good"),
+        (GW, "b", T0 + 1, 1.0, None, "good"),
+        (GW, "a", T0 + 2, 2.5, None, "bad"),
+    ]
+    assert all(type(n) is float for n in rows.nums)
+    assert rows.latest == {"a": (T0 + 2, 2.5, None), "b": (T0 + 1, 1.0, None)}
+    mixed = [Observation("t", T0 + 3, "open"), Observation("t", T0 + 1, 4), Observation("u", T0, 0)]
+    rows = batch_rows(mixed)
+    assert rows.texts == ["open", None, None]
+    assert rows.nums == [None, 4.0, 0.0]
+    # Out of time order: the newest is found by time, not by position.
+    assert rows.latest == {"t": (T0 + 3, None, "open"), "u": (T0, 0.0, None)}
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_on_equal_times_the_later_observation_is_the_newest(ordered: bool) -> None:
+    tail = [] if ordered else [Observation("p", T0 - 5, 0.0)]  # forces the row-by-row path
+    rows = batch_rows([Observation("p", T0, 1.0), Observation("p", T0, 2.0), *tail])
+    assert rows.latest["p"] == (T0, 2.0, None)
+
+
+async def test_prepared_rows_are_what_is_stored(telemetry: TelemetryStore) -> None:
+    observations = obs(1, 10)
+    prepared = IncomingBatch(GW, "sim", 1, 10, observations, batch_rows(observations))
+    [outcome] = await telemetry.commit_batches([prepared])
+    assert outcome == BatchOutcome(10, 0, 0)
+    assert await stored_seqs(telemetry) == list(range(1, 11))
+
+
+async def test_one_writer_commits_many_groups(store: Store, telemetry: TelemetryStore) -> None:
+    async with telemetry.writer() as writer:
+        for first in range(1, 100, 10):
+            [outcome] = await writer.commit([batch(first, first + 9)])
+            assert outcome.accepted == 10
+        assert await writer.commit([]) == []
+        [again] = await writer.commit([batch(91, 100)])
+        assert again == BatchOutcome(0, 10, 0)
+    assert await stored_seqs(telemetry) == list(range(1, 101))
+    if store.engine.dialect.name == "sqlite":
+        # The writer's larger page cache is given back with its connection.
+        async with store.engine.connect() as conn:
+            sizes = {
+                (await conn.exec_driver_sql("PRAGMA cache_size")).scalar_one() for _ in range(8)
+            }
+        assert WRITER_CACHE not in sizes
+
+
+async def test_a_group_commit_stamps_rows_as_the_store_does(
+    store: Store, telemetry: TelemetryStore
+) -> None:
+    await telemetry.record_discovery(
+        GW, "sim", [], [PointInfo(point_id="b1/ahu-1/sat", device_id="b1/ahu-1", name="SAT")]
+    )
+    async with store.engine.connect() as conn:
+        discovered = (await conn.execute(sa.select(points.c.updated_at))).scalar_one()
+    before = datetime.now(UTC)
+    await telemetry.commit_batches([batch(1, 3)])
+    async with store.engine.connect() as conn:
+        stamps = [
+            (await conn.execute(sa.select(points.c.updated_at))).scalar_one(),
+            (await conn.execute(sa.select(telemetry_streams.c.updated_at))).scalar_one(),
+        ]
+        if store.engine.dialect.name == "sqlite":  # the stored text has the store's one format
+            texts = [
+                (await conn.exec_driver_sql(f"SELECT updated_at FROM {table}")).scalar_one()
+                for table in ("points", "telemetry_streams")
+            ]
+            assert {len(t) for t in texts} == {len(str(discovered.replace(tzinfo=None)))}
+    assert all(s.tzinfo is not None and s >= before - timedelta(seconds=1) for s in stamps)
+    assert stamps[0] >= discovered
+
+
+async def test_a_driver_error_in_the_bulk_path_is_a_store_error(
+    store: Store, telemetry: TelemetryStore
+) -> None:
+    async with store.engine.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE observations RENAME TO observations_away"))
+    with pytest.raises(sa.exc.DBAPIError):
+        await telemetry.commit_batches([batch(1, 5)])
+    with pytest.raises(sa.exc.DBAPIError):
+        await telemetry.raw_insert([(GW, "p", T0, 1.0, None, "good")])
+    async with store.engine.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE observations_away RENAME TO observations"))
+    # Nothing of the failed group stayed: the mark did not move.
+    assert [s.hwm for s in await telemetry.streams(GW)] in ([], [0])
+    [outcome] = await telemetry.commit_batches([batch(1, 5)])
+    assert outcome.accepted == 5
+
+
+async def test_the_bulk_path_binds_times_exactly_as_the_store_stores_them(
+    store: Store, telemetry: TelemetryStore
+) -> None:
+    """Statements run on the driver's own connection bind ``updated_at`` as SQLAlchemy would
+    (on SQLite: the same fixed-width text, never the driver's own datetime adapter)."""
+    await telemetry.record_discovery(
+        GW, "sim", [], [PointInfo(point_id="b1/ahu-1/sat", device_id="b1/ahu-1", name="SAT")]
+    )
+    whole_second = datetime(2024, 1, 1, tzinfo=UTC)  # no microseconds: where formats differ
+    async with store.engine.begin() as conn:
+        await conn.execute(points.update().values(updated_at=whole_second))
+        stored = (await conn.exec_driver_sql("SELECT updated_at FROM points")).scalar_one()
+    assert telemetry._stamp(whole_second) == stored

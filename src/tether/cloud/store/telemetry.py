@@ -8,9 +8,10 @@ Bulk paths: ``executemany`` on SQLite, ``COPY`` on PostgreSQL (asyncpg), inside 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -35,6 +36,7 @@ from tether.protocol.telemetry import (
 __all__ = [
     "BatchOutcome",
     "BatchRows",
+    "GroupWriter",
     "IncomingBatch",
     "ObservationRow",
     "PointRecord",
@@ -132,6 +134,10 @@ _SET_LAST = (
 _SQLITE_SET_LAST = _SET_LAST.format(*"???????")
 _POSTGRES_SET_LAST = _SET_LAST.format(*(f"${i}" for i in range(1, 7)))
 _NUMERIC = frozenset((float, int, bool))
+#: The group writer's SQLite page cache, in KiB (a negative ``cache_size``): a group of many
+#: gateways inserts into as many places of the observations index, which the default 2 MiB
+#: cannot hold, so pages spilled mid-transaction were read back again.
+WRITER_CACHE = -16384
 
 #: A point's newest value in a batch: (ts, value_num, value_text).
 Latest = tuple[float, float | None, str | None]
@@ -336,6 +342,13 @@ def _sqlite_commit(
     return plan.outcomes
 
 
+def _set_cache(db: sqlite3.Connection, pages: int) -> int:
+    """Set the connection's page cache size (``PRAGMA cache_size``); the size it had."""
+    usual = int(db.execute("PRAGMA cache_size").fetchone()[0])
+    db.execute(f"PRAGMA cache_size = {int(pages)}")
+    return usual
+
+
 def _sqlite_insert(db: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
     with _sqlite_transaction(db):
         db.executemany(_SQLITE_INSERT, rows)
@@ -381,6 +394,39 @@ async def _driver(conn: AsyncConnection) -> Any:
     return driver
 
 
+class GroupWriter:
+    """Group commits on one connection held between them (:meth:`TelemetryStore.writer`).
+
+    Holding it keeps its page cache warm from one group to the next (SQLite drops a
+    connection's cache whenever another connection wrote) and spares a pool checkout per group.
+    On SQLite each group is one transaction handed to the connection's thread whole, with a page
+    cache large enough for the index pages a group of many gateways touches.
+    """
+
+    def __init__(self, store: TelemetryStore, conn: AsyncConnection, driver: Any) -> None:
+        self._store = store
+        self._conn = conn
+        self._driver = driver  # aiosqlite's connection on SQLite, else None
+
+    async def commit(self, batches: Sequence[IncomingBatch]) -> list[BatchOutcome]:
+        """Commit a group of batches in one transaction; outcomes in the same order."""
+        if not batches:
+            return []
+        store = self._store
+        # Everything done per row happens before the transaction begins.
+        prepared = [b.rows or batch_rows(b.observations) for b in batches]
+        now = datetime.now(UTC)
+        if self._driver is None:
+            return await store._postgres_commit(self._conn, batches, prepared, now)
+        with store._on_driver("telemetry group commit"):
+            return await _in_sqlite_thread(
+                self._driver,
+                partial(
+                    _sqlite_commit, batches=batches, prepared=prepared, stamp=store._stamp(now)
+                ),
+            )
+
+
 class TelemetryStore:
     """Telemetry operations on the store's engine (see :attr:`Store.engine`)."""
 
@@ -388,7 +434,8 @@ class TelemetryStore:
         self.engine = engine
         self.dialect: str = engine.dialect.name
         self._driver_errors = _driver_errors(self.dialect)
-        self._stamp_processor = points.c.updated_at.type.bind_processor(engine.dialect)
+        stamp_type = points.c.updated_at.type.dialect_impl(engine.dialect)
+        self._stamp_processor = stamp_type.bind_processor(engine.dialect)
 
     @contextmanager
     def _on_driver(self, statement: str) -> Iterator[None]:
@@ -402,31 +449,34 @@ class TelemetryStore:
 
     async def commit_batches(self, batches: Sequence[IncomingBatch]) -> list[BatchOutcome]:
         """Commit a group of batches in one transaction; outcomes in the same order."""
-        if not batches:
-            return []
-        # Everything done per row happens before the transaction begins.
-        prepared = [b.rows or batch_rows(b.observations) for b in batches]
-        now = datetime.now(UTC)
-        if self.dialect == "sqlite":
-            async with self.engine.connect() as conn:
-                driver = await _driver(conn)
-                with self._on_driver("telemetry group commit"):
-                    return await _in_sqlite_thread(
-                        driver,
-                        partial(
-                            _sqlite_commit,
-                            batches=batches,
-                            prepared=prepared,
-                            stamp=self._stamp(now),
-                        ),
-                    )
-        return await self._postgres_commit(batches, prepared, now)
+        async with self.writer() as writer:
+            return await writer.commit(batches)
+
+    @asynccontextmanager
+    async def writer(self) -> AsyncIterator[GroupWriter]:
+        """A connection held for a run of group commits (see :class:`GroupWriter`)."""
+        async with self.engine.connect() as conn:
+            if self.dialect != "sqlite":
+                yield GroupWriter(self, conn, None)
+                return
+            driver = await _driver(conn)
+            with self._on_driver("PRAGMA cache_size"):
+                usual = await _in_sqlite_thread(driver, partial(_set_cache, pages=WRITER_CACHE))
+            try:
+                yield GroupWriter(self, conn, driver)
+            finally:
+                with contextlib.suppress(sqlite3.Error, ValueError):  # a connection gone bad
+                    await _in_sqlite_thread(driver, partial(_set_cache, pages=usual))
 
     async def _postgres_commit(
-        self, batches: Sequence[IncomingBatch], prepared: Sequence[BatchRows], now: datetime
+        self,
+        conn: AsyncConnection,
+        batches: Sequence[IncomingBatch],
+        prepared: Sequence[BatchRows],
+        now: datetime,
     ) -> list[BatchOutcome]:
         keys = list(dict.fromkeys((b.gateway_id, b.stream) for b in batches))
-        async with write_transaction(self.engine) as conn:
+        async with conn.begin():
             # Locking the marks makes two writers of the same stream queue up instead of both
             # passing the same mark.
             await conn.execute(
