@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.cloud.store.models import JSONDocument, UTCDateTime, metadata
@@ -125,14 +126,25 @@ _SQLITE_ADVANCE = (
     "duplicates = duplicates + ?, gaps = gaps + ?, updated_at = ? "
     "WHERE gateway_id = ? AND stream = ?"
 )
-# Ties on time go to the later observation, within a group as across groups.
-_SET_LAST = (
-    "UPDATE points SET last_ts = {0}, last_value_num = {1}, last_value_text = {2}, "
-    "updated_at = {3} WHERE gateway_id = {4} AND point_id = {5} "
-    "AND (last_ts IS NULL OR last_ts <= {0})"
+_POSTGRES_LOCK_MARKS = (
+    postgresql.insert(telemetry_streams)
+    .on_conflict_do_update(
+        index_elements=["gateway_id", "stream"], set_={"hwm": telemetry_streams.c.hwm}
+    )
+    .returning(telemetry_streams.c.gateway_id, telemetry_streams.c.stream, telemetry_streams.c.hwm)
 )
-_SQLITE_SET_LAST = _SET_LAST.format(*"???????")
-_POSTGRES_SET_LAST = _SET_LAST.format(*(f"${i}" for i in range(1, 7)))
+# Ties on time go to the later observation, within a group as across groups.
+_SQLITE_SET_LAST = (
+    "UPDATE points SET last_ts = ?, last_value_num = ?, last_value_text = ?, updated_at = ? "
+    "WHERE gateway_id = ? AND point_id = ? AND (last_ts IS NULL OR last_ts <= ?)"
+)
+# All of a group's points in one statement.
+_POSTGRES_SET_LAST = (
+    "UPDATE points SET last_ts = n.t, last_value_num = n.num, last_value_text = n.txt, "
+    "updated_at = $6 FROM unnest($1::varchar[], $2::varchar[], $3::float8[], $4::float8[], "
+    "$5::text[]) AS n(g, p, t, num, txt) WHERE points.gateway_id = n.g AND points.point_id = n.p "
+    "AND (points.last_ts IS NULL OR points.last_ts <= n.t)"
+)
 _NUMERIC = frozenset((float, int, bool))
 #: The group writer's SQLite page cache, in KiB (a negative ``cache_size``): a group of many
 #: gateways inserts into as many places of the observations index, which the default 2 MiB
@@ -477,24 +489,16 @@ class TelemetryStore:
     ) -> list[BatchOutcome]:
         keys = list(dict.fromkeys((b.gateway_id, b.stream) for b in batches))
         async with conn.begin():
-            # Locking the marks makes two writers of the same stream queue up instead of both
-            # passing the same mark.
-            await conn.execute(
-                dialect_insert(self.dialect, telemetry_streams).on_conflict_do_nothing(),
-                [{"gateway_id": g, "stream": s, "updated_at": now} for g, s in keys],
-            )
-            query = (
-                sa.select(
-                    telemetry_streams.c.gateway_id,
-                    telemetry_streams.c.stream,
-                    telemetry_streams.c.hwm,
+            # One statement creates the streams' rows if need be, locks them and reads their
+            # marks: two writers of the same stream queue up instead of both passing a mark.
+            marks = {
+                (g, s): int(h)
+                for g, s, h in await conn.execute(
+                    _POSTGRES_LOCK_MARKS.values(
+                        [{"gateway_id": g, "stream": s, "updated_at": now} for g, s in keys]
+                    )
                 )
-                .where(
-                    sa.tuple_(telemetry_streams.c.gateway_id, telemetry_streams.c.stream).in_(keys)
-                )
-                .with_for_update()
-            )
-            marks = {(g, s): int(h) for g, s, h in (await conn.execute(query)).all()}
+            }
             plan = _plan(batches, prepared, marks)
             driver = await _driver(conn)
             if plan.rows:
@@ -522,14 +526,17 @@ class TelemetryStore:
                     ],
                 )
             if plan.latest:
-                stamp = self._stamp(now)
+                g, p = zip(*plan.latest, strict=True)
+                t, num, text = zip(*plan.latest.values(), strict=True)
                 with self._on_driver(_POSTGRES_SET_LAST):
-                    await driver.executemany(
+                    await driver.execute(
                         _POSTGRES_SET_LAST,
-                        [
-                            (t, num, text, stamp, g, p)
-                            for (g, p), (t, num, text) in plan.latest.items()
-                        ],
+                        list(g),
+                        list(p),
+                        list(t),
+                        list(num),
+                        list(text),
+                        self._stamp(now),
                     )
         return plan.outcomes
 
