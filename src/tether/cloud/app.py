@@ -363,9 +363,7 @@ def build_app(settings: CloudSettings) -> web.Application:
         ca = CertificateAuthority.load_or_create(settings.pki_dir)
         store = await Store.open(settings.database)
         await _bootstrap_admin(settings, store)
-        # Liveness is checked to a twentieth of its timeout: cheap at 10,000 links, and a
-        # silent link still ends well within a heartbeat of its deadline.
-        hub = LinkHub(sweep_interval=min(5.0, max(0.02, settings.heartbeat_interval * 2.5 / 20)))
+        hub = LinkHub()
         service = GatewayService(store)
         telemetry = TelemetryStore(store.engine)
         ingest = IngestPipeline(telemetry)
@@ -390,17 +388,15 @@ def build_app(settings: CloudSettings) -> web.Application:
         )
         app[STATE_KEY] = state
         sweeper = asyncio.get_running_loop().create_task(_sweep(state))
-        link_sweeper = asyncio.get_running_loop().create_task(hub.sweep())
 
         async def notified(payload: str) -> None:
             await _on_notify(state, payload)
 
         async with store.listen_commands(notified):
             yield
-        for task in (sweeper, link_sweeper):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         await hub.close_all(CloseCode.GOING_AWAY, "cloud shutting down")
         await ingest.stop()
         await store.close()

@@ -12,10 +12,11 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Coroutine
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from aiohttp import WSMsgType, web
@@ -50,21 +51,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-#: A link heard from within this many sweep intervals cannot be due (the cloud sets the
-#: interval to a twentieth of the liveness timeout); the sweeper looks no closer at it.
-_QUIET_SWEEPS = 4
-
-
 class LinkHub:
     """The links held by this process: open ones by gateway id, and every live one (opening
-    included) for the sweeper that enforces handshake and liveness deadlines."""
+    included) so that shutting down reaches them all."""
 
-    def __init__(self, *, sweep_interval: float = 1.0) -> None:
+    def __init__(self) -> None:
         self._links: dict[str, WebSocketLink] = {}
         self._live: set[WebSocketLink] = set()
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.sweep_interval = sweep_interval
 
     def __len__(self) -> int:
         return len(self._links)
@@ -88,26 +83,6 @@ class LinkHub:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("link clean-up failed: %s", exc)
-
-    async def sweep(self) -> None:
-        """Call :meth:`WebSocketLink.tick` on every link whose deadline passed, forever.
-
-        Most links heard from their gateway within the last heartbeat; they are passed over
-        with one comparison, so a round over 10,000 links costs about a millisecond.
-        """
-        while True:
-            await asyncio.sleep(self.sweep_interval)
-            now = time.monotonic()
-            quiet_since = now - self.sweep_interval * _QUIET_SWEEPS
-            due = [
-                link
-                for link in self._live
-                if link.session.last_received < quiet_since
-                or link.session.state is not SessionState.OPEN
-            ]
-            for link in due:
-                if link.session.next_deadline() <= now:
-                    link.tick(now)
 
     def register(self, link: WebSocketLink) -> WebSocketLink | None:
         """Make *link* the gateway's link; return the one it replaces, if any."""
@@ -198,6 +173,8 @@ class WebSocketLink:
         "_backlog",
         "_deliver_lock",
         "_lost",
+        "_opened_at",
+        "_timer",
         "_worker",
         "channel",
         "gateway_id",
@@ -242,7 +219,10 @@ class WebSocketLink:
         self._deliver_lock: asyncio.Lock | None = None
         self._background: set[asyncio.Task[None]] | None = None
         self._lost = False
+        self._opened_at: datetime | None = None  # when the store recorded this link's start
+        self._timer: asyncio.TimerHandle | None = None
         hub.track(self)
+        self._arm()
 
     # -- from the channel ------------------------------------------------------------------------
 
@@ -267,14 +247,41 @@ class WebSocketLink:
         if self._lost:
             return
         self._lost = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.session.state is not SessionState.CLOSED:
             self.session.close(CloseCode.GOING_AWAY, "link ended")
         self.hub.untrack(self)
         if self.hub.unregister(self):
             self.hub.spawn(self._forget())
 
+    # -- deadlines ---------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        """One timer per link, at the session's next deadline as it stands now. Heartbeats
+        only move ``last_received``; the timer is not touched for them. When it fires early
+        (the gateway was heard from since), it is set again for the new deadline: about one
+        callback per link per liveness timeout, whatever the heartbeat rate."""
+        deadline = self.session.next_deadline()
+        if self._lost or deadline == math.inf:
+            self._timer = None
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, deadline - time.monotonic())
+        self._timer = loop.call_at(loop.time() + delay, self._deadline_due)
+
+    def _deadline_due(self) -> None:
+        self._timer = None
+        if self._lost:
+            return
+        now = time.monotonic()
+        if self.session.next_deadline() <= now:
+            self.tick(now)
+        self._arm()
+
     def tick(self, now: float) -> None:
-        """Liveness and handshake deadlines (the hub's sweeper calls this when one is due)."""
+        """Enforce the liveness and handshake deadlines that fell due by *now*."""
         self.session.tick(now)
         if self.session.state is SessionState.CLOSED:
             for event in self.session.events():
@@ -317,9 +324,7 @@ class WebSocketLink:
             self.frame_received(data)
 
     async def _forget(self) -> None:
-        now = datetime.now(UTC)
-        await self.store.set_link_state(self.gateway_id, linked=False, now=now)
-        await self.store.requeue_delivered(self.gateway_id, now=now)
+        await self.links.closed(self.gateway_id, opened_at=self._opened_at)
 
     async def _on_event(self, event: object) -> None:
         session = self.session
@@ -333,7 +338,7 @@ class WebSocketLink:
             previous = self.hub.register(self)
             if previous is not None:
                 await previous.close(CloseCode.REPLACED, "a newer link of this gateway took over")
-            await self.links.opened(
+            self._opened_at = await self.links.opened(
                 self.gateway_id,
                 tier="ws",
                 reason=event.hello.tier_reason,

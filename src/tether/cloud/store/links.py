@@ -14,13 +14,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tether.cloud.store.models import JSONDocument, UTCDateTime, gateways, metadata
+from tether.cloud.store.models import JSONDocument, UTCDateTime, commands, gateways, metadata
 from tether.cloud.store.store import dialect_insert, write_transaction
+from tether.protocol.commands import CommandEvent, CommandState, transition
 
 __all__ = ["HISTORY_LENGTH", "LinkRecord", "LinkStore", "gateway_links"]
 
 HISTORY_LENGTH = 50
-#: Link openings committed in one transaction at most.
+#: Link openings and closings committed in one transaction at most.
 OPENINGS_PER_GROUP = 500
 
 gateway_links = sa.Table(
@@ -53,14 +54,25 @@ class _Opening:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class _Closing:
+    gateway_id: str
+    opened_at: datetime | None
+    at: datetime
+
+
+_REQUEUED = transition(CommandState.DELIVERED, CommandEvent.REQUEUE)
+
+
 class LinkStore:
-    """Link state and tier history. Link openings are written in groups: a reconnect storm of
-    thousands of gateways costs a few transactions, not one each."""
+    """Link state and tier history. Link openings and closings are written in groups, in the
+    order they happened: a reconnect storm of thousands of gateways costs a few transactions,
+    not one or two each."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.dialect: str = engine.dialect.name
-        self._waiting: list[tuple[_Opening, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[_Opening | _Closing, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
     async def opened(
@@ -71,24 +83,36 @@ class LinkStore:
         reason: str,
         agent_version: str | None,
         peer: str | None,
-    ) -> None:
+    ) -> datetime:
         """A link opened on *tier*: mark the gateway linked and record a tier change. Returns
-        once it is committed (together with the other openings that arrived meanwhile)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        once it is committed (together with the other openings and closings that arrived
+        meanwhile); the time it holds as the link's start, for :meth:`closed`."""
         opening = _Opening(gateway_id, tier, reason, agent_version, peer, datetime.now(UTC))
-        self._waiting.append((opening, future))
+        await self._queue(opening)
+        return opening.at
+
+    async def closed(self, gateway_id: str, *, opened_at: datetime | None) -> None:
+        """A link that opened at *opened_at* (what :meth:`opened` returned; None if unknown)
+        ended: mark the gateway offline and put its delivered-but-unstarted commands back in
+        the queue, unless a newer link of the gateway (here or on another process) has opened
+        since. Returns once committed, grouped like the openings."""
+        await self._queue(_Closing(gateway_id, opened_at, datetime.now(UTC)))
+
+    async def _queue(self, change: _Opening | _Closing) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((change, future))
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_openings())
+            self._writer = asyncio.get_running_loop().create_task(self._write_changes())
         await future
 
-    async def _write_openings(self) -> None:
+    async def _write_changes(self) -> None:
         while self._waiting:
             group, self._waiting = (
                 self._waiting[:OPENINGS_PER_GROUP],
                 self._waiting[OPENINGS_PER_GROUP:],
             )
             try:
-                await self._commit_openings([o for o, _ in group])
+                await self._commit([change for change, _ in group])
             except BaseException as exc:
                 for _, future in group:
                     if not future.done():
@@ -100,65 +124,107 @@ class LinkStore:
                 if not future.done():
                     future.set_result(None)
 
-    async def _commit_openings(self, openings: list[_Opening]) -> None:
-        latest: dict[str, _Opening] = {}
-        for o in openings:  # a gateway that relinked twice in one group: the last one counts
-            latest[o.gateway_id] = o
+    async def _commit(self, changes: list[_Opening | _Closing]) -> None:
+        last: dict[str, _Opening | _Closing] = {}
+        for change in changes:  # a gateway that came and went in one group: the last counts
+            last[change.gateway_id] = change
+        latest = {g: c for g, c in last.items() if isinstance(c, _Opening)}
+        gone = [c for c in last.values() if isinstance(c, _Closing)]
         async with write_transaction(self.engine) as conn:
-            await conn.execute(
-                gateways.update()
-                .where(gateways.c.gateway_id == sa.bindparam("g"))
-                .values(
-                    linked=True,
-                    tier=sa.bindparam("t"),
-                    last_seen=sa.bindparam("at"),
-                    link_since=sa.bindparam("at"),
-                    peer=sa.bindparam("p"),
-                    agent_version=sa.func.coalesce(sa.bindparam("v"), gateways.c.agent_version),
+            if gone:
+                await self._commit_closings(conn, gone)
+            if latest:
+                await self._commit_openings(conn, latest)
+
+    @staticmethod
+    async def _commit_closings(conn: Any, gone: list[_Closing]) -> None:
+        g = gateways.c
+        await conn.execute(
+            gateways.update()
+            .where(
+                g.gateway_id == sa.bindparam("g"),
+                # a newer link (here or on another process) has taken over: leave it
+                sa.or_(
+                    sa.bindparam("opened", type_=UTCDateTime()).is_(None),
+                    g.link_since.is_(None),
+                    g.link_since <= sa.bindparam("opened", type_=UTCDateTime()),
                 ),
-                [
-                    {
-                        "g": o.gateway_id,
-                        "t": o.tier,
-                        "at": o.at,
-                        "p": o.peer,
-                        "v": o.agent_version or None,
-                    }
-                    for o in latest.values()
-                ],
             )
-            rows = {
-                row.gateway_id: row
-                for row in await conn.execute(
-                    sa.select(gateway_links).where(gateway_links.c.gateway_id.in_(list(latest)))
+            .values(
+                linked=False,
+                tier=None,
+                peer=None,
+                last_seen=sa.bindparam("at"),
+                link_since=sa.bindparam("at"),
+            ),
+            [{"g": c.gateway_id, "opened": c.opened_at, "at": c.at} for c in gone],
+        )
+        at = max(c.at for c in gone)
+        offline = sa.select(g.gateway_id).where(
+            g.gateway_id.in_([c.gateway_id for c in gone]), g.linked.is_(False)
+        )
+        await conn.execute(
+            commands.update()
+            .where(
+                commands.c.state == CommandState.DELIVERED.value,
+                commands.c.gateway_id.in_(offline.scalar_subquery()),
+            )
+            .values(state=_REQUEUED.value, updated_at=at)
+        )
+
+    async def _commit_openings(self, conn: Any, latest: dict[str, _Opening]) -> None:
+        await conn.execute(
+            gateways.update()
+            .where(gateways.c.gateway_id == sa.bindparam("g"))
+            .values(
+                linked=True,
+                tier=sa.bindparam("t"),
+                last_seen=sa.bindparam("at"),
+                link_since=sa.bindparam("at"),
+                peer=sa.bindparam("p"),
+                agent_version=sa.func.coalesce(sa.bindparam("v"), gateways.c.agent_version),
+            ),
+            [
+                {
+                    "g": o.gateway_id,
+                    "t": o.tier,
+                    "at": o.at,
+                    "p": o.peer,
+                    "v": o.agent_version or None,
+                }
+                for o in latest.values()
+            ],
+        )
+        rows = {
+            row.gateway_id: row
+            for row in await conn.execute(
+                sa.select(gateway_links).where(gateway_links.c.gateway_id.in_(list(latest)))
+            )
+        }
+        upserts = []
+        for o in latest.values():
+            row = rows.get(o.gateway_id)
+            history: list[dict[str, Any]] = list(row.history) if row is not None else []
+            if row is None or row.tier != o.tier or row.reason != o.reason:
+                history.append({"at": o.at.isoformat(), "tier": o.tier, "reason": o.reason})
+                upserts.append(
+                    {
+                        "gateway_id": o.gateway_id,
+                        "tier": o.tier,
+                        "reason": o.reason,
+                        "since": o.at,
+                        "history": history[-HISTORY_LENGTH:],
+                    }
                 )
-            }
-            upserts = []
-            for o in latest.values():
-                row = rows.get(o.gateway_id)
-                history: list[dict[str, Any]] = list(row.history) if row is not None else []
-                if row is None or row.tier != o.tier or row.reason != o.reason:
-                    history.append({"at": o.at.isoformat(), "tier": o.tier, "reason": o.reason})
-                    upserts.append(
-                        {
-                            "gateway_id": o.gateway_id,
-                            "tier": o.tier,
-                            "reason": o.reason,
-                            "since": o.at,
-                            "history": history[-HISTORY_LENGTH:],
-                        }
-                    )
-            if upserts:
-                insert = dialect_insert(self.dialect, gateway_links)
-                await conn.execute(
-                    insert.on_conflict_do_update(
-                        index_elements=["gateway_id"],
-                        set_={
-                            c: insert.excluded[c] for c in ("tier", "reason", "since", "history")
-                        },
-                    ),
-                    upserts,
-                )
+        if upserts:
+            insert = dialect_insert(self.dialect, gateway_links)
+            await conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["gateway_id"],
+                    set_={c: insert.excluded[c] for c in ("tier", "reason", "since", "history")},
+                ),
+                upserts,
+            )
 
     async def heard(self, gateway_id: str, *, tier: str, peer: str | None) -> None:
         """An exchange on an HTTPS tier: the gateway is linked there; ``link_since`` moves

@@ -1,0 +1,120 @@
+"""Link state in the store: openings and closings written in groups, in the order they
+happened, and a closing never undoing a newer link; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tether.cloud.store import Store
+from tether.cloud.store.links import LinkStore
+from tether.protocol.commands import CommandEvent, CommandState
+
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def gateway_store(store: Store) -> Store:
+    for n in range(40):
+        await store.create_gateway(gateway_id=f"gw-{n}", name=f"gateway {n}", now=NOW)
+    return store
+
+
+async def _open(links: LinkStore, gateway_id: str, tier: str = "ws") -> datetime:
+    return await links.opened(
+        gateway_id, tier=tier, reason="", agent_version="1.2", peer="10.0.0.9"
+    )
+
+
+async def _delivered(store: Store, gateway_id: str) -> str:
+    record = await store.create_command(
+        gateway_id=gateway_id,
+        kind="ping",
+        args={},
+        expires_at=datetime.now(UTC) + timedelta(hours=1),
+        created_by="alice",
+        now=datetime.now(UTC),
+    )
+    await store.apply_command_event(record.command_id, CommandEvent.DELIVER, now=datetime.now(UTC))
+    return record.command_id
+
+
+async def test_openings_and_closings_of_many_gateways_land_together(gateway_store: Store) -> None:
+    links = LinkStore(gateway_store.engine)
+    ids = [f"gw-{n}" for n in range(40)]
+    opened = await asyncio.gather(*(_open(links, g) for g in ids))
+    for gateway_id in ids:
+        record = await gateway_store.get_gateway(gateway_id)
+        assert record is not None
+        assert (record.linked, record.tier, record.peer) == (True, "ws", "10.0.0.9")
+    commands = {g: await _delivered(gateway_store, g) for g in ids[:10]}
+
+    await asyncio.gather(
+        *(links.closed(g, opened_at=at) for g, at in zip(ids, opened, strict=True))
+    )
+
+    for gateway_id in ids:
+        record = await gateway_store.get_gateway(gateway_id)
+        assert record is not None
+        assert (record.linked, record.tier, record.peer) == (False, None, None)
+    for command_id in commands.values():
+        command = await gateway_store.get_command(command_id)
+        assert command is not None
+        assert command.state is CommandState.QUEUED  # put back for the next link
+
+
+async def test_a_closing_leaves_a_newer_link_alone(gateway_store: Store) -> None:
+    links = LinkStore(gateway_store.engine)
+    old = await _open(links, "gw-1")
+    newer = await _open(links, "gw-1", tier="long-poll")  # e.g. on another process
+    assert newer > old
+    command_id = await _delivered(gateway_store, "gw-1")
+
+    await links.closed("gw-1", opened_at=old)  # the old link's end is reported late
+
+    record = await gateway_store.get_gateway("gw-1")
+    assert record is not None
+    assert (record.linked, record.tier) == (True, "long-poll")
+    command = await gateway_store.get_command(command_id)
+    assert command is not None
+    assert command.state is CommandState.DELIVERED  # the newer link holds it
+
+    await links.closed("gw-1", opened_at=newer)
+    record = await gateway_store.get_gateway("gw-1")
+    assert record is not None
+    assert record.linked is False
+    command = await gateway_store.get_command(command_id)
+    assert command is not None
+    assert command.state is CommandState.QUEUED
+
+
+async def test_changes_queued_together_apply_in_order(gateway_store: Store) -> None:
+    links = LinkStore(gateway_store.engine)
+    first = await _open(links, "gw-2")
+    # closed then reopened in one group: the reopening counts
+    await asyncio.gather(links.closed("gw-2", opened_at=first), _open(links, "gw-2"))
+    record = await gateway_store.get_gateway("gw-2")
+    assert record is not None
+    assert record.linked is True
+    second = record.link_since
+    assert second is not None
+    assert second > first
+    # opened then closed in one group: the closing counts
+    opened = asyncio.ensure_future(_open(links, "gw-3"))
+    await asyncio.sleep(0)  # queued first
+    await links.closed("gw-3", opened_at=None)
+    await opened
+    record = await gateway_store.get_gateway("gw-3")
+    assert record is not None
+    assert record.linked is False
+
+
+async def test_a_closing_with_an_unknown_start_still_marks_offline(gateway_store: Store) -> None:
+    links = LinkStore(gateway_store.engine)
+    await _open(links, "gw-4")
+    await links.closed("gw-4", opened_at=None)
+    record = await gateway_store.get_gateway("gw-4")
+    assert record is not None
+    assert record.linked is False
