@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from tether.cloud.store import Store
 from tether.cloud.store.telemetry import (
+    SQLITE_ROWS_PER_STATEMENT,
     WRITER_CACHE,
     BatchOutcome,
     IncomingBatch,
@@ -276,6 +277,30 @@ async def test_raw_insert_only_inserts(telemetry: TelemetryStore) -> None:
     await telemetry.raw_insert(rows)
     assert await telemetry.count(GW) == 1000
     assert await telemetry.streams(GW) == []
+
+
+async def test_bulk_inserts_of_every_statement_size_keep_every_row_once(
+    telemetry: TelemetryStore,
+) -> None:
+    # 4096 + 512 + 3 * 64 + 7 * 8 + 7 rows: statements of every size on SQLite, each full.
+    count = sum(SQLITE_ROWS_PER_STATEMENT) + 2 * 64 + 6 * 8 + 6
+    [outcome] = await telemetry.commit_batches([batch(1, count)])
+    assert outcome.accepted == count
+    assert await stored_seqs(telemetry) == list(range(1, count + 1))
+    rows = [("gw-raw", f"p{i % 7}", T0 + i, float(i), None, "good") for i in range(count)]
+    await telemetry.raw_insert(rows)
+    stored = await telemetry.query("gw-raw", point_id=None, since=None, until=None, limit=count)
+    assert [(r.point_id, r.ts, r.value) for r in stored] == [(p, t, v) for _, p, t, v, _, _ in rows]
+
+
+async def test_raw_insert_refuses_rows_of_the_wrong_width(
+    store: Store, telemetry: TelemetryStore
+) -> None:
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("COPY checks each row itself")
+    with pytest.raises(ValueError, match="6 values"):
+        await telemetry.raw_insert([(GW, "p", T0, 1.0, None)] * 7)
+    assert await telemetry.count() == 0
 
 
 # --- the bulk path: rows prepared column by column, one writer for many groups ---------------
