@@ -4,8 +4,9 @@ commit, duplicates across links, drops and discovery, and what a store failure d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,11 +14,12 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.support.cloudproc import wait_for
 
 from tether.cloud.ingest import MAX_OBSERVATIONS, BatchInvalid, IngestPipeline, validate_batch
 from tether.cloud.store import Store
-from tether.cloud.store.telemetry import TelemetryStore
+from tether.cloud.store.telemetry import BatchOutcome, GroupWriter, IncomingBatch, TelemetryStore
 from tether.protocol.messages import (
     Discovery,
     DiscoveryAck,
@@ -369,3 +371,82 @@ async def test_the_writer_lets_its_connection_go_when_idle_and_takes_one_again(
         await wait_for(lambda: pool.checkedout() == 0, within=5, what="the writer to go idle")
         assert await one(pipeline, tm(11, 20)) == TelemetryAck("sim", 20, accepted=10)
     assert await stored_seqs(telemetry) == list(range(1, 21))
+
+
+# --- groups side by side (PostgreSQL's two writers) -------------------------------------------
+
+
+class _WatchedStore(TelemetryStore):
+    """A store recording the streams of each group in flight, whose group commits wait (up to
+    ``hold`` seconds) until two are under way."""
+
+    def __init__(self, engine: AsyncEngine, hold: float) -> None:
+        super().__init__(engine)
+        self.hold = hold
+        self.in_flight: list[set[tuple[str, str]]] = []
+        self.overlapping: list[tuple[set[tuple[str, str]], set[tuple[str, str]]]] = []
+        self.side_by_side = asyncio.Event()
+
+    @asynccontextmanager
+    async def writer(self) -> AsyncIterator[GroupWriter]:
+        async with super().writer() as inner:
+            yield _WatchedWriter(self, inner)
+
+
+class _WatchedWriter(GroupWriter):
+    def __init__(self, store: _WatchedStore, inner: GroupWriter) -> None:
+        self.watched = store
+        self.inner = inner
+
+    async def commit(self, batches: Sequence[IncomingBatch]) -> list[BatchOutcome]:
+        store = self.watched
+        streams = {(b.gateway_id, b.stream) for b in batches}
+        store.overlapping += [(streams, other) for other in store.in_flight]
+        store.in_flight.append(streams)
+        if len(store.in_flight) == 2:
+            store.side_by_side.set()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(store.side_by_side.wait(), store.hold)
+            return await self.inner.commit(batches)
+        finally:
+            store.in_flight.remove(streams)
+
+
+async def test_two_writers_commit_groups_of_distinct_streams_side_by_side(
+    store: Store,
+) -> None:
+    watched = _WatchedStore(store.engine, hold=10)
+    async with started(IngestPipeline(watched, writers=2)) as pipeline:
+        replies = await asyncio.gather(
+            *(
+                pipeline.on_batch(f"gw-{g}", tm(f, f + 9, stream=s))
+                for g in range(3)
+                for s in ("a", "b")
+                for f in range(1, 101, 10)
+            )
+        )
+    assert all(isinstance(r, TelemetryAck) for [r] in replies)
+    assert watched.side_by_side.is_set()
+    assert watched.overlapping  # two groups were under way at once ...
+    assert all(not (mine & other) for mine, other in watched.overlapping)  # ... never one stream
+    for g in range(3):
+        assert [s.hwm for s in await watched.streams(f"gw-{g}")] == [100, 100]
+        assert sorted(await stored_seqs(watched, f"gw-{g}")) == sorted(2 * list(range(1, 101)))
+
+
+async def test_a_stream_waits_for_its_group_under_way_and_keeps_its_order(
+    store: Store,
+) -> None:
+    watched = _WatchedStore(store.engine, hold=0)
+    async with started(IngestPipeline(watched, writers=2, max_rows=20)) as pipeline:
+        replies = await asyncio.gather(
+            *(pipeline.on_batch(GW, tm(f, f + 9)) for f in range(1, 201, 10))
+        )
+    # One stream: never two groups at once, each batch taken in its turn.
+    acks = [r for [r] in replies if isinstance(r, TelemetryAck)]
+    assert [(a.last_seq, a.accepted, a.duplicates) for a in acks] == [
+        (last, 10, 0) for last in range(10, 201, 10)
+    ]
+    assert watched.overlapping == []
+    assert await stored_seqs(watched) == list(range(1, 201))

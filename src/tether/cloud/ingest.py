@@ -1,10 +1,16 @@
 """Telemetry ingest: validate each batch, commit batches in groups, acknowledge after commit.
 
-Batches from every link wait in one queue; a single writer takes whatever has gathered (up to
+Batches from every link wait in one queue; a writer takes whatever has gathered (up to
 :attr:`IngestPipeline.max_rows` observations) and commits it in one transaction with the store's
 bulk path. Each batch is acknowledged only after its group committed. A batch that is malformed
 is refused with a clear reason and the link goes on; a store failure defers the batch (the
 gateway keeps it spooled and sends it again).
+
+On PostgreSQL two writers commit groups side by side, each on its own connection, so the
+server inserts one group while the other is being acknowledged, refilled and sent. A stream is
+in one group being committed at a time: a writer leaves the batches of streams another writer
+holds in the queue, and while another writer waits it leaves it half of the streams queued.
+SQLite has one writer at a time whatever the connections, so it gets one.
 
 A stream's batches are committed in sequence order: once a batch was deferred, later batches of
 its stream (already in flight when the gateway learnt of the deferral) are deferred too until the
@@ -143,35 +149,52 @@ class _Pending:
     future: asyncio.Future[TelemetryAck | TelemetryReject] = field(repr=False)
 
 
+_Key = tuple[str, str]  # (gateway, stream)
+
+
 class IngestPipeline:
     def __init__(
-        self, telemetry: TelemetryStore, *, max_rows: int = 50_000, hold_writer: float = 1.0
+        self,
+        telemetry: TelemetryStore,
+        *,
+        max_rows: int = 50_000,
+        hold_writer: float = 1.0,
+        writers: int | None = None,
     ) -> None:
         self.telemetry = telemetry
         self.max_rows = max_rows
-        #: Seconds the writer keeps its connection once no batch waits.
+        #: Seconds a writer keeps its connection once no batch waits for it.
         self.hold_writer = hold_writer
+        #: Groups committed side by side (default: 2 on PostgreSQL, 1 on SQLite).
+        self.writers = writers or (1 if telemetry.dialect == "sqlite" else 2)
         self.stats = IngestStats()
         self._queue: list[_Pending] = []
-        self._failed: list[_Pending] = []  # the group being committed, deferred if it fails
-        self._ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # Each writer's group being committed (deferred if it fails), and their streams.
+        self._committing: dict[int, list[_Pending]] = {}
+        self._busy: set[_Key] = set()
+        self._ready = asyncio.Event()  # a batch came, or a group's streams were let go
+        self._tasks: list[asyncio.Task[None]] = []
         # (gateway, stream) -> first sequence number of a batch deferred by a store failure
         self._resume_at: dict[tuple[str, str], int] = {}
         self._drops_seen: dict[tuple[str, str], int] = {}
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._writer())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._writer(n)) for n in range(self.writers)]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for pending in self._failed + self._queue:  # the group being committed, and the rest
+                await task
+        self._tasks = []
+        committing = [p for group in self._committing.values() for p in group]
+        for pending in committing + self._queue:  # the groups being committed, and the rest
             if not pending.future.done():
                 pending.future.set_result(self._deferred(pending.batch, "cloud shutting down"))
-        self._failed = []
+        self._committing.clear()
+        self._busy.clear()
         self._queue.clear()
 
     # -- message handlers (registered with GatewayService) ------------------------------------
@@ -255,15 +278,38 @@ class IngestPipeline:
         )
 
     def _take(self) -> list[_Pending]:
+        """The next group: queued batches in order, up to ``max_rows`` observations, of streams
+        no other group holds; while another writer is free, of the first half of those streams."""
+        free = self._streams_free()
+        another_free = len(self._committing) < self.writers - 1
+        if another_free:
+            free = free[: (len(free) + 1) // 2]
+        streams = set(free)
         group: list[_Pending] = []
+        rest: list[_Pending] = []
         rows = 0
-        while self._queue and (
-            not group or rows + len(self._queue[0].batch.observations) <= self.max_rows
-        ):
-            item = self._queue.pop(0)
+        for item in self._queue:
+            batch = item.batch
+            count = len(batch.observations)
+            if (batch.gateway_id, batch.stream) not in streams or (
+                group and rows + count > self.max_rows
+            ):
+                streams.discard((batch.gateway_id, batch.stream))  # its later batches wait too
+                rest.append(item)
+                continue
             group.append(item)
-            rows += len(item.batch.observations)
+            rows += count
+        self._queue = rest
+        self._busy.update((p.batch.gateway_id, p.batch.stream) for p in group)
+        if another_free and rest:
+            self._ready.set()  # what is left is for the other writer
         return group
+
+    def _streams_free(self) -> list[_Key]:
+        """Queued streams no group holds, in the order of their first batch."""
+        busy = self._busy
+        queued = dict.fromkeys((p.batch.gateway_id, p.batch.stream) for p in self._queue)
+        return [key for key in queued if key not in busy]
 
     def _in_order(self, group: list[_Pending]) -> list[_Pending]:
         """Defer the batches that would overtake a deferred batch of their stream."""
@@ -280,39 +326,55 @@ class IngestPipeline:
             ready.append(p)
         return ready
 
-    async def _writer(self) -> None:
+    async def _writer(self, n: int) -> None:
         while True:
-            if not self._queue:
-                await self._ready.wait()
+            await self._wait_for_work()
             try:
                 async with self.telemetry.writer() as writer:
-                    await self._write(writer)
+                    await self._write(n, writer)
             except (SQLAlchemyError, OSError) as exc:
                 # The group failed (or no connection could be had for it): it is deferred, the
                 # gateways send it again, and the next group starts on a fresh connection.
-                group = self._failed or self._take()
-                self._failed = []
+                group = self._committing.pop(n, None) or self._take()
+                self._release(group)
                 self.stats.failures += 1
                 log.error("ingest of %d batches failed, deferred: %s", len(group), exc)
                 self._defer(group, "store unavailable")
 
-    async def _write(self, writer: GroupWriter) -> None:
+    async def _wait_for_work(self, within: float | None = None) -> None:
+        """Return once a group can be taken; ``TimeoutError`` after ``within`` seconds."""
+        while not self._streams_free():
+            self._ready.clear()
+            if within is None:
+                await self._ready.wait()
+            else:
+                await asyncio.wait_for(self._ready.wait(), within)
+
+    async def _write(self, n: int, writer: GroupWriter) -> None:
         """Commit groups while batches keep coming; return once none came for a while, so the
         connection (and its warm cache) is held through a stream of batches and no longer."""
         while True:
-            self._ready.clear()
-            while self._queue:
-                group = self._in_order(self._take())
+            while self._streams_free():
+                taken = self._take()
+                group = self._in_order(taken)
                 if not group:
+                    self._release(taken)
                     continue
-                self._failed = group
+                self._committing[n] = group
                 outcomes = await writer.commit([p.batch for p in group])
-                self._failed = []
+                del self._committing[n]
+                self._release(taken)
                 self._acknowledge(group, outcomes)
             try:
-                await asyncio.wait_for(self._ready.wait(), self.hold_writer)
+                await self._wait_for_work(self.hold_writer)
             except TimeoutError:
                 return
+
+    def _release(self, group: list[_Pending]) -> None:
+        """The group's streams may go into another group: wake a writer waiting for them."""
+        self._busy.difference_update((p.batch.gateway_id, p.batch.stream) for p in group)
+        if group and self._queue:
+            self._ready.set()
 
     def _defer(self, group: list[_Pending], reason: str) -> None:
         for p in group:
