@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import random
+import ssl
+import time
 from pathlib import Path
 
 import psutil
@@ -99,6 +103,14 @@ def test_bench_connects_every_link_and_measures_every_figure(
             assert figures[key] > 0, (name, key)
         assert figures["latency_p99_ms"] >= figures["latency_p50_ms"]
         assert figures["latency_samples"] == 20
+        # The reconnect storm: every link reset at once, every one back, none given up.
+        assert figures["storm_links"] == LINKS, name
+        assert figures["storm_relinked"] == LINKS, (name, figures["storm_errors"])
+        assert figures["storm_gave_up"] == 0, (name, figures["storm_errors"])
+        assert figures["storm_attempts"] >= LINKS, name
+        assert sum(figures["storm_error_kinds"].values()) == figures["storm_attempts"] - LINKS
+        assert figures["storm_seconds"] > 0, name
+        assert figures["storm_cpu_ms_per_link"] > 0, name
 
     tether = recorded["systems"]["tether"]
     # Commit → gateway is part of API POST start → gateway, sample by sample.
@@ -116,10 +128,23 @@ def test_bench_connects_every_link_and_measures_every_figure(
         assert recorded["systems"][system]["cloud_push_p99_ms"] is None
 
     rows = {row["figure"]: row for row in recorded["comparisons"]}
-    assert set(rows) == {key for key, *_ in lc.TARGETS}
+    assert set(rows) == {target.key for target in lc.TARGETS}
     for key, row in rows.items():
+        if key == "storm_gave_up":
+            continue
         assert row["ratio"] > 0, key
         assert row["ratio"] == pytest.approx(row["tether"] / row["mosquitto"])
+        if row["judged"] == "ratio" and row["limit"] is not None:
+            assert row["met"] == (row["ratio"] <= row["limit"]), key
+    # Absolute targets judge tether's own figure, not a ratio.
+    storm = rows["storm_seconds"]
+    assert (storm["judged"], storm["limit"]) == ("absolute", 30.0)
+    assert storm["tether"] == tether["storm_seconds"]
+    assert storm["met"] == (tether["storm_seconds"] <= 30.0)
+    gave_up = rows["storm_gave_up"]
+    assert (gave_up["judged"], gave_up["tether"], gave_up["ratio"]) == ("absolute", 0, None)
+    assert gave_up["met"] is True
+    assert rows["storm_cpu_ms_per_link"]["judged"] == "ratio"
     # The cloud-side rows hold Mosquitto's own publish → receive figure as the reference.
     mosquitto = recorded["systems"]["mosquitto"]
     assert rows["cloud_push_p99_ms"]["mosquitto"] == mosquitto["latency_p99_ms"]
@@ -127,6 +152,8 @@ def test_bench_connects_every_link_and_measures_every_figure(
     out = capsys.readouterr().out
     assert "tether/mosq" in out
     assert "CPU per mTLS handshake" in out
+    assert "reconnect storm: all relinked" in out
+    assert "CPU per link in the storm" in out
     assert _children() <= before
 
 
@@ -154,3 +181,66 @@ def test_a_failing_phase_still_stops_every_process(
         lc.run(config)
     assert _children() <= before
     assert not (tmp_path / "results").exists()
+
+
+async def test_a_dropped_link_ends_with_a_reset_not_a_goodbye() -> None:
+    seen: asyncio.Future[BaseException | bytes] = asyncio.get_running_loop().create_future()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            seen.set_result(await reader.read(100))
+        except ConnectionResetError as exc:
+            seen.set_result(exc)
+        writer.close()
+
+    server = await asyncio.start_server(handle, lc.HOST, 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection(lc.HOST, port)
+        lc.reset(writer.transport)
+        assert writer.transport.is_closing()
+        # A FIN would read as b"" (end of stream); the peer sees the connection reset instead.
+        assert isinstance(await asyncio.wait_for(seen, 10), ConnectionResetError)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_storm_retries_with_backoff_until_the_deadline_then_gives_up() -> None:
+    # Nothing listens on the port: every redial is refused, so every link retries and gives up.
+    port = lc.free_port()
+    ctx = ssl.create_default_context()
+    links = [lc.MqttLink(f"bench-{i:06d}", ctx) for i in range(3)]
+    spec = lc.WorkerSpec(
+        kind="mosquitto",
+        host=lc.HOST,
+        port=port,
+        ca_path="",
+        links=(),
+        heartbeat=5.0,
+        concurrency=2,
+        link_timeout=5.0,
+        lifetime=60.0,
+        seed=1,
+    )
+    started = time.monotonic()
+    deadline, cap = started + 1.0, 0.2
+    storm = await lc.relink_all(
+        links,
+        functools.partial(lc.dial, http=None, spec=spec),
+        asyncio.Semaphore(spec.concurrency),
+        started=started,
+        deadline=deadline,
+        rng=random.Random(1),
+        initial=0.05,
+        cap=cap,
+    )
+    assert (storm.dropped, storm.relinked, storm.gave_up) == (3, 0, 3)
+    assert storm.attempts > 3  # each link tried again before giving up
+    assert storm.error_kinds == {"ConnectionRefusedError": storm.attempts}
+    assert len(storm.errors) == min(5, storm.attempts)
+    # A link gives up only once its next pause would cross the deadline.
+    assert storm.seconds >= deadline - started - cap
+    for link in links:
+        assert not link.open
+        assert link.ended.startswith("gave up in the reconnect storm (ConnectionRefusedError")
