@@ -955,21 +955,24 @@ class Store:
         """Expire every unfinished command whose deadline has passed; returns those expired."""
         c = commands.c
 
+        # Every state the table lets expire goes to the same state: one statement for all.
+        by_state: dict[CommandState, CommandState] = {}
+        for old in CommandState:
+            try:
+                by_state[old] = transition(old, CommandEvent.EXPIRE)
+            except IllegalTransition:
+                continue
+        (target,) = set(by_state.values())
+        due = sa.and_(c.state.in_([s.value for s in by_state]), c.expires_at <= now)
+
         def expire(conn: Connection) -> list[CommandRecord]:
-            expired: list[CommandRecord] = []
-            for old in CommandState:
-                try:
-                    new = transition(old, CommandEvent.EXPIRE)
-                except IllegalTransition:
-                    continue
-                rows = conn.execute(
-                    commands.update()
-                    .where(c.state == old.value, c.expires_at <= now)
-                    .values(state=new.value, updated_at=now, finished_at=now)
-                    .returning(*commands.c)
-                )
-                expired.extend(_command(r._mapping) for r in rows)
-            return expired
+            rows = conn.execute(
+                commands.update()
+                .where(due)
+                .values(state=target.value, updated_at=now, finished_at=now)
+                .returning(*commands.c)
+            )
+            return [_command(r._mapping) for r in rows]
 
         expired = await self._transact(expire)
         expired.sort(key=lambda record: (record.created_at, record.command_id))
