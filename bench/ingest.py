@@ -430,6 +430,7 @@ async def measure(
             else:
                 frames = [batch_frames(obs, options.upload_batch) for obs in data]
             total = sum(expected.values())
+            settle()
             started = time.monotonic()
             if mode == "agents":
                 agents = [_start_agent(data_dir, options) for _, data_dir in gateways]
@@ -526,12 +527,19 @@ async def _check_exactly_once(engine: AsyncEngine, expected: dict[str, int]) -> 
                 )
 
 
+def settle() -> None:
+    """Write back what earlier phases left dirty in the page cache, so that the kernel does not
+    do it in the middle of the next measurement (on either side of the ratio)."""
+    os.sync()
+
+
 async def measure_reference(fresh_database: Any, rows: list[tuple[Any, ...]], chunk: int) -> float:
     """Rows/s of raw_insert into a fresh database, in transactions of ``chunk`` rows."""
     url = await fresh_database()
     store = await Store.open(url)
     try:
         telemetry = TelemetryStore(store.engine)
+        settle()
         started = time.perf_counter()
         for i in range(0, len(rows), chunk):
             await telemetry.raw_insert(rows[i : i + chunk])
