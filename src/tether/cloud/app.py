@@ -398,6 +398,8 @@ def build_app(settings: CloudSettings) -> web.Application:
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
         await hub.close_all(CloseCode.GOING_AWAY, "cloud shutting down")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.links.drain(), 5.0)
         await ingest.stop()
         await store.close()
 

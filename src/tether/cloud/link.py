@@ -59,7 +59,6 @@ class LinkHub:
         self._links: dict[str, WebSocketLink] = {}
         self._live: set[WebSocketLink] = set()
         self._waiters: dict[str, set[asyncio.Event]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._links)
@@ -72,17 +71,6 @@ class LinkHub:
 
     def untrack(self, link: WebSocketLink) -> None:
         self._live.discard(link)
-
-    def spawn(self, work: Coroutine[object, object, None]) -> None:
-        """Run *work* in the background; :meth:`close_all` waits for it."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("link clean-up failed: %s", exc)
 
     def register(self, link: WebSocketLink) -> WebSocketLink | None:
         """Make *link* the gateway's link; return the one it replaces, if any."""
@@ -125,15 +113,14 @@ class LinkHub:
         return True
 
     async def close_all(self, code: str, reason: str) -> None:
-        """Close every link and wait for their clean-up (link state, requeued commands)."""
+        """Close every link; their clean-up (link state, requeued commands) is queued in the
+        link store, whose ``drain()`` waits for it."""
         await asyncio.gather(
             *(link.close(code, reason) for link in list(self._live)),
             return_exceptions=True,
         )
         for link in list(self._live):
             link.transport_lost()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5.0)
 
 
 class LinkChannel(Protocol):
@@ -254,7 +241,8 @@ class WebSocketLink:
             self.session.close(CloseCode.GOING_AWAY, "link ended")
         self.hub.untrack(self)
         if self.hub.unregister(self):
-            self.hub.spawn(self._forget())
+            # Marked offline and its delivered commands requeued in the next grouped write.
+            self.links.closed_soon(self.gateway_id, opened_at=self._opened_at)
 
     # -- deadlines ---------------------------------------------------------------------------
 
@@ -322,9 +310,6 @@ class WebSocketLink:
         # Frames that arrived after the last look are fed on the normal path.
         for data in backlog:
             self.frame_received(data)
-
-    async def _forget(self) -> None:
-        await self.links.closed(self.gateway_id, opened_at=self._opened_at)
 
     async def _on_event(self, event: object) -> None:
         session = self.session

@@ -118,3 +118,20 @@ async def test_a_closing_with_an_unknown_start_still_marks_offline(gateway_store
     record = await gateway_store.get_gateway("gw-4")
     assert record is not None
     assert record.linked is False
+
+
+async def test_closings_queued_without_waiting_are_written_by_drain(gateway_store: Store) -> None:
+    links = LinkStore(gateway_store.engine)
+    ids = [f"gw-{n}" for n in range(20, 40)]
+    opened = await asyncio.gather(*(_open(links, g) for g in ids))
+    command_id = await _delivered(gateway_store, ids[0])
+    for gateway_id, at in zip(ids, opened, strict=True):
+        links.closed_soon(gateway_id, opened_at=at)
+    await links.drain()
+    for gateway_id in ids:
+        record = await gateway_store.get_gateway(gateway_id)
+        assert record is not None
+        assert record.linked is False
+    command = await gateway_store.get_command(command_id)
+    assert command is not None
+    assert command.state is CommandState.QUEUED

@@ -8,6 +8,7 @@ back.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,8 @@ from tether.cloud.store.store import dialect_insert, write_transaction
 from tether.protocol.commands import CommandEvent, CommandState, transition
 
 __all__ = ["HISTORY_LENGTH", "LinkRecord", "LinkStore", "gateway_links"]
+
+log = logging.getLogger(__name__)
 
 HISTORY_LENGTH = 50
 #: Link openings and closings committed in one transaction at most.
@@ -72,7 +75,7 @@ class LinkStore:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.dialect: str = engine.dialect.name
-        self._waiting: list[tuple[_Opening | _Closing, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[_Opening | _Closing, asyncio.Future[None] | None]] = []
         self._writer: asyncio.Task[None] | None = None
 
     async def opened(
@@ -98,12 +101,26 @@ class LinkStore:
         since. Returns once committed, grouped like the openings."""
         await self._queue(_Closing(gateway_id, opened_at, datetime.now(UTC)))
 
+    def closed_soon(self, gateway_id: str, *, opened_at: datetime | None) -> None:
+        """:meth:`closed` without waiting: the closing joins the next group (no task or
+        future of its own, so a storm of thousands of dropped links costs little). A failed
+        write is logged; :meth:`drain` waits until every queued change is written."""
+        self._enqueue(_Closing(gateway_id, opened_at, datetime.now(UTC)), None)
+
+    async def drain(self) -> None:
+        """Wait until every change queued so far is written (or its write failed)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
     async def _queue(self, change: _Opening | _Closing) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue(change, future)
+        await future
+
+    def _enqueue(self, change: _Opening | _Closing, future: asyncio.Future[None] | None) -> None:
         self._waiting.append((change, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_changes())
-        await future
 
     async def _write_changes(self) -> None:
         while self._waiting:
@@ -114,14 +131,19 @@ class LinkStore:
             try:
                 await self._commit([change for change, _ in group])
             except BaseException as exc:
+                unheard = 0
                 for _, future in group:
-                    if not future.done():
+                    if future is None:
+                        unheard += 1
+                    elif not future.done():
                         future.set_exception(exc)
+                if unheard:
+                    log.error("link state: %d link closings not recorded: %s", unheard, exc)
                 if not isinstance(exc, Exception):
                     raise
                 continue
             for _, future in group:
-                if not future.done():
+                if future is not None and not future.done():
                     future.set_result(None)
 
     async def _commit(self, changes: list[_Opening | _Closing]) -> None:
