@@ -51,14 +51,71 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+#: Link deadlines are kept to this many seconds at most (the wheel's slot width).
+DEADLINE_GRANULARITY = 0.25
+
+
 class LinkHub:
     """The links held by this process: open ones by gateway id, and every live one (opening
-    included) so that shutting down reaches them all."""
+    included) so that shutting down reaches them all.
 
-    def __init__(self) -> None:
+    The hub also keeps the links' deadlines (handshake, liveness) on a timing wheel: each link
+    sits in the slot of its next deadline, and one ticker empties the slots as they fall due.
+    Heartbeats only move a session's ``last_received``; a link whose slot comes up early (it
+    was heard from since) is put in the slot of its new deadline. So a link costs about one
+    look per liveness timeout, whatever the heartbeat rate, with no timer of its own."""
+
+    def __init__(self, *, granularity: float = DEADLINE_GRANULARITY) -> None:
         self._links: dict[str, WebSocketLink] = {}
         self._live: set[WebSocketLink] = set()
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._granularity = granularity
+        self._wheel: dict[int, set[WebSocketLink]] = {}
+        self._next_slot = math.floor(time.monotonic() / granularity)
+        self._ticker: asyncio.TimerHandle | None = None
+
+    # -- deadlines -------------------------------------------------------------------------------
+
+    def schedule(self, link: WebSocketLink, deadline: float) -> None:
+        """Look at *link* again once the monotonic time *deadline* has passed (``inf``: never)."""
+        old = link.slot
+        if deadline == math.inf:
+            slot = None
+        else:
+            slot = max(math.ceil(deadline / self._granularity), self._next_slot)
+        if old == slot:
+            return
+        if old is not None:
+            bucket = self._wheel.get(old)
+            if bucket is not None:
+                bucket.discard(link)
+                if not bucket:
+                    del self._wheel[old]
+        link.slot = slot
+        if slot is None:
+            return
+        if not self._wheel and self._ticker is None:
+            # the wheel was idle: skip the empty slots rather than walk them
+            self._next_slot = max(self._next_slot, math.floor(time.monotonic() / self._granularity))
+            slot = link.slot = max(slot, self._next_slot)
+        self._wheel.setdefault(slot, set()).add(link)
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(self._granularity, self._tick)
+
+    def _tick(self) -> None:
+        self._ticker = None
+        now = time.monotonic()
+        upto = math.floor(now / self._granularity)
+        wheel = self._wheel
+        while self._next_slot <= upto and wheel:
+            bucket = wheel.pop(self._next_slot, None)
+            self._next_slot += 1
+            for link in bucket or ():
+                link.slot = None
+                link.deadline_due(now)
+        self._next_slot = max(self._next_slot, upto + 1)
+        if wheel:
+            self._ticker = asyncio.get_running_loop().call_later(self._granularity, self._tick)
 
     def __len__(self) -> int:
         return len(self._links)
@@ -161,7 +218,6 @@ class WebSocketLink:
         "_deliver_lock",
         "_lost",
         "_opened_at",
-        "_timer",
         "_worker",
         "channel",
         "gateway_id",
@@ -171,6 +227,7 @@ class WebSocketLink:
         "peer",
         "service",
         "session",
+        "slot",
         "store",
     )
 
@@ -207,9 +264,9 @@ class WebSocketLink:
         self._background: set[asyncio.Task[None]] | None = None
         self._lost = False
         self._opened_at: datetime | None = None  # when the store recorded this link's start
-        self._timer: asyncio.TimerHandle | None = None
+        self.slot: int | None = None  # the hub's wheel slot of the next deadline
         hub.track(self)
-        self._arm()
+        hub.schedule(self, self.session.next_deadline())
 
     # -- from the channel ------------------------------------------------------------------------
 
@@ -234,9 +291,7 @@ class WebSocketLink:
         if self._lost:
             return
         self._lost = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.hub.schedule(self, math.inf)
         if self.session.state is not SessionState.CLOSED:
             self.session.close(CloseCode.GOING_AWAY, "link ended")
         self.hub.untrack(self)
@@ -246,27 +301,13 @@ class WebSocketLink:
 
     # -- deadlines ---------------------------------------------------------------------------
 
-    def _arm(self) -> None:
-        """One timer per link, at the session's next deadline as it stands now. Heartbeats
-        only move ``last_received``; the timer is not touched for them. When it fires early
-        (the gateway was heard from since), it is set again for the new deadline: about one
-        callback per link per liveness timeout, whatever the heartbeat rate."""
-        deadline = self.session.next_deadline()
-        if self._lost or deadline == math.inf:
-            self._timer = None
-            return
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, deadline - time.monotonic())
-        self._timer = loop.call_at(loop.time() + delay, self._deadline_due)
-
-    def _deadline_due(self) -> None:
-        self._timer = None
+    def deadline_due(self, now: float) -> None:
+        """The hub's wheel reached this link's slot: enforce what fell due, look again later."""
         if self._lost:
             return
-        now = time.monotonic()
         if self.session.next_deadline() <= now:
             self.tick(now)
-        self._arm()
+        self.hub.schedule(self, self.session.next_deadline())
 
     def tick(self, now: float) -> None:
         """Enforce the liveness and handshake deadlines that fell due by *now*."""
