@@ -25,7 +25,9 @@ per link, at most 19,000 links per process):
 Figures per server: RSS per link (after N links minus before, over N), CPU per handshake (the
 server's CPU seconds during the connect phase over N; TLS, upgrade and, for tether, the link
 handshake with its store writes), idle CPU holding the links over a window of heartbeats, and
-push latency p50/p99 with every link open.
+push latency p50/p99 with every link open (500 samples, one at a time with a 20 ms pause
+between them, for every system alike: each push meets an otherwise idle server, as an operator's
+commands would, instead of the previous command's follow-up work).
 
 Then a *reconnect storm*: every load process resets all its open links at once, as a NAT or
 firewall reset would (zero linger and the TCP transport aborted: an RST, no TLS close_notify, no
@@ -162,7 +164,11 @@ class BenchConfig:
     heartbeat: float = 30.0
     #: Idle CPU window; default two heartbeat intervals.
     idle_window: float | None = None
-    samples: int = 200
+    samples: int = 500
+    #: Seconds between two latency samples, for every system alike: each push is measured on
+    #: an otherwise idle server (the previous one's follow-up work, such as a command's
+    #: updates, done), as an operator's commands arrive, rather than back to back.
+    pause: float = 0.02
     links_per_process: int = 5_000
     concurrency: int = 200
     systems: tuple[str, ...] = SYSTEMS
@@ -189,6 +195,8 @@ class BenchConfig:
     def check(self) -> None:
         if self.links < 1 or self.samples < 1 or self.concurrency < 1:
             raise BenchError("links, samples and concurrency must be at least 1")
+        if not 0 <= self.pause <= 10:
+            raise BenchError("the pause between latency samples must be within [0, 10] s")
         if not 1 <= self.links_per_process <= MAX_LINKS_PER_PROCESS:
             raise BenchError(f"links_per_process must be within 1..{MAX_LINKS_PER_PROCESS}")
         if self.heartbeat < 1:
@@ -843,7 +851,7 @@ async def _worker(spec: WorkerSpec, conn: Connection) -> None:
                 ended = collections.Counter(link.ended for link in links if link.ended)
                 send("status", sum(link.open for link in links), dict(ended))
             elif message[0] == "echo":
-                send("echo", await _echo_round_trips(links, message[1], rng))
+                send("echo", await _echo_round_trips(links, message[1], rng, message[2]))
             elif message[0] == "storm":
                 storm_started = time.monotonic()
                 dropped = [link for link in links if link.open]
@@ -879,7 +887,9 @@ async def _worker(spec: WorkerSpec, conn: Connection) -> None:
     send("stopped", still_open)
 
 
-async def _echo_round_trips(links: Sequence[Link], count: int, rng: random.Random) -> list[float]:
+async def _echo_round_trips(
+    links: Sequence[Link], count: int, rng: random.Random, pause: float
+) -> list[float]:
     candidates = [link for link in links if isinstance(link, EchoLink) and link.open]
     payload = os.urandom(PAYLOAD_SIZE)
     out: list[float] = []
@@ -887,6 +897,7 @@ async def _echo_round_trips(links: Sequence[Link], count: int, rng: random.Rando
         link = rng.choice(candidates)
         with contextlib.suppress(TimeoutError, ConnectionError, aiohttp.ClientError):
             out.append(await link.round_trip(payload, 10.0))
+        await asyncio.sleep(pause)
     return out
 
 
@@ -1455,6 +1466,7 @@ async def bench_tether(
                             - (time.time() - time.monotonic())
                         )
                         cloud_side.append(arrived - committed)
+                    await asyncio.sleep(config.pause)
                 return out
 
             figures = await measure(
@@ -1520,7 +1532,8 @@ async def bench_echo(config: BenchConfig, work: Path, ids: Identities) -> Figure
         async def push(fleet: Fleet) -> list[float]:
             n = len(fleet.procs)
             for index in range(n):
-                fleet.tell(index, "echo", config.samples // n + (index < config.samples % n))
+                count = config.samples // n + (index < config.samples % n)
+                fleet.tell(index, "echo", count, config.pause * n)
             return [rtt for m in await fleet.gather("echo", limit=600) for rtt in m[1]]
 
         return await measure(
@@ -1562,6 +1575,7 @@ async def bench_mosquitto(config: BenchConfig, work: Path, ids: Identities) -> F
                     started = time.monotonic()
                     await publisher.publish(index % 65535 + 1, topic_of(gateway_id), payload, 30)
                     out.append(await fleet.arrival(key, 30) - started)
+                    await asyncio.sleep(config.pause)
                 return out
 
             return await measure(
@@ -1688,6 +1702,7 @@ async def _run(config: BenchConfig) -> dict[str, Any]:
             "heartbeat_s": config.heartbeat,
             "idle_window_s": config.window,
             "latency_samples": config.samples,
+            "latency_pause_s": config.pause,
             "load_processes": config.workers,
             "connect_concurrency": config.concurrency,
             "storm_deadline_s": STORM_DEADLINE,
@@ -1724,6 +1739,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heartbeat", type=float, default=defaults.heartbeat)
     parser.add_argument("--idle-window", type=float, default=None, help="default 2 heartbeats")
     parser.add_argument("--samples", type=int, default=defaults.samples)
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=defaults.pause,
+        help="seconds between two latency samples (every system alike)",
+    )
     parser.add_argument("--links-per-process", type=int, default=defaults.links_per_process)
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
@@ -1736,6 +1757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         heartbeat=parsed.heartbeat,
         idle_window=parsed.idle_window,
         samples=parsed.samples,
+        pause=parsed.pause,
         links_per_process=parsed.links_per_process,
         concurrency=parsed.concurrency,
         systems=tuple(s for s in parsed.systems.split(",") if s),
