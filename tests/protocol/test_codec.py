@@ -20,6 +20,7 @@ from tether.protocol.codec import (
     decode_frame,
     encode_frame,
     encode_frames,
+    pong_for_ping,
 )
 from tether.protocol.errors import (
     FrameTooLarge,
@@ -37,6 +38,7 @@ from tether.protocol.messages import (
     CommandRequest,
     Message,
     Ping,
+    Pong,
     TelemetryBatch,
 )
 
@@ -451,3 +453,43 @@ def test_fuzz_deep_nesting_in_a_valid_header(
     nest = nest[: FUZZ_MAX - 64]
     frame = _command_with_args(b"\x81\xa1a" + nest + b"\xc0") if inside_command else _frame(nest)
     _check(frame, cuts)
+
+
+# -- the heartbeat shortcut ----------------------------------------------------------------
+
+
+@given(st.integers(min_value=-(2**63), max_value=2**64 - 1))
+def test_a_ping_is_answered_with_the_pong_the_codec_would_encode(seq: int) -> None:
+    assert pong_for_ping(encode_frame(Ping(seq=seq))) == encode_frame(Pong(seq=seq))
+
+
+def test_nothing_but_a_ping_gets_an_answer() -> None:
+    for message, frame in zip(SAMPLES, FRAMES, strict=True):
+        assert (pong_for_ping(frame) is not None) is isinstance(message, Ping)
+    ping = encode_frame(Ping(seq=300))
+    assert pong_for_ping(ping + b"\x00") is None  # a trailing byte (length no longer matches)
+    assert pong_for_ping(ping[:-1]) is None  # cut short
+    longer = bytearray(ping + b"\x00")
+    longer[2:6] = (len(longer) - HEADER.size).to_bytes(4, "big")
+    assert pong_for_ping(bytes(longer)) is None  # two values where one integer belongs
+    flagged = bytearray(ping)
+    flagged[1] = 1
+    assert pong_for_ping(bytes(flagged)) is None
+    versioned = bytearray(ping)
+    versioned[0] = 2
+    assert pong_for_ping(bytes(versioned)) is None
+    float_seq = bytearray(ping[: HEADER.size + 6]) + b"\xcb" + bytes(8)  # seq as a float
+    float_seq[2:6] = (len(float_seq) - HEADER.size).to_bytes(4, "big")
+    assert pong_for_ping(bytes(float_seq)) is None
+
+
+@given(st.binary(max_size=32))
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_any_bytes_answered_are_a_ping_the_decoder_reads_alike(data: bytes) -> None:
+    for candidate in (data, encode_frame(Ping(seq=1))[:12] + data[:9]):
+        pong = pong_for_ping(candidate)
+        if pong is None:
+            continue
+        ping = decode_frame(candidate)
+        assert isinstance(ping, Ping)
+        assert pong == encode_frame(Pong(seq=ping.seq))

@@ -698,3 +698,15 @@ def test_fuzz_frames_into_an_open_server(frames: list[bytes], as_client: bool) -
     # Whatever it answers, the peer can decode.
     for out in session.data_to_send():
         decode_frame(out, max_frame=pair.peer(session.role).max_frame)
+
+
+def test_a_ping_answered_outside_the_session_counts_as_heard() -> None:
+    pair = _opened()
+    server = pair.server
+    before = server.last_received
+    server.ping_answered(now=before + 5.0)
+    assert server.last_received == before + 5.0
+    assert server.data_to_send() == []  # the answer was the application's to send
+    server.close(CloseCode.NORMAL, "done")
+    server.ping_answered(now=before + 9.0)  # not once the link is closed
+    assert server.last_received == before + 5.0

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import msgspec
 
 from tether.protocol.errors import FrameTooLarge, MalformedFrame, UnsupportedVersion
-from tether.protocol.messages import Message
+from tether.protocol.messages import Message, Ping, Pong
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -33,6 +33,7 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "encode_frames",
+    "pong_for_ping",
 ]
 
 PROTOCOL_VERSION = 1
@@ -44,6 +45,14 @@ MIN_FRAME = 1024  # no negotiation may go below this: every control message (Wel
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
+
+# A Ping's and a Pong's encoding: the same header, the tag, then the same msgpack integer (seq).
+_PING_TAG = _encoder.encode(Ping(seq=0))[:-1]
+_PONG_TAG = _encoder.encode(Pong(seq=0))[:-1]
+_TAG_AT = HEADER.size
+_SEQ_AT = HEADER.size + len(_PING_TAG)
+_PING_MAX = _SEQ_AT + 9  # the longest msgpack integer is 9 bytes
+_int_decoder = msgspec.msgpack.Decoder(int)
 
 
 def encode_frame(message: Message) -> bytes:
@@ -88,6 +97,22 @@ def decode_frame(data: bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> Message:
             f"frame declares {length} payload bytes but carries {len(data) - HEADER.size}"
         )
     return _decode_payload(memoryview(data)[HEADER.size :])
+
+
+def pong_for_ping(frame: bytes) -> bytes | None:
+    """The Pong frame answering *frame* if it is exactly one well-formed Ping frame in the
+    encoder's own form, else None (then decode it as any other frame). Heartbeats are most of
+    what an idle link carries: this answers them without decoding and re-encoding a message."""
+    if len(frame) > _PING_MAX or frame[_TAG_AT:_SEQ_AT] != _PING_TAG:
+        return None
+    version, flags, length = HEADER.unpack_from(frame)  # the tag check implies 6 header bytes
+    if version != PROTOCOL_VERSION or flags != 0 or length != len(frame) - HEADER.size:
+        return None
+    try:
+        _int_decoder.decode(frame[_SEQ_AT:])  # exactly one integer, nothing after it
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return frame[:_TAG_AT] + _PONG_TAG + frame[_SEQ_AT:]
 
 
 class FrameDecoder:

@@ -195,6 +195,12 @@ class LinkSession:
             return
         self.receive_message(message, now=now)
 
+    def ping_answered(self, *, now: float) -> None:
+        """A Ping the application answered itself (see :func:`~tether.protocol.codec.
+        pong_for_ping`) while the link is open: it counts as heard from the peer."""
+        if self.state is SessionState.OPEN:
+            self.last_received = now
+
     def receive_message(self, message: Message, *, now: float) -> None:
         """Feed an already decoded message (the HTTPS tiers decode bodies themselves)."""
         if self.state is SessionState.CLOSED:
