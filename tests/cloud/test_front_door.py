@@ -34,21 +34,24 @@ class Pki:
     client_der: bytes
 
 
+def _client_credentials(ca: CertificateAuthority, gateway_id: str, pem: Path) -> tuple[Path, bytes]:
+    """A client certificate from *ca* with its key in one 0600 PEM file; returns the file and
+    the certificate's DER."""
+    key = generate_private_key()
+    cert = ca.issue_client(
+        build_csr(key), gateway_id=gateway_id, lifetime=timedelta(days=1), now=datetime.now(UTC)
+    )
+    pem.write_bytes(cert.public_bytes(Encoding.PEM) + private_key_pem(key))
+    pem.chmod(0o600)
+    return pem, cert.public_bytes(Encoding.DER)
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     root = tmp_path_factory.mktemp("pki")
     ca = CertificateAuthority.load_or_create(root / "ca")
     creds = ca.server_credentials(root / "server", ["127.0.0.1"])
-    key = generate_private_key()
-    cert = ca.issue_client(
-        build_csr(key),
-        gateway_id="gw-00000000000000aa",
-        lifetime=timedelta(days=1),
-        now=datetime.now(UTC),
-    )
-    client_pem = root / "client.pem"
-    client_pem.write_bytes(cert.public_bytes(Encoding.PEM) + private_key_pem(key))
-    client_pem.chmod(0o600)
+    client_pem, client_der = _client_credentials(ca, "gw-00000000000000aa", root / "client.pem")
     ca_path = root / "ca.pem"
     ca_path.write_bytes(ca.certificate_pem())
     return Pki(
@@ -56,7 +59,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         server_ssl_context(cert_path=creds.cert_path, key_path=creds.key_path, ca_path=ca_path),
         client_ssl_context(ca_path, client_pem),
         client_ssl_context(ca_path),
-        cert.public_bytes(Encoding.DER),
+        client_der,
     )
 
 
@@ -228,16 +231,7 @@ async def test_a_wrong_certificate_fails_the_handshake_and_the_server_goes_on(
     pki: Pki, door: Door, tmp_path: Path
 ) -> None:
     other = CertificateAuthority.load_or_create(tmp_path / "other")
-    key = generate_private_key()
-    cert = other.issue_client(
-        build_csr(key),
-        gateway_id="gw-00000000000000bb",
-        lifetime=timedelta(days=1),
-        now=datetime.now(UTC),
-    )
-    pem = tmp_path / "foreign.pem"
-    pem.write_bytes(cert.public_bytes(Encoding.PEM) + private_key_pem(key))
-    pem.chmod(0o600)
+    pem, _ = _client_credentials(other, "gw-00000000000000bb", tmp_path / "foreign.pem")
     foreign = client_ssl_context(pki.ca_path, pem)
     async with aiohttp.ClientSession() as http:
         with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):

@@ -177,6 +177,21 @@ class AgentProcess:
             self._changed.set()
         self._changed.set()
 
+    async def config_applied(self, version: int, what: str) -> dict[str, Any]:
+        """The record of the connectors configuration *version* being applied. The cloud
+        delivers a configuration at least once (a link opening and a change can both send it);
+        the agent applies a version once and acknowledges repeats, so the first record is the
+        one that applied it. :meth:`config_repeats_agree` checks the repeats afterwards."""
+        records = await self.wait(lambda: [c for c in self.configs if c["config"] == version], what)
+        first: dict[str, Any] = records[0]
+        return first
+
+    def config_repeats_agree(self, version: int) -> None:
+        """Every record of *version* says the same: applied, with the same last sequences."""
+        records = [c for c in self.configs if c["config"] == version]
+        assert records, f"configuration {version} never applied"
+        assert all(r["ok"] and r["last_seqs"] == records[0]["last_seqs"] for r in records), records
+
     async def wait(self, condition: Callable[[], Any], what: str, within: float = 20.0) -> Any:
         """Wait until ``condition()`` is truthy, re-checked at each line printed."""
         deadline = time.monotonic() + within

@@ -82,12 +82,11 @@ async def test_a_cloud_killed_mid_ingest_loses_and_doubles_nothing(
             assert set(agent.tiers) == {tier}
 
         version = await put_connectors(cloud, gateway_id, enabled=False)
-        [config] = await agent.wait(
-            lambda: [c for c in agent.configs if c["config"] == version], "the connector off"
-        )
+        config = await agent.config_applied(version, "the connector off")
         last = config["last_seqs"][STREAM]
         await agent.wait(lambda: agent.acks.get(STREAM, 0) >= last, f"the ack of {last}")
         assert await agent.stop() == 0
+        agent.config_repeats_agree(version)
 
         spool = read_spool(gw_dir)
         assert spool.last_seqs == {STREAM: last}

@@ -72,9 +72,7 @@ async def test_an_outage_longer_than_the_spool_drops_the_oldest_and_says_so(
         await process.start()
 
         version = await put_connectors(cloud, gateway_id, enabled=False)
-        [config] = await agent.wait(
-            lambda: [c for c in agent.configs if c["config"] == version], "the connector off"
-        )
+        config = await agent.config_applied(version, "the connector off")
         last = config["last_seqs"][STREAM]
         await agent.wait(lambda: agent.acks.get(STREAM, 0) >= last, f"the ack of {last}")
         dropped = agent.appends[-1].dropped  # no append after this one: no drop either
@@ -82,6 +80,7 @@ async def test_an_outage_longer_than_the_spool_drops_the_oldest_and_says_so(
             lambda: _reported(cloud, gateway_id, dropped), what="the drop report stored"
         )
         assert await agent.stop() == 0
+        agent.config_repeats_agree(version)
 
         # The gateway's account: everything acknowledged or dropped, the drops reported.
         spool = read_spool(gw_dir)
