@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from tether.aio import cancel_and_wait
 from tether.gateway.connectors import (
     ConnectorRunner,
     ConnectorsConfigInvalid,
@@ -585,9 +586,7 @@ class Agent:
             finally:
                 self._tier = None
                 if prober is not None:
-                    prober.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await prober
+                    await cancel_and_wait(prober)
             self.status.state = "waiting"
             await asyncio.sleep(next(delays))
 

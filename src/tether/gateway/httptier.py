@@ -10,7 +10,6 @@ agent has to say (a command's outcome, telemetry, an ack) is posted straight awa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import ssl
 import time
@@ -18,6 +17,7 @@ import time
 import aiohttp
 
 from tether import __version__
+from tether.aio import cancel_and_wait
 from tether.gateway.link import (
     LinkCore,
     LinkEnded,
@@ -163,11 +163,7 @@ class HttpTier:
                 try:
                     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 finally:
-                    for task in tasks:
-                        task.cancel()
-                    for task in tasks:
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
+                    await cancel_and_wait(*tasks)
                 for task in done:
                     error = task.exception()
                     if error is not None:

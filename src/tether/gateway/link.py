@@ -17,6 +17,7 @@ from typing import Protocol
 import aiohttp
 
 from tether import __version__
+from tether.aio import cancel_and_wait
 from tether.protocol.messages import CloseCode, Message
 from tether.protocol.session import (
     FrameRejected,
@@ -265,9 +266,7 @@ class WebSocketTier:
         finally:
             if opened:
                 self.core.on_link_closed()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            await cancel_and_wait(writer)
             # Whatever is left (a Close frame, say) goes out before the socket closes.
             with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
                 for frame in session.data_to_send():

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tether.aio import cancel_and_wait
 from tether.protocol.messages import LogBatch, LogBatchAck, LogRecord, Message
 
 __all__ = ["LogShipper", "redact"]
@@ -196,9 +197,7 @@ class LogShipper:
 
     async def stop_journal(self) -> None:
         if self._journal_task is not None:
-            self._journal_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._journal_task
+            await cancel_and_wait(self._journal_task)
             self._journal_task = None
         if self._journal is not None:
             with contextlib.suppress(ProcessLookupError):

@@ -9,11 +9,11 @@ data or commands: the link interleaves other messages between batches.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tether.aio import cancel_and_wait
 from tether.gateway.spool import AsyncSpool
 from tether.protocol.codec import HEADER, encode_frame
 from tether.protocol.messages import (
@@ -88,9 +88,7 @@ class Uploader:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def on_message(self, message: Message) -> bool:
         """Handle telemetry-related messages; False if *message* is not one."""

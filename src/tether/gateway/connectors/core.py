@@ -20,7 +20,6 @@ Clocks and sleeps are injected, so tests drive retries without waiting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import math
@@ -34,6 +33,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from tether.aio import cancel_and_wait
 from tether.gateway.connectors.base import (
     Connector,
     ConnectorConfigError,
@@ -397,9 +397,7 @@ class ConnectorRunner:
     async def _stop(self, instance: _Instance) -> None:
         task, instance.supervisor = instance.supervisor, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         instance.stats.state = InstanceState.STOPPED
         instance.stats.retry_delay = None
         self._touch()
