@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 #: Plaintext read per readiness callback at most, so one busy link cannot starve the others.
 _READ_BUDGET = 256 * 1024
-_READ_CHUNK = 64 * 1024
+_READ_CHUNK = 64 * 1024  # at least one whole record: nothing decrypted is left in OpenSSL
 _FULL_RECORD = 16 * 1024  # TLS plaintext records are at most 16 KiB
 _HIGH_WATER = 64 * 1024
 _LOW_WATER = 16 * 1024
@@ -144,10 +144,12 @@ class TLSTransport(asyncio.Transport):
                     break
                 chunks.append(bytes(view[:n]))
                 total += n
-                # OpenSSL reads one record per call. A short one is most likely all there is
-                # (a heartbeat, a command update): stop rather than pay a failing read; if more
-                # is waiting, the socket is still readable and this runs again at once.
-                if n < _FULL_RECORD and not sock.pending():
+                # OpenSSL reads one record per call (no read-ahead), and the buffer holds the
+                # largest, so a read returns a whole record and nothing decrypted stays behind.
+                # A short one is most likely all there is (a heartbeat, a command update): stop
+                # rather than pay a failing read; if another record is waiting, it is still in
+                # the socket, which stays readable, and this runs again at once.
+                if n < _FULL_RECORD:
                     break
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             pass
@@ -165,8 +167,8 @@ class TLSTransport(asyncio.Transport):
             if not keep_open:
                 self.close()
             return
-        if self._reading and not self._closing and (total >= _READ_BUDGET or sock.pending()):
-            self._loop.call_soon(self._read_ready)  # more sits in OpenSSL's buffer
+        if self._reading and not self._closing and total >= _READ_BUDGET:
+            self._loop.call_soon(self._read_ready)  # the budget ran out: the rest comes next
 
     def _deliver(self, chunks: list[bytes]) -> None:
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
