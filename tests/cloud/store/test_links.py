@@ -135,3 +135,32 @@ async def test_closings_queued_without_waiting_are_written_by_drain(gateway_stor
     command = await gateway_store.get_command(command_id)
     assert command is not None
     assert command.state is CommandState.QUEUED
+
+
+async def test_a_closing_requeues_only_that_gateways_delivered_commands(
+    gateway_store: Store,
+) -> None:
+    links = LinkStore(gateway_store.engine)
+    opened = await _open(links, "gw-1")
+    await _open(links, "gw-2")
+    delivered = [await _delivered(gateway_store, "gw-1") for _ in range(2)]
+    running = await _delivered(gateway_store, "gw-1")
+    await gateway_store.apply_command_event(running, CommandEvent.START, now=datetime.now(UTC))
+    theirs = await _delivered(gateway_store, "gw-2")
+
+    before = datetime.now(UTC)
+    await links.closed("gw-1", opened_at=opened)
+
+    for command_id in delivered:
+        after = await gateway_store.get_command(command_id)
+        assert after is not None
+        assert after.state is CommandState.QUEUED
+        assert after.updated_at >= before  # stamped with the closing
+    pending = await gateway_store.pending_commands("gw-1", now=datetime.now(UTC))
+    assert {c.command_id for c in pending} == set(delivered)
+    still_running = await gateway_store.get_command(running)
+    assert still_running is not None
+    assert still_running.state is CommandState.RUNNING
+    other = await gateway_store.get_command(theirs)
+    assert other is not None
+    assert other.state is CommandState.DELIVERED  # gw-2 is still linked

@@ -333,28 +333,6 @@ async def test_expire_due_commands(gateway_store: Store) -> None:
     assert await gateway_store.expire_due_commands(now=NOW + HOUR) == []
 
 
-async def test_requeue_delivered_when_link_drops(gateway_store: Store) -> None:
-    delivered = [await _bring_to(gateway_store, S.DELIVERED) for _ in range(2)]
-    running = await _bring_to(gateway_store, S.RUNNING)
-    theirs = await _command(gateway_store, "gw-2")
-    await gateway_store.apply_command_event(theirs.command_id, E.DELIVER, now=NOW)
-
-    assert await gateway_store.requeue_delivered("gw-1", now=NOW + MINUTE) == 2
-    for record in delivered:
-        after = await gateway_store.get_command(record.command_id)
-        assert after is not None
-        assert (after.state, after.updated_at) == (S.QUEUED, NOW + MINUTE)
-    pending = await gateway_store.pending_commands("gw-1", now=NOW + MINUTE)
-    assert {c.command_id for c in pending} == {r.command_id for r in delivered}
-    still_running = await gateway_store.get_command(running.command_id)
-    assert still_running is not None
-    assert still_running.state is S.RUNNING
-    other = await gateway_store.get_command(theirs.command_id)
-    assert other is not None
-    assert other.state is S.DELIVERED
-    assert await gateway_store.requeue_delivered("gw-1", now=NOW + MINUTE) == 0
-
-
 async def test_commands_of_a_revoked_gateway_are_kept(gateway_store: Store) -> None:
     record = await _command(gateway_store)
     await gateway_store.revoke_gateway("gw-1", now=NOW)

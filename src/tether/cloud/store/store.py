@@ -978,23 +978,6 @@ class Store:
         expired.sort(key=lambda record: (record.created_at, record.command_id))
         return expired
 
-    async def requeue_delivered(self, gateway_id: str, *, now: datetime) -> int:
-        """Put the gateway's delivered-but-unstarted commands back in the queue (link dropped)."""
-        c = commands.c
-        old = CommandState.DELIVERED
-        new = transition(old, CommandEvent.REQUEUE)
-
-        def requeue(conn: Connection) -> int:
-            rows = conn.execute(
-                commands.update()
-                .where(c.gateway_id == gateway_id, c.state == old.value)
-                .values(state=new.value, updated_at=now)
-                .returning(c.command_id)
-            )
-            return len(rows.all())
-
-        return await self._transact(requeue)
-
     # --- operator API tokens --------------------------------------------------------------
 
     async def create_api_token(
