@@ -26,7 +26,7 @@ from tether.cloud.identity import GatewayIdentity
 from tether.cloud.service import GatewayService
 from tether.cloud.store import Store
 from tether.cloud.store.links import LinkStore
-from tether.protocol.codec import HEADER, pong_for_ping
+from tether.protocol.codec import HEADER, PING_FRAME_MAX, pong_for_ping
 from tether.protocol.messages import CloseCode, ErrorReport, Message, TelemetryBatch
 from tether.protocol.session import (
     Event,
@@ -197,9 +197,6 @@ class LinkChannel(Protocol):
     def close_transport(self, code: int = ..., reason: str = ...) -> None: ...
 
 
-#: The longest Ping frame (header, tag, a 9-byte integer).
-_PING_SIZE = 21
-
 #: Reading pauses while this many received frames wait for the link to handle them.
 _BACKLOG_PAUSE = 32
 _BACKLOG_RESUME = 8
@@ -281,7 +278,7 @@ class WebSocketLink:
                 self.channel.pause_reading()
             return
         session = self.session
-        if len(data) <= _PING_SIZE and session.state is SessionState.OPEN:
+        if len(data) <= PING_FRAME_MAX and session.state is SessionState.OPEN:
             pong = pong_for_ping(data)  # a heartbeat: answered without the whole session path
             if pong is not None:
                 session.ping_answered(now=time.monotonic())

@@ -27,6 +27,7 @@ __all__ = [
     "HARD_MAX_FRAME",
     "HEADER",
     "MIN_FRAME",
+    "PING_FRAME_MAX",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "FrameDecoder",
@@ -51,7 +52,8 @@ _PING_TAG = _encoder.encode(Ping(seq=0))[:-1]
 _PONG_TAG = _encoder.encode(Pong(seq=0))[:-1]
 _TAG_AT = HEADER.size
 _SEQ_AT = HEADER.size + len(_PING_TAG)
-_PING_MAX = _SEQ_AT + 9  # the longest msgpack integer is 9 bytes
+#: The longest Ping frame: header, tag, and the longest msgpack integer (9 bytes).
+PING_FRAME_MAX = _SEQ_AT + 9
 _int_decoder = msgspec.msgpack.Decoder(int)
 
 
@@ -103,7 +105,7 @@ def pong_for_ping(frame: bytes) -> bytes | None:
     """The Pong frame answering *frame* if it is exactly one well-formed Ping frame in the
     encoder's own form, else None (then decode it as any other frame). Heartbeats are most of
     what an idle link carries: this answers them without decoding and re-encoding a message."""
-    if len(frame) > _PING_MAX or frame[_TAG_AT:_SEQ_AT] != _PING_TAG:
+    if len(frame) > PING_FRAME_MAX or frame[_TAG_AT:_SEQ_AT] != _PING_TAG:
         return None
     version, flags, length = HEADER.unpack_from(frame)  # the tag check implies 6 header bytes
     if version != PROTOCOL_VERSION or flags != 0 or length != len(frame) - HEADER.size:
