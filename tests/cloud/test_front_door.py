@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -240,6 +241,48 @@ async def test_a_wrong_certificate_fails_the_handshake_and_the_server_goes_on(
         async with http.get(f"{door.url}/hello", ssl=pki.client) as resp:
             assert resp.status == 200
     assert isinstance(x509.load_der_x509_certificate(pki.client_der), x509.Certificate)
+
+
+def _refused_read(ctx: ssl.SSLContext, host: str, port: int) -> BaseException:
+    """Connect with *ctx*, send a request at once (TLS 1.3: before the server has judged the
+    certificate), send more once the server has ended its side of the TCP connection, then
+    read; return what the send or the read raised."""
+    raw = socket.create_connection((host, port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(b"POST /hello HTTP/1.1\r\nHost: cloud\r\n\r\n" + bytes(16_384))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            state = tls.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+            if state != _TCP_ESTABLISHED:
+                break
+            time.sleep(0.005)
+        try:
+            # Still sending when the refusal comes, as a client uploading a body would be.
+            tls.sendall(bytes(16_384))
+            tls.recv(1024)
+        except (ssl.SSLError, OSError) as exc:
+            return exc
+    raise AssertionError("the server answered a refused certificate")
+
+
+_TCP_ESTABLISHED = 1
+
+
+async def test_a_refused_certificate_reaches_the_client_as_its_alert(
+    pki: Pki, door: Door, tmp_path: Path
+) -> None:
+    """The refusal arrives as the alert naming why, not as a connection reset: with the
+    client's request unread, a plain close would reset the connection, and a reset makes the
+    client's kernel drop the alert before the client reads it."""
+    other = CertificateAuthority.load_or_create(tmp_path / "other")
+    pem, _ = _client_credentials(other, "gw-00000000000000cc", tmp_path / "foreign.pem")
+    foreign = client_ssl_context(pki.ca_path, pem)
+    host, port = door.url.removeprefix("https://").split(":")
+    for _ in range(3):
+        refused = await asyncio.to_thread(_refused_read, foreign, host, int(port))
+        assert isinstance(refused, ssl.SSLError), repr(refused)
+        assert refused.reason == "TLSV1_ALERT_UNKNOWN_CA"
+    assert len(door.server) == 0
 
 
 def test_the_listener_binds_ipv4_and_ipv6(pki: Pki) -> None:

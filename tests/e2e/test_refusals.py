@@ -26,8 +26,9 @@ from tests.support.cloudproc import (
 
 from tether.cloud.store import Store
 from tether.gateway.agent import AgentStopped
+from tether.gateway.httptier import HttpTier
 from tether.gateway.identity import renew
-from tether.gateway.link import LinkError, LinkRefused, WebSocketTier
+from tether.gateway.link import CertificateRefused, LinkRefused, WebSocketTier
 from tether.pki.ca import GATEWAY_URN_PREFIX, CertificateAuthority
 from tether.pki.errors import EnrollmentRefused
 from tether.pki.estclient import client_ssl_context
@@ -53,8 +54,23 @@ class _Core:
         pass
 
 
-def _tier(cloud: Cloud, credentials: Path | None, core: _Core) -> WebSocketTier:
+def _tier(
+    cloud: Cloud, credentials: Path | None, core: _Core, kind: str = "ws"
+) -> WebSocketTier | HttpTier:
     context = client_ssl_context(cloud.ca_path, credentials, credentials)
+    if kind != "ws":
+        return HttpTier(
+            mode=kind,
+            url=cloud.url,
+            ssl_context=context,
+            core=core,
+            boot_id="test",
+            max_frame=1 << 20,
+            proxy=None,
+            trust_env=False,
+            wait=1.0,
+            request_timeout=10.0,
+        )
     return WebSocketTier(
         url=cloud.url,
         ssl_context=context,
@@ -109,6 +125,7 @@ def _self_signed_credentials(path: Path, gateway_id: str) -> Path:
 # --- the link -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", ["ws", "long-poll"])
 @pytest.mark.parametrize(
     "make_credentials",
     [_foreign_ca_credentials, _self_signed_credentials],
@@ -119,6 +136,7 @@ async def test_certificate_not_from_the_platform_ca_gets_no_link(
     cloud: Cloud,
     api: httpx.AsyncClient,
     make_credentials: Callable[[Path, str], Path],
+    kind: str,
 ) -> None:
     # Impersonate a real, enrolled gateway that has a command waiting for it.
     code = (await create_token(api, name="victim"))["enrollment_code"]
@@ -126,11 +144,14 @@ async def test_certificate_not_from_the_platform_ca_gets_no_link(
     waiting = await send_command(api, victim.gateway_id, "ping")
     core = _Core()
     credentials = make_credentials(tmp_path / "forged.pem", victim.gateway_id)
-    with pytest.raises(LinkError) as refused:
-        await _tier(cloud, credentials, core).run_once()
-    # The cloud's TLS stack refuses the certificate: no WebSocket, no HTTP answer.
-    assert cloud.url in str(refused.value)
-    assert not isinstance(refused.value, LinkRefused)
+    with pytest.raises(CertificateRefused) as refused:
+        await _tier(cloud, credentials, core, kind).run_once()
+    # The cloud's TLS stack refuses the certificate with an alert the agent reads and names,
+    # rather than a reset: a certificate problem, not a path that blocks this tier.
+    assert refused.value.alert == "TLSV1_ALERT_UNKNOWN_CA"
+    assert "not issued by this cloud's CA" in str(refused.value)
+    assert "enroll the gateway again" in str(refused.value)
+    assert not refused.value.tier_specific
     assert core.opened == 0
     assert core.messages == []
     command = (await api.get(f"/api/v1/commands/{waiting['id']}")).json()

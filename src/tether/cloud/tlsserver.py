@@ -34,6 +34,8 @@ _LOW_WATER = 16 * 1024
 #: Connections accepted per readiness callback of the listening socket.
 _ACCEPT_BATCH = 128
 _ACCEPT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: After a refused handshake, how long the alert may take to reach the client (see _linger).
+_LINGER = 2.0
 
 
 class TLSTransport(asyncio.Transport):
@@ -94,7 +96,11 @@ class TLSTransport(asyncio.Transport):
         except ssl.SSLWantWriteError:
             self._watch_write(True, self._handshake)
             return
-        except (ssl.SSLError, OSError) as exc:
+        except ssl.SSLError as exc:
+            log.debug("TLS handshake failed: %s", exc)
+            self._linger()
+            return
+        except OSError as exc:
             log.debug("TLS handshake failed: %s", exc)
             self._teardown(None, notify=False)
             return
@@ -110,6 +116,40 @@ class TLSTransport(asyncio.Transport):
             self._loop.add_reader(self._fd, self._read_ready)
             if self._sock.pending():
                 self._loop.call_soon(self._read_ready)
+
+    def _linger(self) -> None:
+        """Close a refused handshake so that the client can read why.
+
+        OpenSSL has written its alert (``unknown ca``, ``certificate expired``…) to the socket.
+        In TLS 1.3 the client has by then finished its side and sent its request, which sits
+        unread here; closing now would answer it with a TCP reset, and a reset makes the
+        client's kernel discard the alert unread: the agent would see "connection reset"
+        instead of the reason. So send FIN after the alert, discard what the client sends
+        until it closes too, and close for good then or after :data:`_LINGER` seconds.
+        """
+        sock = self._sock
+        self._watch_write(False, self._handshake)
+        self._loop.remove_reader(self._fd)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._closing = True
+        try:
+            sock.shutdown(socket.SHUT_WR)  # the TLS layer is dropped: a plain TCP half-close
+        except OSError:
+            self._teardown(None, notify=False)
+            return
+        self._timer = self._loop.call_later(_LINGER, self._teardown, None)
+        self._loop.add_reader(self._fd, self._discard)
+
+    def _discard(self) -> None:
+        try:
+            data = self._sock.recv(_READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._teardown(None, notify=False)
 
     def _handshake_timed_out(self) -> None:
         self._timer = None

@@ -24,6 +24,7 @@ from tether.gateway.link import (
     LinkError,
     LinkRefused,
     TlsUntrusted,
+    certificate_refusal,
     proxy_error,
 )
 from tether.protocol.codec import SUPPORTED_VERSIONS, FrameDecoder, encode_frames
@@ -118,8 +119,10 @@ class HttpTier:
         except aiohttp.ClientHttpProxyError as exc:
             raise proxy_error(exc) from None
         except aiohttp.ClientConnectorError as exc:
-            raise LinkError(f"cannot reach {self.url}: {exc}") from None
+            raise certificate_refusal(exc) or LinkError(f"cannot reach {self.url}: {exc}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            if (refused := certificate_refusal(exc)) is not None:
+                raise refused from None
             raise LinkError(
                 f"{self.name} exchange broke: {exc or type(exc).__name__}", tier_specific=True
             ) from None

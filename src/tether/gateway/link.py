@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -29,12 +30,15 @@ from tether.protocol.session import (
 )
 
 __all__ = [
+    "CERTIFICATE_ALERTS",
+    "CertificateRefused",
     "LinkCore",
     "LinkEnded",
     "LinkError",
     "LinkRefused",
     "TlsUntrusted",
     "WebSocketTier",
+    "certificate_refusal",
 ]
 
 
@@ -62,6 +66,63 @@ class LinkRefused(LinkError):
     def __init__(self, status: int, message: str, *, by: str = "cloud") -> None:
         super().__init__(f"{by} refused the link ({status}): {message}")
         self.status = status
+
+
+class CertificateRefused(LinkRefused):
+    """The cloud's TLS refused this gateway's client certificate with an alert, before any
+    HTTP (``status`` is 0): not issued by the platform CA, expired, or not matching the key."""
+
+    def __init__(self, alert: str, meaning: str) -> None:
+        LinkError.__init__(
+            self,
+            f"the cloud refused this gateway's certificate during the TLS handshake "
+            f"({alert.lower().replace('_', ' ')}): {meaning}; enroll the gateway again "
+            "(tether gateway enroll) with a new enrollment token",
+        )
+        self.status = 0
+        self.alert = alert
+
+
+#: The TLS alerts (OpenSSL's reason names) by which a server refuses a client certificate.
+CERTIFICATE_ALERTS = {
+    "TLSV1_ALERT_UNKNOWN_CA": "it was not issued by this cloud's CA",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the cloud could not accept it",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "it has expired (or is not valid yet: check the clock)",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "it is revoked",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the cloud could not verify it",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "it is not a gateway (client) certificate",
+    "TLSV1_ALERT_CERTIFICATE_REQUIRED": "the agent sent none",
+    "TLSV1_ALERT_DECRYPT_ERROR": "it does not match the agent's private key",
+    "TLSV1_ALERT_ACCESS_DENIED": "access denied",
+}
+_SSL_REASON = re.compile(r"\[SSL: ([A-Z0-9_]+)\]")
+
+
+def certificate_refusal(exc: BaseException) -> CertificateRefused | None:
+    """The refusal of our client certificate that *exc* (or what caused it) carries, if any.
+
+    aiohttp re-raises a connection's TLS error under its own classes, sometimes keeping only the
+    message, so the alert is looked for by type and by OpenSSL's ``[SSL: REASON]`` text.
+    """
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        reasons: list[str] = []
+        reason = getattr(current, "reason", None)  # set on the SSLErrors OpenSSL raises
+        if isinstance(current, ssl.SSLError) and isinstance(reason, str):
+            reasons.append(reason)
+        reasons.extend(_SSL_REASON.findall(str(current)))
+        for reason in reasons:
+            if reason in CERTIFICATE_ALERTS:
+                return CertificateRefused(reason, CERTIFICATE_ALERTS[reason])
+        for linked in (current.__cause__, current.__context__, getattr(current, "os_error", None)):
+            if isinstance(linked, BaseException):
+                pending.append(linked)
+    return None
 
 
 class TlsUntrusted(LinkError):
@@ -199,8 +260,12 @@ class WebSocketTier:
             except aiohttp.ClientHttpProxyError as exc:
                 raise proxy_error(exc) from None
             except aiohttp.ClientConnectorError as exc:
-                raise LinkError(f"cannot reach {self.url}: {exc}") from None
+                raise certificate_refusal(exc) or LinkError(
+                    f"cannot reach {self.url}: {exc}"
+                ) from None
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if (refused := certificate_refusal(exc)) is not None:
+                    raise refused from None
                 # Reached the network but the upgrade did not complete: something in the path
                 # (a proxy, DPI) interferes with WebSocket.
                 raise LinkError(
