@@ -112,6 +112,8 @@ STORM_DEADLINE = 120.0
 #: Redials that fail wait as the agent does (full jitter, capped), with a shorter cap.
 STORM_BACKOFF_INITIAL = 0.5
 STORM_BACKOFF_CAP = 5.0
+#: Gateways registered per store transaction before a run.
+REGISTER_CHUNK = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,11 +576,26 @@ class MqttLink(Link):
         self.acks: dict[int, asyncio.Future[None]] = {}
 
     async def connect(self, http: aiohttp.ClientSession | None, spec: WorkerSpec) -> None:
-        await self.dial(spec.host, spec.port, int(spec.heartbeat), subscribe=True)
+        await self.dial(
+            spec.host, spec.port, int(spec.heartbeat), subscribe=True, local_host=spec.local_host
+        )
 
-    async def dial(self, host: str, port: int, keepalive: int, *, subscribe: bool) -> None:
+    async def dial(
+        self,
+        host: str,
+        port: int,
+        keepalive: int,
+        *,
+        subscribe: bool,
+        local_host: str | None = None,
+    ) -> None:
         reader, writer = await asyncio.open_connection(
-            host, port, ssl=self.ctx, server_hostname=host, limit=4096
+            host,
+            port,
+            ssl=self.ctx,
+            server_hostname=host,
+            limit=4096,
+            local_addr=None if local_host is None else (local_host, 0),
         )
         self.reader, self.writer = reader, writer
         writer.write(mqtt_connect(self.gateway_id, keepalive))
@@ -679,6 +696,10 @@ class WorkerSpec:
     seed: int
     #: In the reconnect storm, a link not relinked this long after the drop gives up.
     storm_deadline: float = STORM_DEADLINE
+    #: The loopback address the links dial from (None: the kernel's choice). A source address
+    #: has about 28,000 ephemeral ports, so past that many links to one port the load
+    #: processes dial from several (127.0.0.0/8 is all loopback).
+    local_host: str | None = None
 
 
 #: What a failed connect attempt may raise (anything else is a bug of the bench).
@@ -819,7 +840,11 @@ async def _worker(spec: WorkerSpec, conn: Connection) -> None:
     http: aiohttp.ClientSession | None = None
     if spec.kind != "mosquitto":
         http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=True),
+            connector=aiohttp.TCPConnector(
+                limit=0,
+                force_close=True,
+                local_addr=None if spec.local_host is None else (spec.local_host, 0),
+            ),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=spec.link_timeout),
         )
     tasks: list[asyncio.Task[None]] = []
@@ -1187,22 +1212,50 @@ def issue_identities(
 
 
 async def register_gateways(url: str, certs: Sequence[tuple[str, Any]]) -> None:
-    """Enroll the gateways in the cloud's store as EST would have (enrollment is not measured)."""
-    from tether.cloud.store import Store  # here: the load processes need none of the store
+    """Enroll the gateways in the cloud's store as EST would have (enrollment is not measured):
+    the rows :meth:`Store.create_gateway` and :meth:`Store.record_certificate` write, inserted
+    a few thousand per transaction so that 100,000 gateways take seconds."""
+    # Here, not at the top: the load processes need none of the store.
+    from tether.cloud.store import Store
+    from tether.cloud.store.models import certificates, gateways
 
     store = await Store.open(url)
     try:
         now = datetime.now(UTC)
-        for gateway_id, cert in certs:
-            await store.create_gateway(gateway_id=gateway_id, name=gateway_id, now=now)
-            await store.record_certificate(
-                gateway_id=gateway_id,
-                serial_hex=certificate_serial_hex(cert),
-                fingerprint=certificate_fingerprint(cert),
-                not_before=cert.not_valid_before_utc,
-                not_after=cert.not_valid_after_utc,
-                now=now,
-            )
+        for start in range(0, len(certs), REGISTER_CHUNK):
+            chunk = certs[start : start + REGISTER_CHUNK]
+            gateway_rows = [
+                {
+                    "gateway_id": gateway_id,
+                    "name": gateway_id,
+                    "created_at": now,
+                    "revoked_at": None,
+                    "linked": False,
+                    "tier": None,
+                    "last_seen": None,
+                    "link_since": None,
+                    "agent_version": None,
+                    "peer": None,
+                    "cert_serial": certificate_serial_hex(cert).lower(),
+                    "cert_not_after": cert.not_valid_after_utc,
+                }
+                for gateway_id, cert in chunk
+            ]
+            certificate_rows = [
+                {
+                    "serial_hex": certificate_serial_hex(cert).lower(),
+                    "gateway_id": gateway_id,
+                    "fingerprint": certificate_fingerprint(cert),
+                    "not_before": cert.not_valid_before_utc,
+                    "not_after": cert.not_valid_after_utc,
+                    "created_at": now,
+                    "revoked_at": None,
+                }
+                for gateway_id, cert in chunk
+            ]
+            async with store.engine.begin() as conn:
+                await conn.execute(gateways.insert(), gateway_rows)
+                await conn.execute(certificates.insert(), certificate_rows)
     finally:
         await store.close()
 

@@ -94,8 +94,10 @@ class PostgresServer:
 class _Cluster:
     """initdb / pg_ctl start / pg_ctl stop, run as the postgres user when we are root."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, settings: dict[str, str] | None = None) -> None:
         self.bin_dir = bin_dir
+        #: More server settings (``-c name=value``), e.g. ``max_connections`` for many clients.
+        self.settings = dict(settings or {})
         self.root = Path(tempfile.mkdtemp(prefix="tether-pg-"))
         self.data = self.root / "data"
         self.sockets = self.root / "sockets"
@@ -146,6 +148,7 @@ class _Cluster:
             options = (
                 f"-k {self.sockets} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off"
+                + "".join(f" -c {name}={value}" for name, value in self.settings.items())
             )
             outcome = self._run(
                 "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start"
