@@ -98,6 +98,6 @@ def _serve_one(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run(settings, stop=stop, reuse_port=reuse_port)
+        await run(settings, stop=stop, reuse_port=reuse_port, own_process=True)
 
     run_async(main())
