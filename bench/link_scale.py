@@ -196,9 +196,10 @@ class Cloud:
         self.workers: list[psutil.Process] = []
 
     def find_workers(self) -> int:
-        """The children that listen on the port (not, say, multiprocessing's helpers)."""
+        """The processes that listen on the port: the children (not, say, multiprocessing's
+        helpers), or with one worker the parent itself."""
         found = []
-        for child in self.parent.children():
+        for child in (self.parent, *self.parent.children()):
             with contextlib.suppress(psutil.Error):
                 if any(
                     c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port
