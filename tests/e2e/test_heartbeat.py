@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import ssl
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.support.cloudproc import (
@@ -112,3 +114,27 @@ async def test_the_cloud_ends_a_link_that_falls_silent_and_one_that_never_says_h
         writer.close()
         with contextlib.suppress(ConnectionError, ssl.SSLError):
             await writer.wait_closed()
+
+
+async def test_last_seen_moves_while_a_websocket_link_is_held(tmp_path: Path) -> None:
+    async with (
+        running_cloud(tmp_path / "cloud", heartbeat_interval=1.0, last_seen_interval=1.0) as cloud,
+        cloud.api() as api,
+    ):
+        token = await create_token(api, name="seen")
+        async with running_agent(tmp_path / "gw", code=token["enrollment_code"]) as agent:
+            await agent.wait_linked()
+            start = await get_gateway(api, agent.gateway_id)
+            assert start["tier"] == "ws"
+            since = datetime.fromisoformat(start["link_since"])
+
+            async def seen_since_link() -> dict[str, Any] | None:
+                gateway = await get_gateway(api, agent.gateway_id)
+                moved = datetime.fromisoformat(gateway["last_seen"]) - since
+                return gateway if moved >= timedelta(seconds=2) else None
+
+            # The same link all along: last_seen moves on without a relink.
+            later = await wait_for(seen_since_link, within=30, what="last_seen to move on")
+            assert later["linked"] is True
+            assert later["link_since"] == start["link_since"]
+            assert agent.agent.status.links_opened == 1

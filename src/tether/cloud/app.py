@@ -18,6 +18,7 @@ import logging
 import os
 import resource
 import ssl
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -318,11 +319,13 @@ class FrontDoorSite(web.BaseSite):
 
 
 async def _sweep(state: CloudState) -> None:
-    """Expire commands whose deadline passed, mark silent HTTPS-tier gateways offline, and
-    now and then fold old health reports into hourly averages."""
+    """Expire commands whose deadline passed, mark silent HTTPS-tier gateways offline, write
+    ``last_seen`` of the gateways whose WebSocket link this process holds, and now and then
+    fold old health reports into hourly averages."""
     rounds = 0
+    seen_due = time.monotonic() + state.settings.last_seen_interval
     while True:
-        await asyncio.sleep(SWEEP_INTERVAL)
+        await asyncio.sleep(min(SWEEP_INTERVAL, state.settings.last_seen_interval))
         rounds += 1
         if rounds % 120 == 1:
             try:
@@ -340,6 +343,12 @@ async def _sweep(state: CloudState) -> None:
             continue
         if expired:
             log.info("expired %d commands", len(expired))
+        if time.monotonic() >= seen_due:
+            seen_due = time.monotonic() + state.settings.last_seen_interval
+            try:
+                await state.links.seen(state.hub.gateway_ids(), at=datetime.now(UTC))
+            except Exception:  # logged; the next round tries again
+                log.exception("writing last_seen of the held links failed")
         with contextlib.suppress(Exception):
             await state.links.mark_stale(
                 now=datetime.now(UTC),

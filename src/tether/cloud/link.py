@@ -129,6 +129,10 @@ class LinkHub:
     def untrack(self, link: WebSocketLink) -> None:
         self._live.discard(link)
 
+    def gateway_ids(self) -> list[str]:
+        """The gateways whose WebSocket link this process holds."""
+        return list(self._links)
+
     def register(self, link: WebSocketLink) -> WebSocketLink | None:
         """Make *link* the gateway's link; return the one it replaces, if any."""
         previous = self._links.get(link.gateway_id)

@@ -11,6 +11,7 @@ Example ``cloud.toml``::
 
     [link]
     heartbeat_interval = 30
+    last_seen_interval = 300            # how often last_seen is written for WebSocket links
 
     [hostnames]            # optional: one hostname per service area
     ingest = "ingest.tether.example.com"
@@ -28,6 +29,10 @@ from typing import Any
 __all__ = ["CloudSettings", "SettingsError", "load_settings"]
 
 
+#: The settings read from the ``[link]`` table.
+LINK_SETTINGS = frozenset({"heartbeat_interval", "last_seen_interval"})
+
+
 class SettingsError(ValueError):
     """A setting is missing, of the wrong type or out of range; the message names it."""
 
@@ -43,6 +48,10 @@ class CloudSettings:
     public_port: int | None = None
     database_url: str | None = None
     heartbeat_interval: float = 30.0
+    #: How often the cloud writes ``last_seen`` of the gateways it holds a WebSocket link of
+    #: (the link itself proves they are alive within 2.5 heartbeats; the store hears of it
+    #: this often).
+    last_seen_interval: float = 300.0
     command_ttl: timedelta = timedelta(hours=1)
     certificate_lifetime: timedelta = timedelta(days=90)
     enrollment_token_ttl: timedelta = timedelta(hours=24)
@@ -123,8 +132,12 @@ def load_settings(path: Path | None = None, **overrides: Any) -> CloudSettings:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SettingsError(f"{path}: {exc}") from None
         link = raw.pop("link", {})
-        if "heartbeat_interval" in link:
-            raw["heartbeat_interval"] = link["heartbeat_interval"]
+        if not isinstance(link, dict):
+            raise SettingsError(f"{path}: [link] must be a table")
+        for name in link:
+            if name not in LINK_SETTINGS:
+                raise SettingsError(f"{path}: unknown setting {name!r} in [link]")
+            raw[name] = link[name]
     known = {f.name: f for f in fields(CloudSettings)}
     values: dict[str, Any] = {}
     for name, value in raw.items():
@@ -147,4 +160,6 @@ def load_settings(path: Path | None = None, **overrides: Any) -> CloudSettings:
         raise SettingsError("setting 'public_port': expected 1..65535")
     if settings.heartbeat_interval < 1:
         raise SettingsError("setting 'heartbeat_interval': expected at least 1 second")
+    if not 1 <= settings.last_seen_interval <= 86_400:
+        raise SettingsError("setting 'last_seen_interval': expected 1 to 86400 seconds")
     return settings

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tether.cloud.store import Store
+from tether.cloud.store import links as links_module
 from tether.cloud.store.links import LinkStore
 from tether.protocol.commands import CommandEvent, CommandState
 
@@ -164,3 +165,37 @@ async def test_a_closing_requeues_only_that_gateways_delivered_commands(
     other = await gateway_store.get_command(theirs)
     assert other is not None
     assert other.state is CommandState.DELIVERED  # gw-2 is still linked
+
+
+async def test_seen_moves_last_seen_of_linked_gateways_only_and_only_forward(
+    gateway_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(links_module, "SEEN_CHUNK", 7)  # several statements for 30 gateways
+    links = LinkStore(gateway_store.engine)
+    linked = [f"gw-{n}" for n in range(30)]
+    opened = await asyncio.gather(*(_open(links, g) for g in linked))
+    await links.closed("gw-29", opened_at=opened[-1])
+    closed_at = (await gateway_store.get_gateway("gw-29")).last_seen  # type: ignore[union-attr]
+    later = max(opened) + timedelta(minutes=5)
+
+    # gw-35 never linked; gw-29's link closed: neither is touched.
+    moved = await links.seen([*linked, "gw-35"], at=later)
+
+    assert moved == 29
+    for gateway_id in linked[:29]:
+        record = await gateway_store.get_gateway(gateway_id)
+        assert record is not None
+        assert (record.linked, record.last_seen) == (True, later)
+        assert record.link_since is not None
+        assert record.link_since < later  # the link's start stays
+    closed = await gateway_store.get_gateway("gw-29")
+    assert closed is not None
+    assert (closed.linked, closed.last_seen) == (False, closed_at)
+    never = await gateway_store.get_gateway("gw-35")
+    assert never is not None
+    assert never.last_seen is None
+    # An older time (a slower process's round) never moves it back.
+    assert await links.seen(linked[:5], at=later - timedelta(minutes=1)) == 0
+    record = await gateway_store.get_gateway("gw-0")
+    assert record is not None
+    assert record.last_seen == later

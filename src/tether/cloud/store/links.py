@@ -67,6 +67,10 @@ class _Closing:
 _REQUEUED = transition(CommandState.DELIVERED, CommandEvent.REQUEUE)
 
 
+#: Gateways whose ``last_seen`` one statement of :meth:`LinkStore.seen` moves.
+SEEN_CHUNK = 2_000
+
+
 class LinkStore:
     """Link state and tier history. Link openings and closings are written in groups, in the
     order they happened: a reconnect storm of thousands of gateways costs a few transactions,
@@ -266,6 +270,28 @@ class LinkStore:
                     ),
                 )
             )
+
+    async def seen(self, gateway_ids: list[str], *, at: datetime) -> int:
+        """The WebSocket links of *gateway_ids* are held here and alive at *at* (their liveness
+        deadline has not passed): move ``last_seen`` forward, a few thousand gateways per
+        statement. Only linked gateways are touched, so a link that closed meanwhile keeps the
+        time its closing wrote. Returns how many rows moved."""
+        moved = 0
+        g = gateways.c
+        for start in range(0, len(gateway_ids), SEEN_CHUNK):
+            chunk = gateway_ids[start : start + SEEN_CHUNK]
+            async with write_transaction(self.engine) as conn:
+                result = await conn.execute(
+                    gateways.update()
+                    .where(
+                        g.gateway_id.in_(chunk),
+                        g.linked.is_(True),
+                        sa.or_(g.last_seen.is_(None), g.last_seen < at),
+                    )
+                    .values(last_seen=at)
+                )
+                moved += int(result.rowcount or 0)
+        return moved
 
     async def get(self, gateway_id: str) -> LinkRecord | None:
         async with self.engine.connect() as conn:
