@@ -39,7 +39,6 @@ from tether.cloud.accounts import (
     InvalidUsername,
     LastAdmin,
     LoginRefused,
-    LoginThrottle,
     LoginThrottled,
     WeakPassword,
     hash_session_secret,
@@ -145,22 +144,65 @@ async def test_failed_logins_are_throttled_per_user_and_source_and_audited(store
     assert throttled.value.retry_after > 0
     # another source is not blocked by this one's failures
     await accounts.login("olga", "correct horse battery", source="198.51.100.8")
-    failed = [d for a, _, d in await _actions(store) if a == "session.login-failed"]
-    assert [d["reason"] for d in failed if d] == ["wrong password"] * 3 + ["throttled"]
+    actions = await _actions(store)
+    failed = [d for a, _, d in actions if a == "session.login-failed"]
+    assert [d["reason"] for d in failed if d] == ["wrong password"] * 3
+    throttled_entries = [d for a, _, d in actions if a == "session.login-throttled"]
+    assert len(throttled_entries) == 1
+    assert throttled_entries[0] is not None
+    assert throttled_entries[0]["reason"] == "throttled"
 
 
-def test_throttle_window_slides() -> None:
-    now = [0.0]
-    throttle = LoginThrottle(failures=2, source_failures=10, window=60.0, clock=lambda: now[0])
-    throttle.failed("a", "s")
-    now[0] = 30.0
-    throttle.failed("a", "s")
-    assert throttle.retry_after("a", "s") == pytest.approx(30.0)
-    now[0] = 61.0  # the first failure left the window
-    assert throttle.retry_after("a", "s") is None
-    for user in "bcdefghijk":
-        throttle.failed(user, "s")
-    assert throttle.retry_after("new-user", "s") is not None  # the source's own limit
+async def test_throttle_window_slides_and_a_success_starts_the_count_again(store: Store) -> None:
+    clock = Clock(T0)
+    accounts = accounts_on(store, clock, login_failures=2, source_failures=10)
+    await accounts.create_user("olga", "operator", "correct horse battery", actor="t", source=None)
+    src = "198.51.100.7"
+    with pytest.raises(LoginRefused):
+        await accounts.login("olga", "guess guess guess", source=src)
+    clock.now = T0 + timedelta(seconds=30)
+    with pytest.raises(LoginRefused):
+        await accounts.login("olga", "guess guess guess", source=src)
+    clock.now = T0 + timedelta(seconds=60)
+    with pytest.raises(LoginThrottled) as throttled:
+        await accounts.login("olga", "correct horse battery", source=src)
+    # The oldest failure leaves the 15-minute window 14 minutes from now.
+    assert throttled.value.retry_after == pytest.approx(14 * 60)
+    clock.now = T0 + timedelta(minutes=15, seconds=1)  # the first failure left the window
+    await accounts.login("olga", "correct horse battery", source=src)
+    # The success starts the count again: the failure at 0:30, still in the window, is gone.
+    with pytest.raises(LoginRefused):
+        await accounts.login("olga", "guess guess guess", source=src)
+    with pytest.raises(LoginRefused):
+        await accounts.login("olga", "guess guess guess", source=src)
+    with pytest.raises(LoginThrottled):
+        await accounts.login("olga", "correct horse battery", source=src)
+
+
+async def test_a_source_is_throttled_over_all_usernames(store: Store) -> None:
+    accounts = accounts_on(store, login_failures=5, source_failures=4)
+    await accounts.create_user("olga", "operator", "correct horse battery", actor="t", source=None)
+    for name in ("anna", "bert", "carl", "dora"):
+        with pytest.raises(LoginRefused):
+            await accounts.login(name, "guess guess guess", source="203.0.113.5")
+    with pytest.raises(LoginThrottled):
+        await accounts.login("olga", "correct horse battery", source="203.0.113.5")
+    await accounts.login("olga", "correct horse battery", source="203.0.113.6")
+
+
+async def test_worker_processes_share_one_count(store: Store) -> None:
+    """Each worker process has its own Accounts on the shared store: a guesser spreading its
+    attempts over them meets the same limit as against one."""
+    workers = [accounts_on(store, login_failures=3) for _ in range(3)]
+    await workers[0].create_user(
+        "olga", "operator", "correct horse battery", actor="t", source=None
+    )
+    for worker in workers:  # one failure on each
+        with pytest.raises(LoginRefused):
+            await worker.login("olga", "guess guess guess", source="198.51.100.7")
+    for worker in workers:
+        with pytest.raises(LoginThrottled):
+            await worker.login("olga", "correct horse battery", source="198.51.100.7")
 
 
 async def test_sessions_end_when_idle_or_too_old(store: Store) -> None:
@@ -517,9 +559,6 @@ async def test_login_throttling_answers_429_over_http(tmp_path: Path) -> None:
             for _ in range(AccountPolicy().login_failures):
                 await console_login(client, "olga", "guess guess guess", expect=401)
             await console_login(client, "olga", password, expect=429)
-        reasons = [
-            e["detail"]["reason"]
-            for e in (await api.get("/api/v1/audit")).json()
-            if e["action"] == "session.login-failed"
-        ]
-        assert reasons.count("throttled") == 1
+        actions = [e["action"] for e in (await api.get("/api/v1/audit")).json()]
+        assert actions.count("session.login-failed") == AccountPolicy().login_failures
+        assert actions.count("session.login-throttled") == 1

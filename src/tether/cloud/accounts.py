@@ -6,8 +6,9 @@ password (hashed with argon2id); a session is a random 256-bit secret in a cooki
 ``Secure``, ``HttpOnly`` and ``SameSite=Strict``, stored hashed, with a CSRF token of its own
 that every state-changing request must echo (form field or header). A session ends after
 :attr:`AccountPolicy.session_idle` without use, and at the latest after
-:attr:`AccountPolicy.session_lifetime`. Failed logins are throttled per username and source
-(in memory, per process) and audited. People can also hold API tokens with their own role.
+:attr:`AccountPolicy.session_lifetime`. Failed logins are audited and throttled per username
+and source, counted in the audit log, which every worker process shares. People can also hold
+API tokens with their own role.
 
 Errors::
 
@@ -33,8 +34,6 @@ import io
 import logging
 import re
 import secrets
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,6 +48,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from tether.cloud.state import CloudState
 from tether.cloud.store import ROLES, ApiTokenRecord, ApiTokenUnknown, AuditRecord, Store
 from tether.cloud.store.accounts import (
+    LOGIN,
+    LOGIN_FAILED,
+    LOGIN_THROTTLED,
     AccountStore,
     OwnedToken,
     SessionRecord,
@@ -76,7 +78,6 @@ __all__ = [
     "InvalidUsername",
     "LastAdmin",
     "LoginRefused",
-    "LoginThrottle",
     "LoginThrottled",
     "NotAUser",
     "WeakPassword",
@@ -166,61 +167,6 @@ class AccountPolicy:
     login_window: timedelta = timedelta(minutes=15)
 
 
-class LoginThrottle:
-    """Failed logins in a sliding window, per (username, source) and per source (in memory)."""
-
-    MAX_KEYS: Final = 100_000
-
-    def __init__(
-        self,
-        *,
-        failures: int,
-        source_failures: int,
-        window: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._failures = failures
-        self._source_failures = source_failures
-        self._window = window
-        self._clock = clock
-        self._by_key: dict[tuple[str, str], deque[float]] = {}
-
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
-        times = self._by_key.get(key)
-        if times is None:
-            return deque()
-        while times and times[0] <= now - self._window:
-            times.popleft()
-        if not times:
-            del self._by_key[key]
-        return times
-
-    def retry_after(self, username: str, source: str) -> float | None:
-        """Seconds to wait before another attempt, or None when one is allowed now."""
-        now = self._clock()
-        waits = []
-        for key, limit in (
-            ((username, source), self._failures),
-            (("", source), self._source_failures),
-        ):
-            times = self._recent(key, now)
-            if len(times) >= limit:
-                waits.append(times[0] + self._window - now)
-        return max(waits) if waits else None
-
-    def failed(self, username: str, source: str) -> None:
-        now = self._clock()
-        if len(self._by_key) >= self.MAX_KEYS:
-            # Drop the key whose newest failure is oldest: bounded memory under a flood.
-            oldest = min(self._by_key, key=lambda k: self._by_key[k][-1])
-            del self._by_key[oldest]
-        for key in ((username, source), ("", source)):
-            self._by_key.setdefault(key, deque()).append(now)
-
-    def succeeded(self, username: str, source: str) -> None:
-        self._by_key.pop((username, source), None)
-
-
 # --- helpers --------------------------------------------------------------------------------
 
 
@@ -281,11 +227,6 @@ class Accounts:
         self.policy = policy or AccountPolicy()
         self.hasher = hasher or PasswordHasher()
         self.clock = clock
-        self.throttle = LoginThrottle(
-            failures=self.policy.login_failures,
-            source_failures=self.policy.source_failures,
-            window=self.policy.login_window.total_seconds(),
-        )
         self._hashing = asyncio.Semaphore(_HASHING_AT_ONCE)
         self._dummy_hash: str | None = None
 
@@ -431,19 +372,18 @@ class Accounts:
         self, username: str, password: str, *, source: str | None
     ) -> tuple[str, SessionRecord]:
         """Check the password and open a session; returns the cookie secret and the session."""
-        src = source or "?"
         try:
             name = normalize_username(username)
         except InvalidUsername:
             name = username.strip().lower()[:64]
-        wait = self.throttle.retry_after(name, src)
+        wait = await self._retry_after(name, source)
         if wait is not None:
             await self.audit(
                 actor="anonymous",
-                action="session.login-failed",
+                action=LOGIN_THROTTLED,
                 target=name,
                 source=source,
-                detail={"reason": "throttled"},
+                detail={"reason": "throttled", "retry_after": round(wait, 1)},
             )
             raise LoginThrottled(wait)
         creds = await self.users.credentials(name)
@@ -456,17 +396,15 @@ class Accounts:
         elif creds[0].disabled:
             reason = "user disabled"
         if reason is not None or creds is None:
-            self.throttle.failed(name, src)
             await self.audit(
                 actor="anonymous",
-                action="session.login-failed",
+                action=LOGIN_FAILED,
                 target=name,
                 source=source,
                 detail={"reason": reason},
             )
             raise LoginRefused(reason or "unknown user")
         user, password_hash = creds
-        self.throttle.succeeded(name, src)
         if self.hasher.check_needs_rehash(password_hash):
             await self.users.rehash(user.user_id, password_hash, await self.hash_password(password))
         secret = secrets.token_urlsafe(32)
@@ -480,8 +418,28 @@ class Accounts:
             source=source,
         )
         await self.users.record_login(user.user_id, now=now)
-        await self.audit(actor=actor_of(user), action="session.login", target=name, source=source)
+        await self.audit(actor=actor_of(user), action=LOGIN, target=name, source=source)
         return secret, session
+
+    async def _retry_after(self, username: str, source: str | None) -> float | None:
+        """Seconds to wait before another login attempt of *username* from *source*, or None
+        when one is allowed now. Failures are counted in the audit log, so every worker
+        process of the cloud sees the same count: per username and source since the last
+        successful login there, and per source over all usernames, within the window."""
+        now = self.clock()
+        window = self.policy.login_window
+        mine, theirs = await self.users.login_failures(
+            username=username, source=source, since=now - window
+        )
+        waits = [
+            (times[0] + window - now).total_seconds()
+            for times, limit in (
+                (mine, self.policy.login_failures),
+                (theirs, self.policy.source_failures),
+            )
+            if len(times) >= limit
+        ]
+        return max(*waits, 0.001) if waits else None
 
     async def session(self, secret: str, *, touch: bool = True) -> SessionRecord | None:
         """The live session for a cookie secret; None when unknown, expired, idle or disabled."""

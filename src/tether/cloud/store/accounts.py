@@ -157,6 +157,12 @@ def _user(row: RowMapping) -> UserRecord:
 _USER_COLUMNS = [c for c in users.c if c.name != "password_hash"]
 
 
+#: The audit actions of logins: the throttle counts failures from them.
+LOGIN = "session.login"
+LOGIN_FAILED = "session.login-failed"
+LOGIN_THROTTLED = "session.login-throttled"
+
+
 class AccountStore:
     """Users, sessions and token ownership on the store's engine (SQLite or PostgreSQL)."""
 
@@ -226,6 +232,35 @@ class AccountStore:
         async with self._read() as conn:
             row = (await conn.execute(sa.select(users).where(users.c.username == username))).first()
         return None if row is None else (_user(row._mapping), row._mapping["password_hash"])
+
+    async def login_failures(
+        self, *, username: str, source: str | None, since: datetime
+    ) -> tuple[list[datetime], list[datetime]]:
+        """Failed logins after *since*, from the audit log that every process of the cloud
+        writes: (those of *username* from *source* since its last successful login there,
+        those from *source* for any username), each oldest first. Attempts refused because
+        they were throttled are not failures of their own."""
+        a = audit_log.c
+        from_source = a.source.is_(None) if source is None else a.source == source
+        failed = sa.select(a.at).where(a.action == LOGIN_FAILED, from_source, a.at > since)
+        # Entries are numbered in the order they were written: "after the last login" holds
+        # even when both have the same timestamp.
+        last_login = (
+            sa.select(sa.func.max(a.audit_id))
+            .where(a.action == LOGIN, from_source, a.target == username, a.at >= since)
+            .scalar_subquery()
+        )
+        async with self._read() as conn:
+            mine = (
+                await conn.execute(
+                    failed.where(
+                        a.target == username,
+                        sa.or_(last_login.is_(None), a.audit_id > last_login),
+                    ).order_by(a.at)
+                )
+            ).scalars()
+            theirs = (await conn.execute(failed.order_by(a.at))).scalars()
+            return list(mine), list(theirs)
 
     async def list_users(self) -> list[UserRecord]:
         """All users by name."""

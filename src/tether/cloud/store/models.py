@@ -178,4 +178,6 @@ audit_log = sa.Table(
     sa.Column("detail", JSONDocument, nullable=True),
     sa.Column("source", sa.String(255), nullable=True),
     sa.Index("ix_audit_log_at", "at"),
+    # The login throttle's count: failures by source within a window.
+    sa.Index("ix_audit_log_action_source_at", "action", "source", "at"),
 )
