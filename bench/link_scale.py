@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import math
 import random
@@ -55,6 +54,7 @@ from bench.link_capacity import (
     BenchError,
     Fleet,
     WorkerSpec,
+    _lost,
     cpu_seconds_fine,
     free_port,
     issue_identities,
@@ -287,13 +287,6 @@ def _specs(
         )
         for i in range(n)
     ]
-
-
-def _lost(status: Sequence[tuple[Any, ...]]) -> dict[str, int]:
-    out: collections.Counter[str] = collections.Counter()
-    for message in status:
-        out.update(message[2])
-    return dict(out)
 
 
 async def measure(
