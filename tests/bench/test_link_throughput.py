@@ -105,9 +105,10 @@ def test_bench_acknowledges_every_message_on_both_systems(
             "server_cpu_s",
             "acks_per_cpu_s",
             "client_cpu_s",
-            "machine_busy_percent",
         ):
             assert figures[key] > 0, (name, key)
+        # From the machine's clock ticks (10 ms): a phase this short may fall between two.
+        assert 0 <= figures["machine_busy_percent"] <= 100, name
         assert figures["acks_per_cpu_s"] == pytest.approx(MESSAGES / figures["server_cpu_s"])
         assert figures["event_loop_cpu_s"] > 0, name
         assert figures["server_cpu_s"] == pytest.approx(
