@@ -253,11 +253,19 @@ def rss(pid: int) -> int:
 
 async def settle(pid: int, *, quiet: float = 0.15, step: float = 0.25, limit: float = 30.0) -> None:
     """Wait (at most *limit* s) until *pid* uses under *quiet* of a core over *step* seconds."""
+    await settle_cpu(functools.partial(cpu_seconds_fine, pid), quiet=quiet, step=step, limit=limit)
+
+
+async def settle_cpu(
+    cpu: Callable[[], float], *, quiet: float = 0.15, step: float = 0.25, limit: float = 30.0
+) -> None:
+    """Wait (at most *limit* s) until the CPU seconds *cpu* reads grow by under *quiet* of a
+    core over *step* seconds."""
     deadline = time.monotonic() + limit
-    before = cpu_seconds_fine(pid)
+    before = cpu()
     while time.monotonic() < deadline:
         await asyncio.sleep(step)
-        now = cpu_seconds_fine(pid)
+        now = cpu()
         if now - before < quiet * step:
             return
         before = now

@@ -62,6 +62,7 @@ from bench.link_capacity import (
     raise_fd_limit,
     register_gateways,
     server_process,
+    settle_cpu,
     wait_ready,
 )
 from tether.pki.ca import CertificateAuthority
@@ -239,14 +240,7 @@ class Cloud:
 
     async def settle(self, *, quiet: float = 0.15, step: float = 0.25, limit: float = 60.0) -> None:
         """Wait (at most *limit* s) until the tree uses under *quiet* of a core over *step* s."""
-        deadline = time.monotonic() + limit
-        before = self.cpu()
-        while time.monotonic() < deadline:
-            await asyncio.sleep(step)
-            now = self.cpu()
-            if now - before < quiet * step:
-                return
-            before = now
+        await settle_cpu(self.cpu, quiet=quiet, step=step, limit=limit)
 
 
 async def wait_workers(cloud: Cloud, count: int, limit: float = 120.0) -> None:
