@@ -129,6 +129,9 @@ def test_the_fleet_collector_renders_prometheus_text() -> None:
         "ingest_observations": 1000,
         "ingest_duplicates": 3,
         "ingest_rejected": 0,
+        "ingest_batches": 40,
+        "ingest_groups": 9,
+        "ingest_failures": 1,
         "health_reports": 12,
         "log_records": 40,
         "log_dropped": 6,
@@ -151,6 +154,9 @@ def test_the_fleet_collector_renders_prometheus_text() -> None:
     assert ({"state": "succeeded"}, 5.0) in families["tether_commands"]
     # Counters: the parser names the family without _total, the sample with it.
     assert families["tether_ingest_observations"] == [({}, 1000.0)]
+    assert families["tether_ingest_batches"] == [({}, 40.0)]
+    assert families["tether_ingest_groups"] == [({}, 9.0)]
+    assert families["tether_ingest_group_failures"] == [({}, 1.0)]
     assert families["tether_health_reports"] == [({}, 12.0)]
     assert families["tether_gateway_log_records"] == [({}, 40.0)]
     assert families["tether_gateway_log_records_dropped"] == [({}, 6.0)]

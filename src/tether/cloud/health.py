@@ -106,6 +106,13 @@ class FleetCollector(Collector):
             ("tether_ingest_observations", "ingest_observations", "Observations committed"),
             ("tether_ingest_duplicates", "ingest_duplicates", "Duplicate observations skipped"),
             ("tether_ingest_batches_rejected", "ingest_rejected", "Telemetry batches refused"),
+            ("tether_ingest_batches", "ingest_batches", "Telemetry batches committed"),
+            ("tether_ingest_groups", "ingest_groups", "Group commits of telemetry batches"),
+            (
+                "tether_ingest_group_failures",
+                "ingest_failures",
+                "Group commits that failed (their batches deferred, sent again)",
+            ),
             ("tether_health_reports", "health_reports", "Health reports received"),
             ("tether_gateway_log_records", "log_records", "Gateway log records received"),
             (
@@ -150,6 +157,9 @@ async def snapshot(state: Any) -> dict[str, Any]:
         "ingest_observations": state.ingest.stats.observations,
         "ingest_duplicates": state.ingest.stats.duplicates,
         "ingest_rejected": state.ingest.stats.rejected,
+        "ingest_batches": state.ingest.stats.batches,
+        "ingest_groups": state.ingest.stats.groups,
+        "ingest_failures": state.ingest.stats.failures,
         "health_reports": state.health.reports,
         "log_records": state.health.log_records,
         "log_dropped": state.health.log_dropped_on_gateways,

@@ -220,6 +220,7 @@ class WebSocketLink:
         "_background",
         "_backlog",
         "_deliver_lock",
+        "_flush_pending",
         "_lost",
         "_opened_at",
         "_worker",
@@ -266,6 +267,7 @@ class WebSocketLink:
         self._worker: asyncio.Task[None] | None = None
         self._deliver_lock: asyncio.Lock | None = None
         self._background: set[asyncio.Task[None]] | None = None
+        self._flush_pending = False
         self._lost = False
         self._opened_at: datetime | None = None  # when the store recorded this link's start
         self.slot: int | None = None  # the hub's wheel slot of the next deadline
@@ -419,13 +421,25 @@ class WebSocketLink:
 
     async def _handle_later(self, message: Message) -> None:
         self._send_all(await self._handle(message))
-        self._flush()
+        # A group commit answers many batches of a link in the same loop pass: their answers
+        # leave in one write (one TLS record, one send) once that pass is through.
+        self._flush_soon()
         await self.channel.drain()
 
     def _send_all(self, messages: list[Message]) -> None:
         for message in messages:
             if self.session.state is SessionState.OPEN:
                 self.session.send(message)
+
+    def _flush_soon(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._flush_pending = False
+        if not self._lost:
+            self._flush()
 
     def _flush(self) -> None:
         frames = self.session.data_to_send()

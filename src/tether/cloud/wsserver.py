@@ -413,11 +413,19 @@ class LinkConnection(asyncio.Protocol):
     def write_frames(self, frames: list[bytes]) -> None:
         if self._closing:
             return
-        for frame in frames:
+        if len(frames) == 1:
+            frame = frames[0]
             if len(frame) < 4096:
                 self.transport.write(encode_frame_header(OP_BINARY, len(frame)) + frame)
             else:
                 self.transport.writelines((encode_frame_header(OP_BINARY, len(frame)), frame))
+            return
+        # Several frames: one write, so one TLS record and one send carry them all.
+        parts: list[bytes] = []
+        for frame in frames:
+            parts.append(encode_frame_header(OP_BINARY, len(frame)))
+            parts.append(frame)
+        self.transport.writelines(parts)
 
     async def drain(self) -> None:
         """Wait while the peer reads slower than we write."""
