@@ -12,7 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from tether.cloud.store import Store
+from tether.cloud.store import telemetry as telemetry_module
 from tether.cloud.store.telemetry import (
+    SQLITE_KEYS_PER_STATEMENT,
     SQLITE_ROWS_PER_STATEMENT,
     WRITER_CACHE,
     BatchOutcome,
@@ -259,6 +261,88 @@ async def test_points_keep_their_newest_value(telemetry: TelemetryStore) -> None
     # Observations of points nobody discovered are stored all the same.
     await telemetry.commit_batches([IncomingBatch(GW, "x", 1, 1, [Observation("x/y", T0, 1)])])
     assert await telemetry.count(GW) == 12
+
+
+async def test_a_group_of_more_streams_and_points_than_one_statement_takes(
+    telemetry: TelemetryStore,
+) -> None:
+    """Marks, stream counts and newest values of a group over many streams, some new and some
+    already holding data, each with a point of its own: more keys than one keyed statement
+    takes on SQLite, and a count that is no power of two (the statements are padded)."""
+    count = SQLITE_KEYS_PER_STATEMENT + 91
+    names = [f"s{i:04d}" for i in range(count)]
+    await telemetry.record_discovery(
+        GW, "sim", [], [PointInfo(point_id=n, device_id="d", name=n) for n in names]
+    )
+
+    def one(stream: str, first: int, last: int, value: float) -> IncomingBatch:
+        rows = [Observation(stream, T0 + seq, value + seq) for seq in range(first, last + 1)]
+        return IncomingBatch(GW, stream, first, last, rows)
+
+    older = names[::2]  # these hold 1..5 already
+    await telemetry.commit_batches([one(n, 1, 5, 0.0) for n in older])
+    group = [one(n, 1, 8, 100.0) for n in names]  # 1..5 of the older ones are repeats
+    group.append(one(names[1], 12, 12, 100.0))  # a gap of 3 in a new stream
+    outcomes = await telemetry.commit_batches(group)
+
+    older_set = set(older)
+    for b, outcome in zip(group[:count], outcomes, strict=False):
+        if b.stream in older_set:
+            assert outcome == BatchOutcome(accepted=3, duplicates=5, gap=0)
+        else:
+            assert outcome == BatchOutcome(accepted=8, duplicates=0, gap=0)
+    assert outcomes[-1] == BatchOutcome(accepted=1, duplicates=0, gap=3)
+    streams = {s.stream: s for s in await telemetry.streams(GW)}
+    assert len(streams) == count
+    for name in names:
+        s = streams[name]
+        expected_hwm = 12 if name == names[1] else 8
+        dup = 5 if name in older_set else 0
+        gaps = 3 if name == names[1] else 0
+        assert (s.hwm, s.accepted, s.duplicates, s.gaps) == (
+            expected_hwm,
+            expected_hwm - gaps,
+            dup,
+            gaps,
+        )
+    latest = {p.point_id: (p.last_ts, p.last_value) for p in await telemetry.list_points(GW)}
+    assert len(latest) == count
+    for name in names:
+        newest = 12 if name == names[1] else 8
+        assert latest[name] == (T0 + newest, 100.0 + newest)
+    assert (
+        await telemetry.count(GW) == len(older) * 5 + (count - len(older)) * 8 + len(older) * 3 + 1
+    )
+
+
+@pytest.mark.parametrize("keys", [1, 8, 100, SQLITE_KEYS_PER_STATEMENT])
+async def test_sqlite_keyed_statements_look_rows_up_by_primary_key(store: Store, keys: int) -> None:
+    """A group's marks, stream counts and newest values are found through the tables' primary
+    keys: a scan would cost a pass over every stream or point of the fleet per group."""
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's statements")
+    size = telemetry_module._padded_keys(keys)
+    assert size >= keys
+    statements = {
+        "telemetry_streams": [
+            telemetry_module._sqlite_marks_statement(size),
+            telemetry_module._sqlite_advance_statement(size),
+        ],
+        "points": [telemetry_module._sqlite_set_last_statement(size)],
+    }
+    async with store.engine.connect() as conn:
+        for table, texts in statements.items():
+            for text in texts:
+                plan = (
+                    await conn.exec_driver_sql(
+                        "EXPLAIN QUERY PLAN " + text, (None,) * text.count("?")
+                    )
+                ).all()
+                details = [row[-1] for row in plan]
+                assert any(
+                    d.startswith("SEARCH") and table in d and "INDEX" in d for d in details
+                ), details
+                assert not any(d.startswith("SCAN") and table in d for d in details), details
 
 
 async def test_drop_reports_keep_the_largest_total(telemetry: TelemetryStore) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -114,6 +115,7 @@ points = sa.Table(
 )
 
 _T = TypeVar("_T")
+_Key = tuple[str, str]  # (gateway, stream)
 
 _COLUMNS = ("gateway_id", "point_id", "ts", "value_num", "value_text", "quality")
 _SQLITE_INSERT = (
@@ -128,23 +130,18 @@ _SQLITE_ENSURE_STREAM = (
     "INSERT INTO telemetry_streams (gateway_id, stream, updated_at) VALUES (?, ?, ?) "
     "ON CONFLICT DO NOTHING"
 )
-_SQLITE_MARK = "SELECT hwm FROM telemetry_streams WHERE gateway_id = ? AND stream = ?"
-_SQLITE_ADVANCE = (
-    "UPDATE telemetry_streams SET hwm = ?, accepted = accepted + ?, "
-    "duplicates = duplicates + ?, gaps = gaps + ?, updated_at = ? "
-    "WHERE gateway_id = ? AND stream = ?"
-)
+#: Streams, or points, per keyed statement on SQLite. A group's keys go in as few statements as
+#: that allows, each a ``VALUES`` list joined to the table by its primary key (one step, one
+#: hand-over of the GIL, where a statement per key costs one each), padded up to a power of two
+#: with rows of NULL keys that match nothing, so that a handful of statement texts serve every
+#: group size from the connection's statement cache.
+SQLITE_KEYS_PER_STATEMENT = 512
 _POSTGRES_LOCK_MARKS = (
     postgresql.insert(telemetry_streams)
     .on_conflict_do_update(
         index_elements=["gateway_id", "stream"], set_={"hwm": telemetry_streams.c.hwm}
     )
     .returning(telemetry_streams.c.gateway_id, telemetry_streams.c.stream, telemetry_streams.c.hwm)
-)
-# Ties on time go to the later observation, within a group as across groups.
-_SQLITE_SET_LAST = (
-    "UPDATE points SET last_ts = ?, last_value_num = ?, last_value_text = ?, updated_at = ? "
-    "WHERE gateway_id = ? AND point_id = ? AND (last_ts IS NULL OR last_ts <= ?)"
 )
 # All of a group's points in one statement.
 _POSTGRES_SET_LAST = (
@@ -344,22 +341,99 @@ def _sqlite_commit(
     keys = list(dict.fromkeys((b.gateway_id, b.stream) for b in batches))
     with _sqlite_transaction(db):
         # BEGIN IMMEDIATE took the write lock: no other writer can pass these marks meanwhile.
-        db.executemany(_SQLITE_ENSURE_STREAM, [(g, s, stamp) for g, s in keys])
-        marks = {(g, s): int(db.execute(_SQLITE_MARK, (g, s)).fetchone()[0]) for g, s in keys}
+        marks = _sqlite_marks(db, keys)
+        new = [key for key in keys if key not in marks]
+        if new:  # a stream's first batch
+            db.executemany(_SQLITE_ENSURE_STREAM, [(g, s, stamp) for g, s in new])
+            marks.update(dict.fromkeys(new, 0))
         plan = _plan(batches, prepared, marks)
         if plan.rows:
             _sqlite_insert_rows(db, chain.from_iterable(plan.rows))
         if plan.streams:
-            db.executemany(
-                _SQLITE_ADVANCE,
-                [(h, a, d, gp, stamp, g, s) for g, s, h, a, d, gp in plan.streams],
-            )
+            _sqlite_keyed(db, _sqlite_advance_statement, plan.streams, 6, stamp)
         if plan.latest:
-            db.executemany(
-                _SQLITE_SET_LAST,
-                [(t, num, text, stamp, g, p, t) for (g, p), (t, num, text) in plan.latest.items()],
-            )
+            # Ties on time go to the later observation, within a group as across groups.
+            rows = [(g, p, t, num, text) for (g, p), (t, num, text) in plan.latest.items()]
+            _sqlite_keyed(db, _sqlite_set_last_statement, rows, 5, stamp)
     return plan.outcomes
+
+
+def _padded_keys(count: int) -> int:
+    return max(8, 1 << (count - 1).bit_length())
+
+
+def _values(rows: int, width: int) -> str:
+    row = "(" + ",".join("?" * width) + ")"
+    return ",".join((row,) * rows)
+
+
+# Keyed statements on SQLite: ``ROWS`` stands for the list of ``VALUES`` rows.
+_SQLITE_MARKS = (
+    # One result row (an aggregate): fetching a row per stream would hand the GIL over each time.
+    "SELECT json_group_array(json_array(t.gateway_id, t.stream, t.hwm)) FROM (VALUES ROWS) AS v "
+    "CROSS JOIN telemetry_streams AS t ON t.gateway_id = v.column1 AND t.stream = v.column2"
+)
+_SQLITE_ADVANCE = (
+    "UPDATE telemetry_streams SET hwm = v.column3, accepted = accepted + v.column4, "
+    "duplicates = duplicates + v.column5, gaps = gaps + v.column6, updated_at = ? "
+    "FROM (VALUES ROWS) AS v "
+    "WHERE telemetry_streams.gateway_id = v.column1 AND telemetry_streams.stream = v.column2"
+)
+_SQLITE_SET_LAST = (
+    "UPDATE points SET last_ts = v.column3, last_value_num = v.column4, "
+    "last_value_text = v.column5, updated_at = ? FROM (VALUES ROWS) AS v "
+    "WHERE points.gateway_id = v.column1 AND points.point_id = v.column2 "
+    "AND (points.last_ts IS NULL OR points.last_ts <= v.column3)"
+)
+
+
+@functools.cache
+def _sqlite_marks_statement(keys: int) -> str:
+    return _SQLITE_MARKS.replace("ROWS", _values(keys, 2))
+
+
+@functools.cache
+def _sqlite_advance_statement(keys: int) -> str:
+    return _SQLITE_ADVANCE.replace("ROWS", _values(keys, 6))
+
+
+@functools.cache
+def _sqlite_set_last_statement(keys: int) -> str:
+    return _SQLITE_SET_LAST.replace("ROWS", _values(keys, 5))
+
+
+def _chunks(rows: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(rows), SQLITE_KEYS_PER_STATEMENT):
+        yield rows[start : start + SQLITE_KEYS_PER_STATEMENT]
+
+
+def _sqlite_marks(db: sqlite3.Connection, keys: Sequence[tuple[str, str]]) -> dict[_Key, int]:
+    """The high-water marks of those of ``keys`` (gateway, stream) that have a stream row."""
+    marks: dict[_Key, int] = {}
+    for chunk in _chunks(keys):
+        size = _padded_keys(len(chunk))
+        params: list[str | None] = list(chain.from_iterable(chunk))
+        params.extend(repeat(None, 2 * (size - len(chunk))))
+        (found,) = db.execute(_sqlite_marks_statement(size), params).fetchone()
+        for gateway_id, stream, hwm in json.loads(found):
+            marks[(gateway_id, stream)] = int(hwm)
+    return marks
+
+
+def _sqlite_keyed(
+    db: sqlite3.Connection,
+    statement: Callable[[int], str],
+    rows: Sequence[tuple[Any, ...]],
+    width: int,
+    stamp: Any,
+) -> None:
+    """Run a keyed ``UPDATE ... FROM (VALUES ...)``: ``rows`` lead with the two key columns."""
+    for chunk in _chunks(rows):
+        size = _padded_keys(len(chunk))
+        params: list[Any] = [stamp]
+        params.extend(chain.from_iterable(chunk))
+        params.extend(repeat(None, width * (size - len(chunk))))
+        db.execute(statement(size), params)
 
 
 def _set_cache(db: sqlite3.Connection, pages: int) -> int:
