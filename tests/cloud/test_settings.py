@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from tether.cloud.settings import CloudSettings, SettingsError, load_settings
+from tether.cloud.settings import (
+    CloudSettings,
+    SettingsError,
+    connections_per_worker,
+    load_settings,
+)
 
 
 def _toml(tmp_path: Path, text: str) -> Path:
@@ -43,4 +49,31 @@ def test_defaults_without_a_link_table(tmp_path: Path) -> None:
 )
 def test_bad_link_settings_are_refused_by_name(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
+        load_settings(_toml(tmp_path, text))
+
+
+def test_database_connections_are_shared_among_the_workers(tmp_path: Path) -> None:
+    settings = load_settings(_toml(tmp_path, "database_connections = 40\nworkers = 4\n"))
+    assert connections_per_worker(settings, 4) == 10
+    assert connections_per_worker(settings, 3) == 13  # what is left over is not used
+    assert connections_per_worker(CloudSettings(), 6) == 15  # the default: 90
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "database_connections = 12\nworkers = 3\n",
+            "12 gives each of 3 worker processes 4 PostgreSQL connections; each needs at least 5:"
+            " set it to 15 or more",
+        ),
+        ("database_connections = 4\n", "gives each of 1 worker processes 4"),
+        ("database_connections = 20.5\n", "'database_connections': expected a whole number"),
+        ("database_connections = 'many'\n", "'database_connections': expected a number"),
+    ],
+)
+def test_too_few_database_connections_are_refused_with_what_is_needed(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
         load_settings(_toml(tmp_path, text))

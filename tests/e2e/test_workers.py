@@ -85,3 +85,17 @@ async def test_workers_refuse_sqlite(tmp_path: Path) -> None:
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2
     assert b"needs PostgreSQL" in out
+
+
+async def test_workers_refuse_too_small_a_share_of_database_connections(tmp_path: Path) -> None:
+    # Refused before anything starts: the URL's server is never dialled.
+    process = WorkersProcess(tmp_path / "cloud", "postgresql+asyncpg://tether@127.0.0.1:9/x", 20)
+    proc = await asyncio.create_subprocess_exec(
+        *process.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2, out
+    said = " ".join(out.decode().split())  # the error is wrapped to the terminal
+    assert "90 gives each of 20 worker processes 4 PostgreSQL connections" in said
+    assert "set it to 100 or more" in said
+    assert not (tmp_path / "cloud").exists()  # nothing was prepared

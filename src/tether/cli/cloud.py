@@ -6,13 +6,19 @@ import asyncio
 import multiprocessing
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
 from tether.cli.client import fail
 from tether.cli.runtime import run_async, setup_logging
-from tether.cloud.settings import CloudSettings, SettingsError, load_settings
+from tether.cloud.settings import (
+    CloudSettings,
+    SettingsError,
+    connections_per_worker,
+    load_settings,
+)
 
 app = typer.Typer(help="The cloud service.", no_args_is_help=True)
 
@@ -51,6 +57,11 @@ def serve(
     except SettingsError as exc:
         raise fail(str(exc), 2) from None
     count = workers or settings.workers
+    try:
+        connections_per_worker(settings, count)
+    except SettingsError as exc:
+        raise fail(str(exc), 2) from None
+    settings = replace(settings, workers=count)  # each worker takes its share of connections
     if count == 1:
         _serve_one(settings, log_level, log_format, reuse_port=False)
         return

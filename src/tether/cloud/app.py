@@ -47,7 +47,7 @@ from tether.cloud.link import (
     serve_aiohttp_link,
 )
 from tether.cloud.service import GatewayService
-from tether.cloud.settings import CloudSettings
+from tether.cloud.settings import CloudSettings, connections_per_worker
 from tether.cloud.state import STATE_KEY, CloudState
 from tether.cloud.store import Store
 from tether.cloud.store.health import HealthStore
@@ -371,7 +371,9 @@ def build_app(settings: CloudSettings) -> web.Application:
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         ca = CertificateAuthority.load_or_create(settings.pki_dir)
-        store = await Store.open(settings.database)
+        store = await Store.open(
+            settings.database, connections=connections_per_worker(settings, settings.workers)
+        )
         await _bootstrap_admin(settings, store)
         hub = LinkHub()
         service = GatewayService(store)

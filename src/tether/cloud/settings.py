@@ -8,6 +8,7 @@ Example ``cloud.toml``::
     listen_port = 443
     public_port = 443                   # what gateways dial, if a load balancer listens elsewhere
     database_url = "postgresql+asyncpg://tether@db/tether"   # default: SQLite in data_dir
+    database_connections = 90           # PostgreSQL connections of all workers together
 
     [link]
     heartbeat_interval = 30
@@ -26,8 +27,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CloudSettings", "SettingsError", "load_settings"]
+__all__ = [
+    "MIN_CONNECTIONS_PER_WORKER",
+    "CloudSettings",
+    "SettingsError",
+    "connections_per_worker",
+    "load_settings",
+]
 
+
+#: PostgreSQL connections one cloud process needs at least: its LISTEN connection, the two
+#: ingest writers', and two for requests and the link.
+MIN_CONNECTIONS_PER_WORKER = 5
 
 #: The settings read from the ``[link]`` table.
 LINK_SETTINGS = frozenset({"heartbeat_interval", "last_seen_interval"})
@@ -47,6 +58,10 @@ class CloudSettings:
     #: The port gateways dial when a load balancer listens on another (default: listen_port).
     public_port: int | None = None
     database_url: str | None = None
+    #: PostgreSQL connections the cloud may hold, all its worker processes together: each
+    #: worker gets an equal share (its LISTEN connection included). Keep it under the server's
+    #: ``max_connections``, less what other clients need. SQLite ignores it.
+    database_connections: int = 90
     heartbeat_interval: float = 30.0
     #: How often the cloud writes ``last_seen`` of the gateways it holds a WebSocket link of
     #: (the link itself proves they are alive within 2.5 heartbeats; the store hears of it
@@ -162,4 +177,24 @@ def load_settings(path: Path | None = None, **overrides: Any) -> CloudSettings:
         raise SettingsError("setting 'heartbeat_interval': expected at least 1 second")
     if not 1 <= settings.last_seen_interval <= 86_400:
         raise SettingsError("setting 'last_seen_interval': expected 1 to 86400 seconds")
+    if isinstance(settings.database_connections, bool) or not isinstance(
+        settings.database_connections, int
+    ):
+        raise SettingsError("setting 'database_connections': expected a whole number")
+    connections_per_worker(settings, settings.workers)
     return settings
+
+
+def connections_per_worker(settings: CloudSettings, workers: int) -> int:
+    """Each of *workers* processes' share of ``database_connections``; a
+    :class:`SettingsError` if a share would be too small to serve."""
+    share = settings.database_connections // max(1, workers)
+    if share < MIN_CONNECTIONS_PER_WORKER:
+        need = MIN_CONNECTIONS_PER_WORKER * max(1, workers)
+        raise SettingsError(
+            f"setting 'database_connections': {settings.database_connections} gives each of "
+            f"{workers} worker processes {share} PostgreSQL connections; each needs at least "
+            f"{MIN_CONNECTIONS_PER_WORKER}: set it to {need} or more (and PostgreSQL's "
+            "max_connections above that), or run fewer workers"
+        )
+    return share

@@ -415,3 +415,32 @@ async def test_sqlite_file_directory_is_created(tmp_path: Path) -> None:
 async def test_unsupported_url_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported store URL"):
         await Store.open("mysql+aiomysql://user@127.0.0.1/tether")
+
+
+async def test_a_postgres_store_holds_no_more_connections_than_it_is_given(
+    store_url: str,
+) -> None:
+    """Twenty callers at once on a store given 4 connections: at most 3 are open to the server
+    at any moment (the fourth is kept for LISTEN), each caller is served in turn."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's connections")
+    with pytest.raises(ValueError, match="at least 2 connections"):
+        await Store.open(store_url, connections=1)
+    store = await Store.open(store_url, connections=4)
+    count = sa.text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND backend_type = 'client backend'"
+    )
+
+    async def caller() -> int:
+        async with store.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT pg_sleep(0.05)"))
+            return int((await conn.execute(count)).scalar_one())
+
+    try:
+        seen = await asyncio.gather(*(caller() for _ in range(20)))
+    finally:
+        await store.close()
+    assert len(seen) == 20
+    assert max(seen) <= 3, seen
+    assert max(seen) >= 2, seen  # callers did overlap: the limit, not luck, kept the count

@@ -292,6 +292,10 @@ def _caller_errors() -> Iterator[None]:
         raise
 
 
+#: Connections a PostgreSQL store's pool keeps open; more are opened under load, up to its limit.
+_POOL_SIZE = 5
+
+
 def _listen_dsn(url: URL) -> str:
     """The asyncpg DSN for the dedicated LISTEN connection: the same URL without "+asyncpg"."""
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -391,11 +395,13 @@ class Store:
         self._writer = writer
 
     @classmethod
-    async def open(cls, url: str) -> Store:
+    async def open(cls, url: str, *, connections: int | None = None) -> Store:
         """Connect to *url*, migrate the schema to head, and return the store.
 
         *url* is e.g. ``sqlite+aiosqlite:///var/lib/tether/cloud.db`` or
-        ``postgresql+asyncpg://tether@db.example:5432/tether``.
+        ``postgresql+asyncpg://tether@db.example:5432/tether``. On PostgreSQL the store holds
+        at most *connections* server connections (its LISTEN connection among them; default:
+        a pool of 5 that may grow by 10, and that one).
         """
         parsed = make_url(url)
         backend = parsed.get_backend_name()
@@ -418,7 +424,16 @@ class Store:
             notifier = LocalCommandNotifier(key)
         elif backend == "postgresql":
             single_connection = False
-            engine = create_async_engine(parsed, pool_pre_ping=True)
+            if connections is None:
+                engine = create_async_engine(parsed, pool_pre_ping=True)
+            else:
+                if connections < 2:
+                    raise ValueError("a PostgreSQL store needs at least 2 connections")
+                pooled = connections - 1  # one is the LISTEN connection's
+                size = min(_POOL_SIZE, pooled)
+                engine = create_async_engine(
+                    parsed, pool_pre_ping=True, pool_size=size, max_overflow=pooled - size
+                )
             notifier = PostgresCommandNotifier(engine, _listen_dsn(parsed))
         else:
             raise ValueError(
