@@ -132,6 +132,7 @@ def test_the_fleet_collector_renders_prometheus_text() -> None:
         "ingest_batches": 40,
         "ingest_groups": 9,
         "ingest_failures": 1,
+        "ingest_queued": 4000,
         "health_reports": 12,
         "log_records": 40,
         "log_dropped": 6,
@@ -157,6 +158,7 @@ def test_the_fleet_collector_renders_prometheus_text() -> None:
     assert families["tether_ingest_batches"] == [({}, 40.0)]
     assert families["tether_ingest_groups"] == [({}, 9.0)]
     assert families["tether_ingest_group_failures"] == [({}, 1.0)]
+    assert families["tether_ingest_queued_observations"] == [({}, 4000.0)]
     assert families["tether_health_reports"] == [({}, 12.0)]
     assert families["tether_gateway_log_records"] == [({}, 40.0)]
     assert families["tether_gateway_log_records_dropped"] == [({}, 6.0)]

@@ -450,3 +450,50 @@ async def test_a_stream_waits_for_its_group_under_way_and_keeps_its_order(
     ]
     assert watched.overlapping == []
     assert await stored_seqs(watched) == list(range(1, 201))
+
+
+# --- a bounded queue -----------------------------------------------------------------------
+
+
+async def test_a_full_queue_holds_later_batches_in_their_order_until_there_is_room(
+    telemetry: TelemetryStore,
+) -> None:
+    pipeline = IngestPipeline(telemetry, max_queued_rows=25)  # not started: nothing drains
+    first = [asyncio.create_task(pipeline.on_batch(GW, tm(f, f + 9))) for f in (1, 11, 21)]
+    await asyncio.sleep(0)  # each on_batch has run up to its wait for the ack
+    # 20 rows left room, so the third was queued; with 30 the queue is full.
+    assert pipeline.queued_rows == 30
+    assert not pipeline.has_room()
+    waiter = asyncio.create_task(pipeline.room())
+    later = [asyncio.create_task(pipeline.on_batch(GW, tm(f, f + 9))) for f in (31, 41, 51)]
+    other = asyncio.create_task(pipeline.on_batch("gw-2", tm(1, 10)))
+    await asyncio.sleep(0)
+    assert pipeline.queued_rows == 30  # the later ones wait outside the queue
+    assert not waiter.done()
+    async with started(pipeline):
+        replies = await asyncio.wait_for(asyncio.gather(*first, *later, other), 10)
+        await asyncio.wait_for(waiter, 10)
+        assert pipeline.has_room()
+    assert [r.last_seq for [r] in replies] == [10, 20, 30, 40, 50, 60, 10]  # type: ignore[attr-defined]
+    assert all(isinstance(r, TelemetryAck) and r.accepted == 10 for [r] in replies)
+    assert await stored_seqs(telemetry) == list(range(1, 61))
+    assert await stored_seqs(telemetry, "gw-2") == list(range(1, 11))
+    assert pipeline.stats.groups >= 2  # the waiting ones went in a later group
+    assert pipeline.queued_rows == 0
+
+
+async def test_stopping_defers_the_batches_waiting_for_room(telemetry: TelemetryStore) -> None:
+    pipeline = IngestPipeline(telemetry, max_queued_rows=5)
+    queued = asyncio.create_task(pipeline.on_batch(GW, tm(1, 10)))
+    waiting = asyncio.create_task(pipeline.on_batch(GW, tm(11, 20)))
+    await asyncio.sleep(0)
+    assert pipeline.queued_rows == 10
+    assert not pipeline.has_room()
+    await pipeline.stop()
+    for task in (queued, waiting):
+        [reply] = await asyncio.wait_for(task, 5)
+        assert isinstance(reply, TelemetryReject), reply
+        assert not reply.permanent
+        assert "shutting down" in reply.reason
+    assert pipeline.has_room()
+    assert await telemetry.count() == 0

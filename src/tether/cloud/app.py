@@ -380,6 +380,7 @@ def build_app(settings: CloudSettings) -> web.Application:
         telemetry = TelemetryStore(store.engine)
         ingest = IngestPipeline(telemetry)
         service.register(TelemetryBatch, ingest.on_batch)
+        service.telemetry_gate = ingest
         service.register(Discovery, ingest.on_discovery)
         service.register(DropReport, ingest.on_drop_report)
         ingest.start()

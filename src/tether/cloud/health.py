@@ -96,6 +96,12 @@ class FleetCollector(Collector):
         links = GaugeMetricFamily("tether_process_links", "WebSocket links held by this process")
         links.add_metric([], snap.get("links", 0))
         yield links
+        queued = GaugeMetricFamily(
+            "tether_ingest_queued_observations",
+            "Observations waiting for a group commit in this process (links wait when it is full)",
+        )
+        queued.add_metric([], snap.get("ingest_queued", 0))
+        yield queued
         commands = GaugeMetricFamily(
             "tether_commands", "Recent commands by state", labels=["state"]
         )
@@ -160,6 +166,7 @@ async def snapshot(state: Any) -> dict[str, Any]:
         "ingest_batches": state.ingest.stats.batches,
         "ingest_groups": state.ingest.stats.groups,
         "ingest_failures": state.ingest.stats.failures,
+        "ingest_queued": state.ingest.queued_rows,
         "health_reports": state.health.reports,
         "log_records": state.health.log_records,
         "log_dropped": state.health.log_dropped_on_gateways,

@@ -12,6 +12,12 @@ in one group being committed at a time: a writer leaves the batches of streams a
 holds in the queue, and while another writer waits it leaves it half of the streams queued.
 SQLite has one writer at a time whatever the connections, so it gets one.
 
+The queue is bounded (:attr:`IngestPipeline.max_queued_rows` observations): past it, a batch
+waits for room in arrival order, and a WebSocket link that delivered one reads nothing more until
+there is room (:meth:`IngestPipeline.has_room`, :meth:`IngestPipeline.room`). So a fleet
+replaying after an outage waits in the kernel's buffers and on the gateways' spools, not in the
+cloud's memory; nothing is refused or lost.
+
 A stream's batches are committed in sequence order: once a batch was deferred, later batches of
 its stream (already in flight when the gateway learnt of the deferral) are deferred too until the
 deferred one comes back. Committing them first would raise the stream's high-water mark over the
@@ -22,6 +28,7 @@ dropped that range (its spool's bound), its drop report releases the stream.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -151,6 +158,10 @@ class _Pending:
 
 _Key = tuple[str, str]  # (gateway, stream)
 
+#: Observations queued for ingest at most (about 100 bytes each in memory, twice: the decoded
+#: batch and its rows), the groups being committed aside.
+MAX_QUEUED_ROWS = 1_000_000
+
 
 class IngestPipeline:
     def __init__(
@@ -158,17 +169,25 @@ class IngestPipeline:
         telemetry: TelemetryStore,
         *,
         max_rows: int = 50_000,
+        max_queued_rows: int = MAX_QUEUED_ROWS,
         hold_writer: float = 1.0,
         writers: int | None = None,
     ) -> None:
         self.telemetry = telemetry
         self.max_rows = max_rows
+        #: Observations the queue holds at most before batches wait for room.
+        self.max_queued_rows = max_queued_rows
         #: Seconds a writer keeps its connection once no batch waits for it.
         self.hold_writer = hold_writer
         #: Groups committed side by side (default: 2 on PostgreSQL, 1 on SQLite).
         self.writers = writers or (1 if telemetry.dialect == "sqlite" else 2)
         self.stats = IngestStats()
         self._queue: list[_Pending] = []
+        self._queued_rows = 0  # observations in _queue
+        # Batches that came while the queue was full, in arrival order (rows already built).
+        self._blocked: collections.deque[_Pending] = collections.deque()
+        self._room = asyncio.Event()
+        self._room.set()
         # Each writer's group being committed (deferred if it fails), and their streams.
         self._committing: dict[int, list[_Pending]] = {}
         self._busy: set[_Key] = set()
@@ -193,9 +212,44 @@ class IngestPipeline:
         for pending in committing + self._queue:  # the groups being committed, and the rest
             if not pending.future.done():
                 pending.future.set_result(self._deferred(pending.batch, "cloud shutting down"))
+        for pending in self._blocked:
+            if not pending.future.done():
+                pending.future.set_result(self._deferred(pending.batch, "cloud shutting down"))
         self._committing.clear()
         self._busy.clear()
         self._queue.clear()
+        self._blocked.clear()
+        self._queued_rows = 0
+        self._room.set()
+
+    # -- room in the queue --------------------------------------------------------------------
+
+    @property
+    def queued_rows(self) -> int:
+        """Observations waiting for a group (those waiting for room not counted)."""
+        return self._queued_rows
+
+    def has_room(self) -> bool:
+        """Whether a batch that comes now is queued at once."""
+        return self._room.is_set()
+
+    async def room(self) -> None:
+        """Return once batches are queued at once again."""
+        await self._room.wait()
+
+    def _enqueue(self, pending: _Pending) -> None:
+        self._queue.append(pending)
+        self._queued_rows += len(pending.batch.observations)
+        self._ready.set()
+
+    def _admit(self) -> None:
+        """Queue the batches that waited for room, in their order, while there is room."""
+        while self._blocked and self._queued_rows < self.max_queued_rows:
+            self._enqueue(self._blocked.popleft())
+        if self._blocked or self._queued_rows >= self.max_queued_rows:
+            self._room.clear()
+        else:
+            self._room.set()
 
     # -- message handlers (registered with GatewayService) ------------------------------------
 
@@ -225,21 +279,21 @@ class IngestPipeline:
         future: asyncio.Future[TelemetryAck | TelemetryReject] = (
             asyncio.get_running_loop().create_future()
         )
-        self._queue.append(
-            _Pending(
-                IncomingBatch(
-                    gateway_id,
-                    message.stream,
-                    message.first_seq,
-                    message.last_seq,
-                    message.observations,
-                    # Rows built here, while the writer commits the group before this one.
-                    batch_rows(message.observations, columns),
-                ),
-                future,
-            )
+        pending = _Pending(
+            IncomingBatch(
+                gateway_id,
+                message.stream,
+                message.first_seq,
+                message.last_seq,
+                message.observations,
+                # Rows built here, while the writer commits the group before this one.
+                batch_rows(message.observations, columns),
+            ),
+            future,
         )
-        self._ready.set()
+        # Behind any batch waiting for room: a stream's batches are queued in arrival order.
+        self._blocked.append(pending)
+        self._admit()
         return [await future]
 
     async def on_discovery(self, gateway_id: str, message: Message) -> list[Message]:
@@ -300,6 +354,8 @@ class IngestPipeline:
             group.append(item)
             rows += count
         self._queue = rest
+        self._queued_rows -= rows
+        self._admit()
         self._busy.update((p.batch.gateway_id, p.batch.stream) for p in group)
         if another_free and rest:
             self._ready.set()  # what is left is for the other writer

@@ -23,7 +23,7 @@ from aiohttp import WSMsgType, web
 from sqlalchemy.exc import SQLAlchemyError
 
 from tether.cloud.identity import GatewayIdentity
-from tether.cloud.service import GatewayService
+from tether.cloud.service import GatewayService, TelemetryGate
 from tether.cloud.store import Store
 from tether.cloud.store.links import LinkStore
 from tether.protocol.codec import HEADER, PING_FRAME_MAX, pong_for_ping
@@ -393,9 +393,24 @@ class WebSocketLink:
         elif isinstance(event, TelemetryBatch):
             # Acknowledged after the group commit: do not stop reading while it happens, so a
             # window of batches (and any command update between them) keeps flowing.
+            gate = self.service.telemetry_gate
+            if gate is not None and not gate.has_room():
+                await self._wait_for_ingest(gate)
             self._in_background(self._handle_later(event))
         else:
             self._send_all(await self._handle(event))  # type: ignore[arg-type]
+
+    async def _wait_for_ingest(self, gate: TelemetryGate) -> None:
+        """The ingest queue is full: hold this batch and read nothing more from this gateway
+        until there is room, so what it sends next waits in the kernel's buffers and on its
+        spool, not in the cloud's memory."""
+        self.channel.pause_reading()
+        try:
+            await gate.room()
+        finally:
+            backlog = self._backlog
+            if backlog is None or len(backlog) < _BACKLOG_PAUSE:  # else the backlog's pause
+                self.channel.resume_reading()
 
     def _in_background(self, work: Coroutine[object, object, None]) -> None:
         if self._background is None:
@@ -549,6 +564,9 @@ async def serve_aiohttp_link(ws: web.WebSocketResponse, link: WebSocketLink) -> 
             backlog = link._backlog
             if worker is not None and backlog is not None and len(backlog) >= _BACKLOG_PAUSE:
                 await asyncio.wait([worker])  # aiohttp reads on only when the link caught up
+            gate = link.service.telemetry_gate
+            if gate is not None and not gate.has_room():
+                await gate.room()  # the ingest queue is full: read on once it has room
             if channel.is_closing():
                 break
     finally:

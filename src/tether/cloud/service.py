@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 import sqlalchemy as sa
@@ -51,6 +51,15 @@ OUTGOING_LIMIT = 100
 SENT_MEMORY = 16_384
 
 MessageHandler = Callable[[str, Message], Awaitable[list[Message]]]
+
+
+class TelemetryGate(Protocol):
+    """Whether telemetry is taken at once (the ingest queue has room), and a wait for it."""
+
+    def has_room(self) -> bool: ...
+
+    async def room(self) -> None: ...
+
 
 _UPDATE_EVENTS = {
     CommandState.RUNNING.value: CommandEvent.START,
@@ -112,6 +121,8 @@ class GatewayService:
         # Sent from memory (latest first out): a read that began before their mark committed
         # would see them queued. Only a new link or an HTTPS exchange sends them again.
         self._sent: dict[str, None] = {}
+        #: Links stop reading while this says telemetry must wait (set with the ingest).
+        self.telemetry_gate: TelemetryGate | None = None
         self._handlers: dict[type, MessageHandler] = {
             CommandUpdate: self._command_update,
             ConfigAck: self._config_ack,

@@ -1,18 +1,28 @@
-"""How a link's answers leave: the acknowledgements of one group commit go out in one write.
+"""How a link's answers leave and when it reads: the acknowledgements of one group commit go out
+in one write, and a link stops reading while the ingest queue is full.
 
-A :class:`~tether.cloud.link.WebSocketLink` is driven by real frames from a client session; its
-service holds every telemetry batch until the test lets the "group commit" through at once, as
-the ingest pipeline does. The channel records each write.
+A :class:`~tether.cloud.link.WebSocketLink` is driven by real frames from a client session. The
+channel records each write and each pause. For the writes the service holds every telemetry batch
+until the test lets the "group commit" through at once, as the ingest pipeline does; for the
+pauses the service is the real ingest pipeline on a SQLite store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
+from tether.cloud.ingest import IngestPipeline
 from tether.cloud.link import LinkHub, WebSocketLink
+from tether.cloud.store import Store
+from tether.cloud.store.telemetry import TelemetryStore
 from tether.cloud.wsserver import OP_BINARY, LinkConnection, encode_frame_header
 from tether.protocol.codec import decode_frame
 from tether.protocol.messages import Message, TelemetryAck, TelemetryBatch
@@ -23,11 +33,15 @@ GATEWAY = "gw-1"
 
 
 class RecordingChannel:
-    """A link channel that keeps what it is given to write, one list per write."""
+    """A link channel that keeps what it is given to write, one list per write, and whether
+    it was told to read."""
 
     def __init__(self) -> None:
         self.writes: list[list[bytes]] = []
         self.wrote = asyncio.Event()
+        self.reading = True
+        self.paused = asyncio.Event()
+        self.pauses = 0
 
     def write_frames(self, frames: list[bytes]) -> None:
         self.writes.append(list(frames))
@@ -37,10 +51,12 @@ class RecordingChannel:
         return None
 
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
+        self.pauses += 1
+        self.paused.set()
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
 
     def is_closing(self) -> bool:
         return False
@@ -51,6 +67,8 @@ class RecordingChannel:
 
 class HeldService:
     """Answers each batch with its ack, all at once when :meth:`commit` is called."""
+
+    telemetry_gate = None  # no ingest queue to wait for
 
     def __init__(self, batches: int) -> None:
         self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -71,7 +89,7 @@ class HeldService:
         self.committed.set_result(None)
 
 
-def open_link(channel: RecordingChannel, service: HeldService) -> tuple[WebSocketLink, LinkSession]:
+def open_link(channel: RecordingChannel, service: Any) -> tuple[WebSocketLink, LinkSession]:
     """A server link and the client session it opened with (the hello answered by hand: the
     store's part of opening is not what this test is about)."""
     hub = LinkHub()
@@ -117,6 +135,75 @@ async def test_the_acks_of_one_commit_leave_in_one_write() -> None:
     assert len(channel.writes) == 1
     acks = [decode_frame(frame) for frame in channel.writes[0]]
     assert acks == [TelemetryAck("sim", seq, accepted=1) for seq in range(1, 6)]
+
+
+class IngestService:
+    """The gateway service's telemetry part: the real ingest pipeline, its gate included."""
+
+    def __init__(self, pipeline: IngestPipeline) -> None:
+        self.pipeline = pipeline
+        self.telemetry_gate = pipeline
+
+    async def handle(self, gateway_id: str, message: Message) -> list[Message]:
+        return await self.pipeline.on_batch(gateway_id, message)
+
+
+@pytest.fixture
+async def telemetry(tmp_path: Path) -> AsyncIterator[TelemetryStore]:
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'cloud.db'}")
+    try:
+        yield TelemetryStore(store.engine)
+    finally:
+        await store.close()
+
+
+def batch(first: int, last: int) -> TelemetryBatch:
+    return TelemetryBatch(
+        "sim", first, last, [Observation("p", 1.0e9 + s, 1.0) for s in range(first, last + 1)]
+    )
+
+
+async def test_a_link_reads_nothing_more_while_the_ingest_queue_is_full(
+    telemetry: TelemetryStore,
+) -> None:
+    pipeline = IngestPipeline(telemetry, max_queued_rows=10)  # started once the link paused
+    channel = RecordingChannel()
+    link, client = open_link(channel, IngestService(pipeline))
+    other = asyncio.create_task(pipeline.on_batch("gw-2", batch(1, 10)))
+    await asyncio.sleep(0)  # its batch is queued: the queue is full
+    assert not pipeline.has_room()
+
+    client.send(batch(1, 5))
+    client.send(batch(6, 10))
+    for frame in client.data_to_send():
+        link.frame_received(frame)
+    await asyncio.wait_for(channel.paused.wait(), 5)
+    assert not channel.reading
+    assert pipeline.queued_rows == 10  # the link holds its batch: none of it is queued
+    assert channel.writes == []
+
+    async with started(pipeline):
+        [ack] = await asyncio.wait_for(other, 10)
+        assert isinstance(ack, TelemetryAck)
+        await asyncio.wait_for(channel.wrote.wait(), 10)
+        while sum(len(w) for w in channel.writes) < 2:
+            channel.wrote.clear()
+            await asyncio.wait_for(channel.wrote.wait(), 10)
+    assert channel.reading  # read on once there was room
+    acks = [decode_frame(frame) for write in channel.writes for frame in write]
+    assert acks == [TelemetryAck("sim", 5, accepted=5), TelemetryAck("sim", 10, accepted=5)]
+    assert channel.pauses == 1
+    rows = await telemetry.query(GATEWAY, point_id=None, since=None, until=None, limit=100)
+    assert [round(r.ts - 1.0e9) for r in rows] == list(range(1, 11))
+
+
+@asynccontextmanager
+async def started(pipeline: IngestPipeline) -> AsyncIterator[IngestPipeline]:
+    pipeline.start()
+    try:
+        yield pipeline
+    finally:
+        await pipeline.stop()
 
 
 class RecordingTransport:
