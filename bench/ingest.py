@@ -56,6 +56,7 @@ from tether.cloud.store import Store
 from tether.cloud.store.telemetry import TelemetryStore
 from tether.gateway.connectors.simulated import BuildingModel, SimulatedBuildingConfig
 from tether.gateway.identity import GatewayIdentity, enroll
+from tether.gateway.settings import UPLOAD_WINDOW
 from tether.gateway.spool import Spool
 from tether.protocol.codec import encode_frame
 from tether.protocol.messages import (
@@ -96,7 +97,7 @@ class Options:
     agents: int = 4
     observations: int = 200_000  # per agent
     upload_batch: int = 2000
-    upload_window: int = 4
+    upload_window: int = UPLOAD_WINDOW  # the agent's
     reference_rounds: int = 2
     timeout: float = 600.0
     postgres: bool = False

@@ -23,6 +23,10 @@ class AgentSettingsError(ValueError):
     """``agent.toml`` is unreadable or a setting is wrong; the message names it."""
 
 
+#: The default of ``upload_window``.
+UPLOAD_WINDOW = 8
+
+
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
     data_dir: Path
@@ -42,7 +46,10 @@ class AgentSettings:
     probe_interval: float = 300.0
     unstable_after: float = 20.0  # a link that dies younger than this counts against its tier
     upload_batch: int = 2000
-    upload_window: int = 4
+    #: Batches sent and not yet acknowledged: enough that the cloud receives the next ones while
+    #: it commits these (at 4 its ingest waited for them between commits, measured in
+    #: bench/ingest).
+    upload_window: int = UPLOAD_WINDOW
     hooks: dict[str, list[str]] = field(default_factory=dict)
 
     @property

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tether.aio import cancel_and_wait
+from tether.gateway.settings import UPLOAD_WINDOW
 from tether.gateway.spool import AsyncSpool
 from tether.protocol.codec import HEADER, encode_frame
 from tether.protocol.messages import (
@@ -47,7 +48,7 @@ class Uploader:
         spool: AsyncSpool,
         *,
         max_batch: int = 2000,
-        window: int = 4,
+        window: int = UPLOAD_WINDOW,
         max_frame: int = 1 << 20,
     ) -> None:
         self.spool = spool
