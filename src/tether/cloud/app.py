@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
 from tether import __version__
+from tether.aio import cancel_and_wait
 from tether.cloud import api, console, est, poll
 from tether.cloud.accounts import Accounts
 from tether.cloud.health import FleetCollector, HealthService, metrics_handler
@@ -407,9 +408,7 @@ def build_app(settings: CloudSettings) -> web.Application:
 
         async with store.listen_commands(notified):
             yield
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        await cancel_and_wait(sweeper)
         await hub.close_all(CloseCode.GOING_AWAY, "cloud shutting down")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.links.drain(), 5.0)

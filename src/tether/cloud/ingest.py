@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import math
 import re
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from tether.aio import cancel_and_wait
 from tether.cloud.store.telemetry import (
     BatchOutcome,
     GroupWriter,
@@ -202,12 +202,8 @@ class IngestPipeline:
         self._tasks = [loop.create_task(self._writer(n)) for n in range(self.writers)]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(*tasks)
         committing = [p for group in self._committing.values() for p in group]
         for pending in committing + self._queue:  # the groups being committed, and the rest
             if not pending.future.done():

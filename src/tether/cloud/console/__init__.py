@@ -13,7 +13,6 @@ shipped in the package (no CDN) and the pages of :data:`tether.cloud.console.vie
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from typing import Final
 
 from aiohttp import web
 
+from tether.aio import cancel_and_wait
 from tether.cloud.accounts import (
     ACCOUNTS_KEY,
     SESSION_COOKIE,
@@ -76,9 +76,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     await accounts.bootstrap_admin(state.settings.data_dir)
     sweeper = asyncio.get_running_loop().create_task(_sweep(accounts))
     yield
-    sweeper.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sweeper
+    await cancel_and_wait(sweeper)
 
 
 def _login_form(

@@ -652,46 +652,6 @@ class Store:
             )
         return _gateway(row._mapping)
 
-    async def set_link_state(
-        self,
-        gateway_id: str,
-        *,
-        linked: bool,
-        now: datetime,
-        agent_version: str | None = None,
-        tier: str | None = None,
-        peer: str | None = None,
-    ) -> GatewayRecord:
-        """Record that the gateway's link came up (on *tier*, from *peer*) or went down."""
-        values: dict[str, object] = {
-            "linked": linked,
-            "tier": tier if linked else None,
-            "peer": peer,
-            "last_seen": now,
-            "link_since": now,
-        }
-        if agent_version is not None:
-            values["agent_version"] = agent_version
-        return await self._update_gateway(gateway_id, values)
-
-    async def touch_gateway(self, gateway_id: str, *, now: datetime) -> GatewayRecord:
-        """Record that the gateway was heard from."""
-        return await self._update_gateway(gateway_id, {"last_seen": now})
-
-    async def _update_gateway(self, gateway_id: str, values: dict[str, object]) -> GatewayRecord:
-        async with self._write() as conn:
-            row = (
-                await conn.execute(
-                    gateways.update()
-                    .where(gateways.c.gateway_id == gateway_id)
-                    .values(values)
-                    .returning(*gateways.c)
-                )
-            ).first()
-        if row is None:
-            raise GatewayUnknown(gateway_id)
-        return _gateway(row._mapping)
-
     # --- certificates ---------------------------------------------------------------------
 
     async def record_certificate(
