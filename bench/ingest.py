@@ -20,7 +20,11 @@ the rows). After each run the store must hold every observation exactly once, or
 Reference: ``TelemetryStore.raw_insert`` (the store's bulk path and nothing else: no link, no
 validation, no dedup, no latest values) of the same rows into a fresh database of the same kind,
 in transactions of what one gateway keeps in flight and of the ingest's largest group; measured
-before and after the runs, median per size, the faster size counts.
+before each round of runs and once after them, median per size, the faster size counts.
+
+Rounds (``--rounds``, 3 by default): each measures the reference, then each way of delivering
+once, so that the two interleave on a machine whose speed drifts. A way of delivering is judged
+by its median run; every run's rate is recorded.
 
 Targets: ≥ 50 % of the reference (the telemetry issue), ≥ 70 % (DESIGN.md).
 """
@@ -32,6 +36,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -98,7 +103,10 @@ class Options:
     observations: int = 200_000  # per agent
     upload_batch: int = 2000
     upload_window: int = UPLOAD_WINDOW  # the agent's
-    reference_rounds: int = 2
+    #: Each round measures the reference, then each way of delivering once; the reference is
+    #: measured once more at the end. Figures are medians over the rounds: one run on a shared
+    #: 2-core machine varies by a fifth from the next.
+    rounds: int = 3
     timeout: float = 600.0
     postgres: bool = False
     directory: Path | None = None
@@ -135,6 +143,11 @@ class Outcome:
     @property
     def reference_rate(self) -> float:
         return max(statistics.median(v) for v in self.reference_rates.values() if v)
+
+    def median_run(self, mode: str) -> tuple[Run, list[Run]]:
+        """The run of *mode* with the median rate (the lower one of an even count), and all."""
+        runs = sorted((r for r in self.runs if r.mode == mode), key=lambda r: r.rate)
+        return runs[(len(runs) - 1) // 2], runs
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -599,12 +612,17 @@ async def run(options: Options) -> Outcome:
                     rate = await measure_reference(fresh_database, rows, chunk)
                     outcome.reference_rates[name].append(rate)
 
-            await reference_round()
-            for mode in options.modes:
-                url = await fresh_database()
-                outcome.runs.append(await measure(mode, root, url, data, options))
-            for _ in range(options.reference_rounds - 1):
+            for n in range(options.rounds):
                 await reference_round()
+                # Each round's clouds and gateways are new (a spool filled again would go on
+                # from the sequence numbers the previous round left).
+                where = root / f"round-{n}"
+                where.mkdir()
+                for mode in options.modes:
+                    url = await fresh_database()
+                    outcome.runs.append(await measure(mode, where, url, data, options))
+                shutil.rmtree(where)
+            await reference_round()
     return outcome
 
 
@@ -619,10 +637,15 @@ def report(outcome: Outcome, options: Options) -> dict[str, Any]:
         label = f"  raw_insert, {name} txns ({chunk_rows(name, options):,} rows)"
         print(f"{label:<44} {statistics.median(rates):>12,.0f} obs/s   median of {len(rates)}")
     runs: dict[str, Any] = {}
-    for run_ in outcome.runs:
+    for mode in dict.fromkeys(r.mode for r in outcome.runs):
+        run_, every = outcome.median_run(mode)
         ratio = run_.rate / outcome.reference_rate
+        ratios = [r.rate / outcome.reference_rate for r in every]
         what = "load process" if run_.mode == "replay" else "agents"
         print(ratio_line(f"ingest, {run_.mode}", run_.rate, outcome.reference_rate, "obs/s", "raw"))
+        print(
+            f"{'  median of':<44} {len(every):>12} runs: ratios {ratios[0]:.2f} to {ratios[-1]:.2f}"
+        )
         print(
             f"{'  steady window / whole run':<44} {run_.window_seconds:>11.1f}s"
             f" / {run_.total_seconds:.1f}s; CPU cores: cloud {run_.cloud_cpu:.2f},"
@@ -638,6 +661,8 @@ def report(outcome: Outcome, options: Options) -> dict[str, Any]:
         runs[run_.mode] = {
             "observations_per_s": run_.rate,
             "ratio": ratio,
+            "runs_observations_per_s": [r.rate for r in every],
+            "runs_ratios": ratios,
             "steady_window_s": run_.window_seconds,
             "total_s": run_.total_seconds,
             "cloud_cpu_cores": run_.cloud_cpu,
@@ -674,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--observations", type=int, default=Options.observations, help="each")
     parser.add_argument("--upload-batch", type=int, default=Options.upload_batch)
     parser.add_argument("--upload-window", type=int, default=Options.upload_window)
-    parser.add_argument("--reference-rounds", type=int, default=Options.reference_rounds)
+    parser.add_argument("--rounds", type=int, default=Options.rounds, help="runs of each mode")
     parser.add_argument("--postgres", action="store_true", help="also run on PostgreSQL")
     parser.add_argument("--dir", type=Path, default=None, help="where the data goes")
     parser.add_argument("--no-record", action="store_true")
@@ -685,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         observations=args.observations,
         upload_batch=args.upload_batch,
         upload_window=args.upload_window,
-        reference_rounds=args.reference_rounds,
+        rounds=args.rounds,
         directory=args.dir,
     )
     from tether.cli.runtime import run_async
