@@ -937,6 +937,10 @@ async def _echo_round_trips(
 class Fleet:
     """The load processes of one measurement, and the pipes to them."""
 
+    #: What each load process runs, given its spec and its end of the pipe (a module-level
+    #: function: the processes are spawned, so it must be importable).
+    worker = staticmethod(worker_main)
+
     def __init__(self, specs: Sequence[WorkerSpec]) -> None:
         self.specs = list(specs)
         self._mp = multiprocessing.get_context("spawn")
@@ -952,7 +956,7 @@ class Fleet:
             for index, spec in enumerate(self.specs):
                 ours, theirs = self._mp.Pipe()
                 proc = self._mp.Process(
-                    target=worker_main, args=(spec, theirs), daemon=True, name=f"load-{index}"
+                    target=self.worker, args=(spec, theirs), daemon=True, name=f"load-{index}"
                 )
                 proc.start()
                 theirs.close()

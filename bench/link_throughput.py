@@ -568,25 +568,7 @@ async def _worker(spec: lc.WorkerSpec, conn: Connection) -> None:
 class Fleet(lc.Fleet):
     """link_capacity's load processes, running this benchmark's worker."""
 
-    async def __aenter__(self) -> Fleet:
-        loop = asyncio.get_running_loop()
-        try:
-            for index, spec in enumerate(self.specs):
-                ours, theirs = self._mp.Pipe()
-                proc = self._mp.Process(
-                    target=worker_main, args=(spec, theirs), daemon=True, name=f"load-{index}"
-                )
-                proc.start()
-                theirs.close()
-                queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-                self.procs.append(proc)
-                self.conns.append(ours)
-                self.replies.append(queue)
-                loop.add_reader(ours.fileno(), self._readable, ours, queue)
-        except BaseException:
-            self.reap()
-            raise
-        return self
+    worker = staticmethod(worker_main)
 
 
 # -- server measurement ----------------------------------------------------------------------
