@@ -53,6 +53,7 @@ from tether.cloud.state import STATE_KEY, CloudState
 from tether.cloud.store import Store
 from tether.cloud.store.health import HealthStore
 from tether.cloud.store.links import LinkStore
+from tether.cloud.store.notify import MISSED
 from tether.cloud.store.telemetry import TelemetryStore
 from tether.cloud.tls import server_ssl_context
 from tether.cloud.tlsserver import TLSServer, start_tls_server
@@ -77,6 +78,8 @@ log = logging.getLogger(__name__)
 
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name, not a secret)
 SWEEP_INTERVAL = 5.0
+#: Links offered their waiting commands together after lost wake-ups (their lookups group).
+CATCH_UP_CHUNK = 1000
 #: A gateway on the periodic-poll tier counts as linked this long after its last poll.
 POLL_GRACE = 2 * 900 + 120.0
 SETTINGS_KEY = web.AppKey("settings", CloudSettings)
@@ -359,10 +362,32 @@ async def _sweep(state: CloudState) -> None:
 
 
 async def _on_notify(state: CloudState, payload: str) -> None:
-    if payload.startswith("revoke:"):
+    if payload == MISSED:
+        await _catch_up(state)
+    elif payload.startswith("revoke:"):
         await state.hub.close(payload[7:], CloseCode.REVOKED, "gateway revoked")
     else:
         await state.hub.wake(payload)
+
+
+async def _catch_up(state: CloudState) -> None:
+    """Wake-ups may have been lost (the LISTEN connection was down): close the links of
+    gateways revoked meanwhile, and offer every other linked gateway what waits for it."""
+    held = state.hub.gateway_ids()
+    try:
+        revoked = await state.store.revoked_among(held)
+    except Exception:  # logged; the links' own checks and the next wake-ups still apply
+        log.exception("catching up after lost wake-ups failed")
+        return
+    for gateway_id in revoked:
+        await state.hub.close(gateway_id, CloseCode.REVOKED, "gateway revoked")
+    log.info("caught up after lost wake-ups: %d links, %d of them revoked", len(held), len(revoked))
+    rest = [g for g in held if g not in revoked]
+    for start in range(0, len(rest), CATCH_UP_CHUNK):  # links ask together, a chunk at a time
+        await asyncio.gather(
+            *(state.hub.wake(g) for g in rest[start : start + CATCH_UP_CHUNK]),
+            return_exceptions=True,
+        )
 
 
 def build_app(settings: CloudSettings) -> web.Application:

@@ -151,6 +151,16 @@ async def test_gateway_registry(store: Store) -> None:
         await store.create_gateway(gateway_id="gw-a", name="again", now=NOW)
 
 
+async def test_revoked_among_names_the_revoked_of_many_gateways(store: Store) -> None:
+    ids = [f"gw-{i:04d}" for i in range(2500)]  # more than one query takes
+    for gateway_id in ids:
+        await store.create_gateway(gateway_id=gateway_id, name="n", now=NOW)
+    for gateway_id in (ids[3], ids[2100]):
+        await store.revoke_gateway(gateway_id, now=NOW)
+    assert await store.revoked_among([*ids, "unknown"]) == {ids[3], ids[2100]}
+    assert await store.revoked_among([]) == set()
+
+
 async def test_revoking_a_gateway_invalidates_its_certificates(store: Store) -> None:
     await store.create_gateway(gateway_id="gw-1", name="n", now=NOW)
     await store.create_gateway(gateway_id="gw-2", name="other", now=NOW)

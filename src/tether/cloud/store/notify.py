@@ -23,6 +23,7 @@ from tether.protocol.backoff import backoff_delays
 
 __all__ = [
     "CHANNEL",
+    "MISSED",
     "CommandCallback",
     "CommandListener",
     "CommandNotifier",
@@ -33,6 +34,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHANNEL = "tether_commands"
+#: Handed to the callbacks instead of a gateway id once a lost LISTEN connection is back:
+#: wake-ups sent while it was away never came, so whatever they were for must be looked at again
+#: (commands waiting for gateways linked here, revocations of them).
+MISSED = "*"
 
 CommandCallback = Callable[[str], Awaitable[None] | None]
 
@@ -195,6 +200,7 @@ class PostgresCommandNotifier:
                     continue
                 log.info("LISTEN connection for %s restored", CHANNEL)
                 self._reconnect = None
+                self._dispatcher.dispatch(MISSED)
                 return
 
 

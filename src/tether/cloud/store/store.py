@@ -30,7 +30,7 @@ import hashlib
 import secrets
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -302,6 +302,9 @@ def _listen_dsn(url: URL) -> str:
 
 
 _T = TypeVar("_T")
+
+#: Gateway ids per query of a many-gateway lookup.
+_IDS_PER_QUERY = 2000
 
 # Statements of the command path, built once (building one costs more than running it).
 _GATEWAY_REVOKED: Final = sa.select(gateways.c.revoked_at).where(
@@ -624,6 +627,22 @@ class Store:
                 await conn.execute(sa.select(gateways).where(gateways.c.gateway_id == gateway_id))
             ).first()
         return None if row is None else _gateway(row._mapping)
+
+    async def revoked_among(self, gateway_ids: Iterable[str]) -> set[str]:
+        """Which of *gateway_ids* are revoked (a few thousand ids per query)."""
+        ids = list(gateway_ids)
+        out: set[str] = set()
+        g = gateways.c
+        async with self._read() as conn:
+            for start in range(0, len(ids), _IDS_PER_QUERY):
+                rows = await conn.execute(
+                    sa.select(g.gateway_id).where(
+                        g.gateway_id.in_(ids[start : start + _IDS_PER_QUERY]),
+                        g.revoked_at.is_not(None),
+                    )
+                )
+                out.update(r.gateway_id for r in rows)
+        return out
 
     async def list_gateways(self) -> list[GatewayRecord]:
         """All gateways, by id."""
