@@ -70,6 +70,8 @@ def test_database_connections_are_shared_among_the_workers(tmp_path: Path) -> No
         ("database_connections = 4\n", "gives each of 1 worker processes 4"),
         ("database_connections = 20.5\n", "'database_connections': expected a whole number"),
         ("database_connections = 'many'\n", "'database_connections': expected a number"),
+        ("ingest_queue_observations = 500\n", "'ingest_queue_observations': expected a whole"),
+        ("ingest_queue_observations = 5e6\n", "'ingest_queue_observations': expected a whole"),
     ],
 )
 def test_too_few_database_connections_are_refused_with_what_is_needed(
@@ -77,3 +79,9 @@ def test_too_few_database_connections_are_refused_with_what_is_needed(
 ) -> None:
     with pytest.raises(SettingsError, match=re.escape(message)):
         load_settings(_toml(tmp_path, text))
+
+
+def test_the_ingest_queue_bound_is_read(tmp_path: Path) -> None:
+    settings = load_settings(_toml(tmp_path, "ingest_queue_observations = 250000\n"))
+    assert settings.ingest_queue_observations == 250_000
+    assert CloudSettings().ingest_queue_observations == 1_000_000

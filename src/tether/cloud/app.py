@@ -404,7 +404,7 @@ def build_app(settings: CloudSettings) -> web.Application:
         hub = LinkHub()
         service = GatewayService(store)
         telemetry = TelemetryStore(store.engine)
-        ingest = IngestPipeline(telemetry)
+        ingest = IngestPipeline(telemetry, max_queued_rows=settings.ingest_queue_observations)
         service.register(TelemetryBatch, ingest.on_batch)
         service.telemetry_gate = ingest
         service.register(Discovery, ingest.on_discovery)

@@ -9,6 +9,7 @@ Example ``cloud.toml``::
     public_port = 443                   # what gateways dial, if a load balancer listens elsewhere
     database_url = "postgresql+asyncpg://tether@db/tether"   # default: SQLite in data_dir
     database_connections = 90           # PostgreSQL connections of all workers together
+    ingest_queue_observations = 1000000 # waiting for a group commit, per process
 
     [link]
     heartbeat_interval = 30
@@ -40,6 +41,9 @@ __all__ = [
 #: ingest writers', and two for requests and the link.
 MIN_CONNECTIONS_PER_WORKER = 5
 
+#: The smallest ingest queue: a batch of the agent's default size, many times over.
+MIN_INGEST_QUEUE = 10_000
+
 #: The settings read from the ``[link]`` table.
 LINK_SETTINGS = frozenset({"heartbeat_interval", "last_seen_interval"})
 
@@ -62,6 +66,9 @@ class CloudSettings:
     #: worker gets an equal share (its LISTEN connection included). Keep it under the server's
     #: ``max_connections``, less what other clients need. SQLite ignores it.
     database_connections: int = 90
+    #: Observations a cloud process holds waiting for a group commit at most; past it, links
+    #: wait before they send more (about 200 bytes of memory each).
+    ingest_queue_observations: int = 1_000_000
     heartbeat_interval: float = 30.0
     #: How often the cloud writes ``last_seen`` of the gateways it holds a WebSocket link of
     #: (the link itself proves they are alive within 2.5 heartbeats; the store hears of it
@@ -182,6 +189,15 @@ def load_settings(path: Path | None = None, **overrides: Any) -> CloudSettings:
     ):
         raise SettingsError("setting 'database_connections': expected a whole number")
     connections_per_worker(settings, settings.workers)
+    if (
+        isinstance(settings.ingest_queue_observations, bool)
+        or not isinstance(settings.ingest_queue_observations, int)
+        or settings.ingest_queue_observations < MIN_INGEST_QUEUE
+    ):
+        raise SettingsError(
+            f"setting 'ingest_queue_observations': expected a whole number of at least "
+            f"{MIN_INGEST_QUEUE:,}"
+        )
     return settings
 
 
