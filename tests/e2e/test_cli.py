@@ -66,7 +66,7 @@ def test_demo_runs_two_linked_gateways_and_stops_by_itself(tmp_path: Path) -> No
     try:
         result = subprocess.run(
             argv,
-            env={**os.environ, "COLUMNS": "200"},
+            env={**os.environ, "COLUMNS": "60"},  # narrow: what it prints must not wrap
             capture_output=True,
             text=True,
             timeout=90,
@@ -79,6 +79,17 @@ def test_demo_runs_two_linked_gateways_and_stops_by_itself(tmp_path: Path) -> No
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2/2 gateways linked" in result.stdout
     assert "demo stopped" in result.stdout
+    lines = result.stdout.splitlines()
+    # The commands to try and the paths are whole lines, to be copied as they are.
+    ca = (data_dir / "cloud" / "pki" / "ca.pem").resolve()
+    assert any(
+        line.startswith(f"  curl --cacert {ca} https://") and line.endswith("/openapi.json")
+        for line in lines
+    ), result.stdout
+    assert any(
+        line.endswith(f"password in {data_dir.resolve()}/cloud/admin.password)") for line in lines
+    ), result.stdout
+    assert f"  source {(data_dir / 'env.sh').resolve()}" in lines
     env_file = (data_dir / "env.sh").read_text()
     assert "export TETHER_URL=https://127.0.0.1:" in env_file
     assert (data_dir / "gateway-1" / "identity" / "gateway.pem").exists()

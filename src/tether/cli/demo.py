@@ -97,12 +97,14 @@ async def _run_demo(gateways: int, seconds: float | None, data_dir: Path, port: 
     console.rule("[bold]tether demo is running")
     console.print(
         f"cloud  {settings.public_url}  ({settings.database.split(':')[0]}, "
-        f"data in {settings.data_dir})"
+        f"data in {settings.data_dir})",
+        soft_wrap=True,
     )
     console.print(
         f"console  {settings.public_url}/console/  (user admin, password in "
         f"{(settings.data_dir / ADMIN_PASSWORD_FILE).resolve()})",
         highlight=False,
+        soft_wrap=True,
     )
     console.print(f"{sum(g['linked'] for g in listing)}/{gateways} gateways linked\n")
     env_file = data_dir / "env.sh"
@@ -112,19 +114,20 @@ async def _run_demo(gateways: int, seconds: float | None, data_dir: Path, port: 
         f"export TETHER_CA={ca_path.resolve()}\n"
     )
     console.print("In another terminal:\n", style="bold")
-    console.print(f"  source {env_file.resolve()}", highlight=False)
-    console.print("  .venv/bin/tether gateways list", highlight=False)
-    console.print(f"  .venv/bin/tether command send {first} ping --wait", highlight=False)
-    console.print(f"  .venv/bin/tether command send {first} metrics --wait", highlight=False)
-    console.print("  .venv/bin/tether command list", highlight=False)
-    console.print(f"  .venv/bin/tether points list {first}", highlight=False)
-    console.print(f"  .venv/bin/tether points tail {first}", highlight=False)
-    console.print("  .venv/bin/tether token create --name another-building", highlight=False)
-    console.print("  .venv/bin/tether net docs --format md", highlight=False)
-    console.print(
-        f"  curl --cacert {ca_path.resolve()} {settings.public_url}/api/v1/openapi.json",
-        highlight=False,
-    )
+    tries = [
+        f"source {env_file.resolve()}",
+        ".venv/bin/tether gateways list",
+        f".venv/bin/tether command send {first} ping --wait",
+        f".venv/bin/tether command send {first} metrics --wait",
+        ".venv/bin/tether command list",
+        f".venv/bin/tether points list {first}",
+        f".venv/bin/tether points tail {first}",
+        ".venv/bin/tether token create --name another-building",
+        ".venv/bin/tether net docs --format md",
+        f"curl --cacert {ca_path.resolve()} {settings.public_url}/api/v1/openapi.json",
+    ]
+    for line in tries:  # whole lines, never wrapped, to be copied as they are
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
     console.print(
         "\nCtrl-C stops the demo."
         if seconds is None
