@@ -205,10 +205,8 @@ class IngestPipeline:
         tasks, self._tasks = self._tasks, []
         await cancel_and_wait(*tasks)
         committing = [p for group in self._committing.values() for p in group]
-        for pending in committing + self._queue:  # the groups being committed, and the rest
-            if not pending.future.done():
-                pending.future.set_result(self._deferred(pending.batch, "cloud shutting down"))
-        for pending in self._blocked:
+        # The groups being committed, the queue, and the batches waiting for room in it.
+        for pending in [*committing, *self._queue, *self._blocked]:
             if not pending.future.done():
                 pending.future.set_result(self._deferred(pending.batch, "cloud shutting down"))
         self._committing.clear()
