@@ -184,21 +184,21 @@ def load_settings(path: Path | None = None, **overrides: Any) -> CloudSettings:
         raise SettingsError("setting 'heartbeat_interval': expected at least 1 second")
     if not 1 <= settings.last_seen_interval <= 86_400:
         raise SettingsError("setting 'last_seen_interval': expected 1 to 86400 seconds")
-    if isinstance(settings.database_connections, bool) or not isinstance(
-        settings.database_connections, int
-    ):
-        raise SettingsError("setting 'database_connections': expected a whole number")
+    _whole("database_connections", settings.database_connections)
     connections_per_worker(settings, settings.workers)
-    if (
-        isinstance(settings.ingest_queue_observations, bool)
-        or not isinstance(settings.ingest_queue_observations, int)
-        or settings.ingest_queue_observations < MIN_INGEST_QUEUE
-    ):
-        raise SettingsError(
-            f"setting 'ingest_queue_observations': expected a whole number of at least "
-            f"{MIN_INGEST_QUEUE:,}"
-        )
+    _whole("ingest_queue_observations", settings.ingest_queue_observations, MIN_INGEST_QUEUE)
     return settings
+
+
+def _whole(name: str, value: object, minimum: int | None = None) -> None:
+    """Refuse a setting that is not a whole number (of at least *minimum*)."""
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or (minimum is not None and value < minimum)
+    ):
+        at_least = "" if minimum is None else f" of at least {minimum:,}"
+        raise SettingsError(f"setting {name!r}: expected a whole number{at_least}")
 
 
 def connections_per_worker(settings: CloudSettings, workers: int) -> int:
