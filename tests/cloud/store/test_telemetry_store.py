@@ -323,12 +323,13 @@ async def test_sqlite_keyed_statements_look_rows_up_by_primary_key(store: Store,
         pytest.skip("SQLite's statements")
     size = telemetry_module._padded_keys(keys)
     assert size >= keys
+    keyed = telemetry_module._keyed_statement
     statements = {
         "telemetry_streams": [
-            telemetry_module._sqlite_marks_statement(size),
-            telemetry_module._sqlite_advance_statement(size),
+            keyed(telemetry_module._SQLITE_MARKS, size, 2),
+            keyed(telemetry_module._SQLITE_ADVANCE, size, 6),
         ],
-        "points": [telemetry_module._sqlite_set_last_statement(size)],
+        "points": [keyed(telemetry_module._SQLITE_SET_LAST, size, 5)],
     }
     async with store.engine.connect() as conn:
         for table, texts in statements.items():

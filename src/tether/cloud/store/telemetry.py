@@ -350,11 +350,11 @@ def _sqlite_commit(
         if plan.rows:
             _sqlite_insert_rows(db, chain.from_iterable(plan.rows))
         if plan.streams:
-            _sqlite_keyed(db, _sqlite_advance_statement, plan.streams, 6, stamp)
+            _sqlite_keyed(db, _SQLITE_ADVANCE, plan.streams, 6, stamp)
         if plan.latest:
             # Ties on time go to the later observation, within a group as across groups.
             rows = [(g, p, t, num, text) for (g, p), (t, num, text) in plan.latest.items()]
-            _sqlite_keyed(db, _sqlite_set_last_statement, rows, 5, stamp)
+            _sqlite_keyed(db, _SQLITE_SET_LAST, rows, 5, stamp)
     return plan.outcomes
 
 
@@ -388,18 +388,9 @@ _SQLITE_SET_LAST = (
 
 
 @functools.cache
-def _sqlite_marks_statement(keys: int) -> str:
-    return _SQLITE_MARKS.replace("ROWS", _values(keys, 2))
-
-
-@functools.cache
-def _sqlite_advance_statement(keys: int) -> str:
-    return _SQLITE_ADVANCE.replace("ROWS", _values(keys, 6))
-
-
-@functools.cache
-def _sqlite_set_last_statement(keys: int) -> str:
-    return _SQLITE_SET_LAST.replace("ROWS", _values(keys, 5))
+def _keyed_statement(template: str, keys: int, width: int) -> str:
+    """*template* with ``ROWS`` replaced by *keys* ``VALUES`` rows of *width* parameters."""
+    return template.replace("ROWS", _values(keys, width))
 
 
 def _chunks(rows: Sequence[_T]) -> Iterator[Sequence[_T]]:
@@ -414,7 +405,7 @@ def _sqlite_marks(db: sqlite3.Connection, keys: Sequence[tuple[str, str]]) -> di
         size = _padded_keys(len(chunk))
         params: list[str | None] = list(chain.from_iterable(chunk))
         params.extend(repeat(None, 2 * (size - len(chunk))))
-        (found,) = db.execute(_sqlite_marks_statement(size), params).fetchone()
+        (found,) = db.execute(_keyed_statement(_SQLITE_MARKS, size, 2), params).fetchone()
         for gateway_id, stream, hwm in json.loads(found):
             marks[(gateway_id, stream)] = int(hwm)
     return marks
@@ -422,18 +413,19 @@ def _sqlite_marks(db: sqlite3.Connection, keys: Sequence[tuple[str, str]]) -> di
 
 def _sqlite_keyed(
     db: sqlite3.Connection,
-    statement: Callable[[int], str],
+    template: str,
     rows: Sequence[tuple[Any, ...]],
     width: int,
     stamp: Any,
 ) -> None:
-    """Run a keyed ``UPDATE ... FROM (VALUES ...)``: ``rows`` lead with the two key columns."""
+    """Run a keyed ``UPDATE ... FROM (VALUES ...)`` (its first parameter the time stamp):
+    ``rows`` of *width* values lead with the two key columns."""
     for chunk in _chunks(rows):
         size = _padded_keys(len(chunk))
         params: list[Any] = [stamp]
         params.extend(chain.from_iterable(chunk))
         params.extend(repeat(None, width * (size - len(chunk))))
-        db.execute(statement(size), params)
+        db.execute(_keyed_statement(template, size, width), params)
 
 
 def _set_cache(db: sqlite3.Connection, pages: int) -> int:
