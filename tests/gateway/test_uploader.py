@@ -117,7 +117,7 @@ async def test_the_spool_is_sent_in_sequence_order_within_the_window(
     spool: AsyncSpool, make_uploader: Callable[..., Uploader]
 ) -> None:
     await spool.append("sim", obs(100))
-    uploader = make_uploader(max_batch=10, window=3)
+    uploader = make_uploader(max_batch=10, window=3, initial_window=3)
     link = Link()
     uploader.on_link_open(link)
     await until(lambda: len(link.batches()) == 3, "a full window")
@@ -137,11 +137,76 @@ async def test_the_spool_is_sent_in_sequence_order_within_the_window(
     assert uploader.stats.batches_sent == 10
 
 
+async def test_the_window_opens_one_batch_per_ack_and_closes_when_the_cloud_defers(
+    spool: AsyncSpool, make_uploader: Callable[..., Uploader]
+) -> None:
+    await spool.append("sim", obs(200))
+    uploader = make_uploader(max_batch=10, window=4)  # opening at one batch, the default
+    link = Link()
+    uploader.on_link_open(link)
+    await until(lambda: len(link.batches()) == 1, "the first batch")
+    await settle(uploader)
+    assert len(link.batches()) == 1, "one batch in flight on a new link"
+    # Each ack frees its place and opens one more, up to the window: in flight 2, 3, 4, 4.
+    for acked, sent in enumerate((3, 5, 7, 8)):
+        await ack(uploader, link.batches()[acked])
+        await until(lambda sent=sent: len(link.batches()) == sent, f"{sent} batches sent")
+        await settle(uploader)
+        assert len(link.batches()) == sent
+    assert covered(link.batches()) == list(range(1, 81))
+
+    # The cloud defers the batches in flight (it could not store them now; it defers the later
+    # ones of a stream with the first): the window closes to one batch, sent again alone.
+    for b in link.batches()[4:8]:
+        handled = await uploader.on_message(
+            TelemetryReject(
+                stream="sim",
+                first_seq=b.first_seq,
+                last_seq=b.last_seq,
+                reason="store unavailable",
+                permanent=False,
+            )
+        )
+        assert handled
+    await until(lambda: len(link.batches()) == 9, "the deferred batch again")
+    await settle(uploader)
+    assert len(link.batches()) == 9, "one batch in flight after a deferral"
+    assert covered(link.batches()[8:]) == list(range(41, 51))
+    # It opens again with the acks.
+    await ack(uploader, link.batches()[8])
+    await until(lambda: len(link.batches()) == 11, "two batches in flight")
+    assert covered(link.batches()[9:]) == list(range(51, 71))
+
+
+async def test_a_new_link_opens_its_window_from_one_batch(
+    spool: AsyncSpool, make_uploader: Callable[..., Uploader]
+) -> None:
+    await spool.append("sim", obs(100))
+    uploader = make_uploader(max_batch=10, window=3)
+    first = Link()
+    uploader.on_link_open(first)
+    await until(lambda: len(first.batches()) == 1, "the first batch")
+    await ack(uploader, first.batches()[0])
+    await ack(uploader, (await until_batches(first, 3))[1])
+    await until(lambda: len(first.batches()) == 5, "a window of 3")
+    uploader.on_link_closed()
+    second = Link()
+    uploader.on_link_open(second)
+    await until(lambda: len(second.batches()) == 1, "the first batch again")
+    await settle(uploader)
+    assert len(second.batches()) == 1
+
+
+async def until_batches(link: Link, count: int) -> list[TelemetryBatch]:
+    await until(lambda: len(link.batches()) == count, f"{count} batches")
+    return link.batches()
+
+
 async def test_nothing_is_deleted_without_an_ack_and_a_new_link_resends_it(
     spool: AsyncSpool, make_uploader: Callable[..., Uploader]
 ) -> None:
     await spool.append("sim", obs(50))
-    uploader = make_uploader(max_batch=20, window=2)
+    uploader = make_uploader(max_batch=20, window=2, initial_window=2)
     first = Link()
     uploader.on_link_open(first)
     await until(lambda: len(first.batches()) == 2, "two batches")
@@ -162,7 +227,7 @@ async def test_nothing_is_deleted_without_an_ack_and_a_new_link_resends_it(
 async def test_new_observations_wake_the_uploader(
     spool: AsyncSpool, make_uploader: Callable[..., Uploader]
 ) -> None:
-    uploader = make_uploader(max_batch=1000, window=4)
+    uploader = make_uploader(max_batch=1000, window=4, initial_window=4)
     link = Link()
     uploader.on_link_open(link)
     await settle(uploader)
@@ -181,7 +246,7 @@ async def test_streams_are_sent_and_acknowledged_independently(
     await spool.append("a", obs(10))
     await spool.append("b", obs(10, point="b"))
     await spool.append("a", obs(10, start=10))
-    uploader = make_uploader(max_batch=100, window=4)
+    uploader = make_uploader(max_batch=100, window=4, initial_window=4)
     link = Link()
     uploader.on_link_open(link)
     await until(lambda: len(link.batches()) == 2, "both streams")
@@ -219,7 +284,7 @@ async def test_a_refusal_does_not_delete_the_batches_before_it(
     their commit: those must stay in the spool until acknowledged (a failed commit resends
     them)."""
     await spool.append("sim", obs(30))
-    uploader = make_uploader(max_batch=10, window=3)
+    uploader = make_uploader(max_batch=10, window=3, initial_window=3)
     link = Link()
     uploader.on_link_open(link)
     await until(lambda: len(link.batches()) == 3, "three batches")
@@ -244,7 +309,7 @@ async def test_a_deferred_batch_is_sent_again_from_its_first_sequence(
     spool: AsyncSpool, make_uploader: Callable[..., Uploader]
 ) -> None:
     await spool.append("sim", obs(30))
-    uploader = make_uploader(max_batch=10, window=3)
+    uploader = make_uploader(max_batch=10, window=3, initial_window=3)
     link = Link()
     uploader.on_link_open(link)
     await until(lambda: len(link.batches()) == 3, "three batches")
@@ -337,7 +402,7 @@ async def test_a_peek_that_spans_a_relink_is_not_sent_on_the_new_link(tmp_path: 
     chosen for the old link (it skips what was in flight there) and must be read again."""
     spool = await SlowSpool.open(tmp_path / "slow.db", max_bytes=1 << 30, max_age=1e9)
     assert isinstance(spool, SlowSpool)
-    uploader = Uploader(spool, max_batch=10, window=2)
+    uploader = Uploader(spool, max_batch=10, window=2, initial_window=2)
     try:
         await spool.append("sim", obs(40))
         old = Link()

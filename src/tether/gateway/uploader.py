@@ -4,6 +4,12 @@ At-least-once on the wire: after a link opens, everything still in the spool is 
 the oldest unacknowledged sequence; the cloud deduplicates on (gateway, stream, sequence). A small
 window of batches in flight keeps a replay after an outage at link speed without starving live
 data or commands: the link interleaves other messages between batches.
+
+The window opens as the cloud answers: a new link starts with one batch in flight, and each
+acknowledgement lets one more go, up to the whole window (the window doubles every round trip).
+A batch the cloud defers (it could not store it now) closes it to one again. So a fleet that
+relinks together after a cloud outage sends what the cloud takes, not every gateway's whole
+window at once.
 """
 
 from __future__ import annotations
@@ -49,11 +55,15 @@ class Uploader:
         *,
         max_batch: int = 2000,
         window: int = UPLOAD_WINDOW,
+        initial_window: int = 1,
         max_frame: int = 1 << 20,
     ) -> None:
         self.spool = spool
         self.max_batch = max_batch
         self.window = window
+        #: Batches in flight when a link opens or after a deferral; each ack adds one.
+        self.initial_window = max(1, min(initial_window, window))
+        self._allowed = self.initial_window  # batches that may be in flight now
         self.max_frame = max_frame
         self.stats = UploaderStats()
         self._send: Callable[[Message], None] | None = None
@@ -72,6 +82,7 @@ class Uploader:
         self._send = send
         self._sent_upto.clear()
         self._in_flight.clear()
+        self._allowed = self.initial_window
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._pump())
         self._wake.set()
@@ -102,6 +113,7 @@ class Uploader:
                 for s, last in self._in_flight
                 if not (s == message.stream and last <= message.last_seq)
             ]
+            self._allowed = min(self.window, self._allowed + 1)
             await self._delete_refused(message.stream)
             self._wake.set()
             return True
@@ -136,6 +148,7 @@ class Uploader:
             )
             await self._delete_refused(message.stream)
         else:
+            self._allowed = self.initial_window  # the cloud could not take it: send less
             # Several batches of a stream may be deferred in a row: resend from the earliest.
             sent = self._sent_upto.get(message.stream)
             if sent is not None:
@@ -173,7 +186,7 @@ class Uploader:
             await self._wake.wait()
             self._wake.clear()
             await self._send_drop_reports()
-            while self._send is not None and len(self._in_flight) < self.window:
+            while self._send is not None and len(self._in_flight) < self._allowed:
                 link = self._link
                 batches = await self.spool.peek(max_items=self.max_batch, after=self._sent_upto)
                 if link != self._link:
@@ -181,7 +194,7 @@ class Uploader:
                 if not batches or self._send is None:
                     break
                 for batch in batches:
-                    if self._send is None or len(self._in_flight) >= self.window:
+                    if self._send is None or len(self._in_flight) >= self._allowed:
                         break
                     for message in self._split(
                         TelemetryBatch(
