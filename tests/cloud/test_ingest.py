@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.support.cloudproc import wait_for
+from tests.support.ingest import started
 
 from tether.cloud.ingest import MAX_OBSERVATIONS, BatchInvalid, IngestPipeline, validate_batch
 from tether.cloud.store import Store
@@ -59,15 +60,6 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 @pytest.fixture
 def telemetry(store: Store) -> TelemetryStore:
     return TelemetryStore(store.engine)
-
-
-@asynccontextmanager
-async def started(pipeline: IngestPipeline) -> AsyncIterator[IngestPipeline]:
-    pipeline.start()
-    try:
-        yield pipeline
-    finally:
-        await pipeline.stop()
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from tests.support.ingest import started
 
 from tether.cloud.ingest import IngestPipeline
 from tether.cloud.link import LinkHub, WebSocketLink
@@ -195,15 +195,6 @@ async def test_a_link_reads_nothing_more_while_the_ingest_queue_is_full(
     assert channel.pauses == 1
     rows = await telemetry.query(GATEWAY, point_id=None, since=None, until=None, limit=100)
     assert [round(r.ts - 1.0e9) for r in rows] == list(range(1, 11))
-
-
-@asynccontextmanager
-async def started(pipeline: IngestPipeline) -> AsyncIterator[IngestPipeline]:
-    pipeline.start()
-    try:
-        yield pipeline
-    finally:
-        await pipeline.stop()
 
 
 class RecordingTransport:
