@@ -133,6 +133,8 @@ def test_the_fleet_collector_renders_prometheus_text() -> None:
         "ingest_groups": 9,
         "ingest_failures": 1,
         "ingest_queued": 4000,
+        "wal_pages": 120,
+        "checkpoint_failures": 2,
         "health_reports": 12,
         "log_records": 40,
         "log_dropped": 6,
@@ -159,6 +161,8 @@ def test_the_fleet_collector_renders_prometheus_text() -> None:
     assert families["tether_ingest_groups"] == [({}, 9.0)]
     assert families["tether_ingest_group_failures"] == [({}, 1.0)]
     assert families["tether_ingest_queued_observations"] == [({}, 4000.0)]
+    assert families["tether_sqlite_wal_pages"] == [({}, 120.0)]
+    assert families["tether_sqlite_checkpoint_failures"] == [({}, 2.0)]
     assert families["tether_health_reports"] == [({}, 12.0)]
     assert families["tether_gateway_log_records"] == [({}, 40.0)]
     assert families["tether_gateway_log_records_dropped"] == [({}, 6.0)]
@@ -171,6 +175,15 @@ def test_the_fleet_collector_renders_prometheus_text() -> None:
     assert families["tether_gateway_memory_percent"] == []
     for figure in HEALTH_FIGURES:
         assert f"tether_gateway_{figure}" in families
+
+
+def test_a_store_without_a_wal_has_no_sqlite_figures() -> None:
+    collector = FleetCollector()
+    collector.snapshot = {"links": 0}  # PostgreSQL: no "wal_pages"
+    families = _families(collector)
+    assert "tether_sqlite_wal_pages" not in families
+    assert "tether_sqlite_checkpoint_failures" not in families
+    assert families["tether_process_links"] == [({}, 0.0)]
 
 
 def test_an_empty_fleet_renders_zeros_not_errors() -> None:

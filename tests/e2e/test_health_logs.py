@@ -241,6 +241,8 @@ async def test_metrics_are_prometheus_text_for_a_token_with_read_access(
     assert families["tether_gateways_tier"] == {(("tier", "ws"),): 1.0}
     assert families["tether_process_links"][()] == 1.0
     assert families["tether_health_reports"][()] >= 1.0
+    assert families["tether_sqlite_wal_pages"][()] >= 0.0  # the cloud's store is a SQLite file
+    assert families["tether_sqlite_checkpoint_failures"][()] == 0.0
     mine = (("gateway", gw.gateway_id),)
     assert 0.0 < families["tether_gateway_memory_percent"][mine] <= 100.0
     assert mine in families["tether_gateway_cpu_percent"]

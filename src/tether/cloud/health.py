@@ -102,6 +102,19 @@ class FleetCollector(Collector):
         )
         queued.add_metric([], snap.get("ingest_queued", 0))
         yield queued
+        if "wal_pages" in snap:  # a SQLite store
+            wal = GaugeMetricFamily(
+                "tether_sqlite_wal_pages",
+                "Pages in the SQLite write-ahead log at its last checkpoint",
+            )
+            wal.add_metric([], snap["wal_pages"])
+            yield wal
+            failures = CounterMetricFamily(
+                "tether_sqlite_checkpoint_failures",
+                "WAL checkpoints that failed (each is retried a second later)",
+            )
+            failures.add_metric([], snap["checkpoint_failures"])
+            yield failures
         commands = GaugeMetricFamily(
             "tether_commands", "Recent commands by state", labels=["state"]
         )
@@ -155,7 +168,13 @@ async def snapshot(state: Any) -> dict[str, Any]:
     commands: dict[str, int] = {}
     for c in await state.store.list_commands(limit=1000):
         commands[c.state.value] = commands.get(c.state.value, 0) + 1
+    store_figures: dict[str, int] = {}
+    checkpointer = state.store.checkpointer
+    if checkpointer is not None:
+        store_figures["wal_pages"] = checkpointer.stats.wal_pages
+        store_figures["checkpoint_failures"] = checkpointer.stats.failures
     return {
+        **store_figures,
         "states": states,
         "tiers": tiers,
         "links": len(state.hub),

@@ -20,7 +20,8 @@ through ``AsyncConnection.run_sync``.
 SQLite runs in WAL mode with ``synchronous = NORMAL``: a committed transaction survives the cloud
 process dying or restarting (it is in the WAL, which the operating system holds); a power cut or
 kernel crash may lose the last transactions before the next checkpoint, never the database's
-integrity. ``FULL`` would sync the WAL on every commit.
+integrity. ``FULL`` would sync the WAL on every commit. The WAL is folded back into the database
+file by a thread of the store's own (:mod:`.checkpoint`), never inside a commit.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from tether.protocol.commands import (
     transition,
 )
 
+from .checkpoint import Checkpointer
 from .errors import (
     ApiTokenUnknown,
     CertificateExists,
@@ -207,8 +209,10 @@ def _audit(row: RowMapping) -> AuditRecord:
 # --- engine set-up -------------------------------------------------------------------------
 
 
-def _configure_sqlite(engine: sa.Engine) -> None:
-    """WAL, foreign keys, a busy timeout, and BEGIN under our control (IMMEDIATE for writes)."""
+def _configure_sqlite(engine: sa.Engine, *, checkpointed: bool = False) -> None:
+    """WAL, foreign keys, a busy timeout, and BEGIN under our control (IMMEDIATE for writes);
+    *checkpointed*: a :class:`~.checkpoint.Checkpointer` folds the WAL back, so no commit does
+    (``wal_autocheckpoint = 0``)."""
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: object) -> None:
@@ -219,6 +223,8 @@ def _configure_sqlite(engine: sa.Engine) -> None:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
+            if checkpointed:
+                cursor.execute("PRAGMA wal_autocheckpoint = 0")
         finally:
             cursor.close()
 
@@ -357,9 +363,9 @@ class _SqliteWriter:
     it queues on SQLite's write lock with the engine's other writers like any of them.
     """
 
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, *, checkpointed: bool) -> None:
         engine = sa.create_engine(url.set(drivername="sqlite"))
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, checkpointed=checkpointed)
         self._engine = engine.execution_options(**{_WRITE: True})
         self._dispose = engine.dispose
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sqlite-writer")
@@ -390,8 +396,10 @@ class Store:
         *,
         single_connection: bool = False,
         writer: _SqliteWriter | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self._engine = engine
+        self._checkpointer = checkpointer
         self._notifier = notifier
         # An in-memory SQLite database is one connection: its transactions must take turns.
         self._turns = asyncio.Lock() if single_connection else None
@@ -418,7 +426,7 @@ class Store:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 key = str(path.resolve())
             engine = create_async_engine(parsed)
-            _configure_sqlite(engine.sync_engine)
+            _configure_sqlite(engine.sync_engine, checkpointed=key is not None)
             try:
                 await _enable_sqlite_wal(engine)
             except BaseException:
@@ -451,14 +459,33 @@ class Store:
             await engine.dispose()
             raise
         # A file has room for a second connection: the command path's writer thread.
-        writer = _SqliteWriter(parsed) if backend == "sqlite" and not single_connection else None
-        return cls(engine, notifier, single_connection=single_connection, writer=writer)
+        writer = None
+        checkpointer = None
+        if backend == "sqlite" and not single_connection:
+            writer = _SqliteWriter(parsed, checkpointed=key is not None)
+            if key is not None:
+                checkpointer = Checkpointer(key)
+                checkpointer.start()
+        return cls(
+            engine,
+            notifier,
+            single_connection=single_connection,
+            writer=writer,
+            checkpointer=checkpointer,
+        )
 
     async def close(self) -> None:
         await self._notifier.close()
         if self._writer is not None:
             await self._writer.close()
         await self._engine.dispose()
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.close)
+
+    @property
+    def checkpointer(self) -> Checkpointer | None:
+        """The thread that checkpoints a SQLite file's WAL (None on other stores)."""
+        return self._checkpointer
 
     @property
     def dialect(self) -> str:
