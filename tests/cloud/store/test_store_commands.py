@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -17,6 +18,7 @@ from tether.cloud.store import (
     GatewayUnknown,
     Store,
 )
+from tether.cloud.store.models import commands
 from tether.protocol.commands import (
     TRANSITIONS,
     CommandEvent,
@@ -382,3 +384,92 @@ async def test_deliver_commands_moves_only_what_the_table_allows(gateway_store: 
     assert states[running.command_id] == (S.RUNNING, NOW)
     assert states[cancelled.command_id] == (S.CANCELLED, None)
     assert await gateway_store.deliver_commands([], now=later) == set()
+
+
+# --- the SQLite writer's own statements ---------------------------------------------------------
+
+
+async def test_on_a_sqlite_file_a_command_is_stored_as_sqlalchemy_stores_it(
+    tmp_path: Path,
+) -> None:
+    """The writer thread queues commands on the sqlite3 connection itself: the row and its
+    audit entry must be the very text SQLAlchemy's own statements store for the same values."""
+    path = tmp_path / "cloud.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        await store.create_gateway(gateway_id="gw-1", name="one", now=NOW)
+        at = NOW + timedelta(microseconds=123456)
+        record = await store.create_command(
+            gateway_id="gw-1",
+            kind="set-config",
+            args={"section": "ntp", "servers": ["a", "b"], "on": True, "n": None, "é": 1.5},
+            expires_at=at + HOUR,
+            created_by="alice",
+            now=at,
+            source="198.51.100.7",
+        )
+        assert await store.get_command(record.command_id) == record
+        twin = {
+            **{c.name: getattr(record, c.name) for c in commands.c if c.name != "state"},
+            "command_id": "f" * 32,
+            "state": record.state.value,
+        }
+        async with store.engine.begin() as conn:
+            await conn.execute(commands.insert(), twin)
+        await store.audit(
+            actor="alice",
+            action="command.send",
+            target="f" * 32,
+            detail={"gateway": "gw-1", "kind": "set-config"},
+            source="198.51.100.7",
+            now=at,
+        )
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    try:
+        mine, theirs = db.execute(
+            "SELECT * FROM commands ORDER BY command_id = ?", ("f" * 32,)
+        ).fetchall()
+        assert mine[1:] == theirs[1:]
+        assert mine[0] == record.command_id
+        entries = db.execute("SELECT * FROM audit_log ORDER BY audit_id").fetchall()
+        assert [e[4] for e in entries] == [record.command_id, "f" * 32]
+        assert entries[0][1:4] + entries[0][5:] == entries[1][1:4] + entries[1][5:]
+    finally:
+        db.close()
+
+
+async def test_on_a_sqlite_file_a_failed_queueing_leaves_nothing_and_says_why(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "cloud.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        await store.create_gateway(gateway_id="gw-1", name="one", now=NOW)
+        with pytest.raises(ValueError, match="naive datetime"):
+            await store.create_command(
+                gateway_id="gw-1",
+                kind="ping",
+                args={},
+                expires_at=datetime(2030, 1, 1, 13, 0),
+                created_by="alice",
+                now=NOW,
+            )
+        # The audit entry is refused after the command row went in: both are rolled back.
+        async with store.engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log "
+                "BEGIN SELECT RAISE(ABORT, 'the audit log is closed'); END"
+            )
+        with pytest.raises(sa.exc.DBAPIError, match="the audit log is closed"):
+            await _command(store)
+        assert await store.list_commands() == []
+        # The writer's connection is usable again: no transaction was left open on it.
+        async with store.engine.begin() as conn:
+            await conn.exec_driver_sql("DROP TRIGGER refuse_audit")
+        record = await _command(store)
+        assert [c.command_id for c in await store.list_commands()] == [record.command_id]
+        assert len(await store.list_audit()) == 1
+    finally:
+        await store.close()

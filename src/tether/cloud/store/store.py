@@ -31,7 +31,7 @@ import hashlib
 import secrets
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -162,7 +162,7 @@ def _enrollment_token(row: RowMapping) -> EnrollmentTokenRecord:
     )
 
 
-def _command(row: RowMapping) -> CommandRecord:
+def _command(row: Mapping[Any, Any]) -> CommandRecord:
     return CommandRecord(
         command_id=row["command_id"],
         gateway_id=row["gateway_id"],
@@ -356,29 +356,91 @@ def _transition_update(columns: frozenset[str]) -> Any:
 DELIVER_BATCH: Final = 500
 
 
+class _RawInsert:
+    """An ``INSERT`` of the named columns of *table* for the ``sqlite3`` connection itself: the
+    SQL and each column's bind processing (aware timestamps to naive UTC text, documents to
+    JSON text, naive timestamps refused) prepared once from the table's own types, so the row
+    is stored exactly as SQLAlchemy stores it."""
+
+    def __init__(self, table: sa.Table, names: Sequence[str], dialect: sa.Dialect) -> None:
+        statement = table.insert().values({name: sa.bindparam(name) for name in names})
+        compiled = statement.compile(dialect=dialect)
+        order = compiled.positiontup  # the names in the order of the SQL's "?" marks
+        if order is None or sorted(order) != sorted(names):
+            raise RuntimeError(f"INSERT INTO {table.name}: unexpected parameters {order}")
+        self.sql = str(compiled)
+        self._columns = tuple(
+            (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in order
+        )
+
+    def params(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(
+            values[name] if process is None else process(values[name])
+            for name, process in self._columns
+        )
+
+
+_SQLITE_GATEWAY_REVOKED: Final = "SELECT revoked_at FROM gateways WHERE gateway_id = ?"
+
+
 class _SqliteWriter:
     """Whole write transactions on a SQLite file, each run on one thread in one hop.
 
     The thread has its own connection (pysqlite, the same pragmas and ``BEGIN IMMEDIATE``), so
     it queues on SQLite's write lock with the engine's other writers like any of them.
+    :meth:`run_raw` hands the ``sqlite3`` connection itself to the work: the command path's
+    queueing runs its three statements there, a third of what they cost through SQLAlchemy's
+    execution machinery.
     """
 
     def __init__(self, url: URL, *, checkpointed: bool) -> None:
         engine = sa.create_engine(url.set(drivername="sqlite"))
         _configure_sqlite(engine, checkpointed=checkpointed)
+        self._raw_engine = engine
         self._engine = engine.execution_options(**{_WRITE: True})
         self._dispose = engine.dispose
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sqlite-writer")
+        dialect = engine.dialect
+        self.insert_command = _RawInsert(commands, [c.name for c in commands.c], dialect)
+        self.insert_audit = _RawInsert(
+            audit_log, [c.name for c in audit_log.c if c.name != "audit_id"], dialect
+        )
 
     def _transaction(self, work: Callable[[Connection], _T]) -> _T:
         with self._engine.begin() as conn:
             return work(conn)
+
+    def _raw_transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        pooled = self._raw_engine.raw_connection()
+        try:
+            db: sqlite3.Connection = pooled.driver_connection  # type: ignore[assignment]
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                result = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return result
+        except sqlite3.Error as exc:  # the store's callers handle SQLAlchemy's errors
+            raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
+        finally:
+            pooled.close()
 
     async def run(self, work: Callable[[Connection], _T]) -> _T:
         """Run *work* in one write transaction on the writer thread; committed when it
         returns, rolled back if it raises (the exception is re-raised here)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, self._transaction, work)
+
+    async def run_raw(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """:meth:`run` for work on the ``sqlite3`` connection (``BEGIN IMMEDIATE`` before it,
+        ``COMMIT`` after it, ``ROLLBACK`` if it raises); SQLite's errors are raised as
+        SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError`, like every other store method's."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._raw_transaction, work)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -848,6 +910,21 @@ class Store:
             "detail": {"gateway": gateway_id, "kind": kind},
             "source": source,
         }
+
+        writer = self._writer
+        if writer is not None:  # a SQLite file: on the sqlite3 connection (the latency path)
+
+            def queue_raw(db: sqlite3.Connection) -> None:
+                gateway = db.execute(_SQLITE_GATEWAY_REVOKED, (gateway_id,)).fetchone()
+                if gateway is None:
+                    raise GatewayUnknown(gateway_id)
+                if gateway[0] is not None:
+                    raise GatewayRevoked(gateway_id)
+                db.execute(writer.insert_command.sql, writer.insert_command.params(values))
+                db.execute(writer.insert_audit.sql, writer.insert_audit.params(entry))
+
+            await writer.run_raw(queue_raw)
+            return _command(values)
 
         def queue(conn: Connection) -> RowMapping:
             gateway = conn.execute(_GATEWAY_REVOKED, {"gateway_id": gateway_id}).first()
