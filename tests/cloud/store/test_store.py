@@ -284,6 +284,9 @@ async def test_api_token_authentication(store: Store) -> None:
     assert authenticated is not None
     assert (authenticated.token_id, authenticated.role) == (record.token_id, "operator")
     assert authenticated.last_used_at == NOW + HOUR
+    # What the check returns (on a SQLite file, from the writer's own statement) is the record
+    # as the store reads it back.
+    assert await store.list_api_tokens() == [authenticated]
     assert await store.authenticate_api_token("tt_wrong", now=NOW) is None
     assert await store.authenticate_api_token(secret[:-1], now=NOW) is None
     async with store.engine.connect() as conn:

@@ -181,7 +181,7 @@ def _command(row: Mapping[Any, Any]) -> CommandRecord:
     )
 
 
-def _api_token(row: RowMapping) -> ApiTokenRecord:
+def _api_token(row: Mapping[Any, Any]) -> ApiTokenRecord:
     return ApiTokenRecord(
         token_id=row["token_id"],
         name=row["name"],
@@ -352,33 +352,60 @@ def _transition_update(columns: frozenset[str]) -> Any:
     return statement
 
 
+_USE_API_TOKEN: Final = (
+    api_tokens.update()
+    .where(
+        api_tokens.c.token_hash == sa.bindparam("p_hash"),
+        api_tokens.c.revoked_at.is_(None),
+        sa.or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at > sa.bindparam("p_now")),
+    )
+    .values(last_used_at=sa.bindparam("p_now"))
+    .returning(*api_tokens.c)
+)
+
 #: Commands marked delivered by one statement at most (bounds the IN list).
 DELIVER_BATCH: Final = 500
 
 
-class _RawInsert:
-    """An ``INSERT`` of the named columns of *table* for the ``sqlite3`` connection itself: the
-    SQL and each column's bind processing (aware timestamps to naive UTC text, documents to
-    JSON text, naive timestamps refused) prepared once from the table's own types, so the row
-    is stored exactly as SQLAlchemy stores it."""
+class _RawStatement:
+    """A Core statement for the ``sqlite3`` connection itself: compiled once for the writer's
+    dialect, with each parameter's processing (aware timestamps to naive UTC text, documents to
+    JSON text, naive timestamps refused) and each of the *returning* columns' processing taken
+    from the tables' own types, so what it stores and returns is what SQLAlchemy's would."""
 
-    def __init__(self, table: sa.Table, names: Sequence[str], dialect: sa.Dialect) -> None:
-        statement = table.insert().values({name: sa.bindparam(name) for name in names})
+    def __init__(
+        self, statement: Any, dialect: sa.Dialect, returning: Sequence[sa.Column[Any]] = ()
+    ) -> None:
         compiled = statement.compile(dialect=dialect)
-        order = compiled.positiontup  # the names in the order of the SQL's "?" marks
-        if order is None or sorted(order) != sorted(names):
-            raise RuntimeError(f"INSERT INTO {table.name}: unexpected parameters {order}")
+        order = compiled.positiontup  # the parameter names in the order of the SQL's "?" marks
+        if order is None:
+            raise RuntimeError(f"{statement}: not compiled to positional parameters")
         self.sql = str(compiled)
-        self._columns = tuple(
-            (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+        self._params = tuple(
+            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
             for name in order
+        )
+        self._columns = tuple(
+            (c.name, c.type.dialect_impl(dialect).result_processor(dialect, None))
+            for c in returning
         )
 
     def params(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(
             values[name] if process is None else process(values[name])
-            for name, process in self._columns
+            for name, process in self._params
         )
+
+    def row(self, raw: Sequence[Any]) -> dict[str, Any]:
+        """A returned row, by column name, as SQLAlchemy would have returned it."""
+        return {
+            name: value if process is None else process(value)
+            for (name, process), value in zip(self._columns, raw, strict=True)
+        }
+
+
+def _insert_of(table: sa.Table, names: Sequence[str]) -> Any:
+    return table.insert().values({name: sa.bindparam(name) for name in names})
 
 
 _SQLITE_GATEWAY_REVOKED: Final = "SELECT revoked_at FROM gateways WHERE gateway_id = ?"
@@ -389,9 +416,9 @@ class _SqliteWriter:
 
     The thread has its own connection (pysqlite, the same pragmas and ``BEGIN IMMEDIATE``), so
     it queues on SQLite's write lock with the engine's other writers like any of them.
-    :meth:`run_raw` hands the ``sqlite3`` connection itself to the work: the command path's
-    queueing runs its three statements there, a third of what they cost through SQLAlchemy's
-    execution machinery.
+    :meth:`run_raw` hands the ``sqlite3`` connection itself to the work: queueing a command
+    and checking an API token (the latency path of every operator request) run their
+    statements there, at a third of what they cost through SQLAlchemy's execution machinery.
     """
 
     def __init__(self, url: URL, *, checkpointed: bool) -> None:
@@ -402,10 +429,13 @@ class _SqliteWriter:
         self._dispose = engine.dispose
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sqlite-writer")
         dialect = engine.dialect
-        self.insert_command = _RawInsert(commands, [c.name for c in commands.c], dialect)
-        self.insert_audit = _RawInsert(
-            audit_log, [c.name for c in audit_log.c if c.name != "audit_id"], dialect
+        self.insert_command = _RawStatement(
+            _insert_of(commands, [c.name for c in commands.c]), dialect
         )
+        self.insert_audit = _RawStatement(
+            _insert_of(audit_log, [c.name for c in audit_log.c if c.name != "audit_id"]), dialect
+        )
+        self.use_token = _RawStatement(_USE_API_TOKEN, dialect, returning=list(api_tokens.c))
 
     def _transaction(self, work: Callable[[Connection], _T]) -> _T:
         with self._engine.begin() as conn:
@@ -1112,22 +1142,24 @@ class Store:
 
     async def authenticate_api_token(self, secret: str, *, now: datetime) -> ApiTokenRecord | None:
         """The token for *secret* if it is known, unrevoked and unexpired (marks it used)."""
-        t = api_tokens.c
+        values = {"p_hash": _hash_secret(secret), "p_now": now}
+        writer = self._writer
+        mapping: Mapping[Any, Any] | None
+        if writer is not None:  # a SQLite file: on the sqlite3 connection (every API request)
 
-        def use(conn: Connection) -> RowMapping | None:
-            row = conn.execute(
-                api_tokens.update()
-                .where(
-                    t.token_hash == _hash_secret(secret),
-                    t.revoked_at.is_(None),
-                    sa.or_(t.expires_at.is_(None), t.expires_at > now),
-                )
-                .values(last_used_at=now)
-                .returning(*api_tokens.c)
-            ).first()
-            return None if row is None else row._mapping
+            def use_raw(db: sqlite3.Connection) -> dict[str, Any] | None:
+                statement = writer.use_token
+                row = db.execute(statement.sql, statement.params(values)).fetchone()
+                return None if row is None else statement.row(row)
 
-        mapping = await self._transact(use)
+            mapping = await writer.run_raw(use_raw)
+        else:
+
+            def use(conn: Connection) -> RowMapping | None:
+                row = conn.execute(_USE_API_TOKEN, values).first()
+                return None if row is None else row._mapping
+
+            mapping = await self._transact(use)
         return None if mapping is None else _api_token(mapping)
 
     async def list_api_tokens(self) -> list[ApiTokenRecord]:
