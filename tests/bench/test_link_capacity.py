@@ -11,6 +11,7 @@ import random
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -79,13 +80,16 @@ def test_bench_connects_every_link_and_measures_every_figure(
         samples=20,
         links_per_process=LINKS // 2,  # two load processes
         concurrency=20,
+        rounds=2,
         results=tmp_path / "results",
     )
     result = lc.run(config)
 
     recorded = json.loads((tmp_path / "results" / "link_capacity.json").read_text())
     assert recorded["benchmark"] == "link_capacity"
-    assert recorded["systems"] == result["systems"]
+    assert recorded["rounds"] == result["rounds"]
+    assert len(recorded["rounds"]) == 2
+    assert recorded["parameters"]["rounds"] == 2
     machine = recorded["machine"]
     assert machine["cores"] >= 1
     assert machine["mosquitto"] not in ("", "unknown", "not installed")
@@ -93,8 +97,36 @@ def test_bench_connects_every_link_and_measures_every_figure(
     assert machine["aiohttp"]
     assert recorded["parameters"]["load_processes"] == 2
 
-    assert set(recorded["systems"]) == set(lc.SYSTEMS)
-    for name, figures in recorded["systems"].items():
+    for round_ in recorded["rounds"]:
+        _check_round(round_)
+    # The judged rows: every system's median figure, the median of the rounds' ratios.
+    rows = {row["figure"]: row for row in recorded["comparisons"]}
+    assert set(rows) == {target.key for target in lc.TARGETS}
+    for key, row in rows.items():
+        per_round = [
+            {r["figure"]: r for r in round_["comparisons"]}[key] for round_ in recorded["rounds"]
+        ]
+        assert row["ratios"] == [r["ratio"] for r in per_round]
+        for system in lc.SYSTEMS:
+            values = [r[system] for r in per_round]
+            if None not in values:
+                assert row[system] == pytest.approx(sum(values) / 2), (key, system)
+        if row["limit"] is not None:
+            assert row["met_rounds"] == sum(1 for r in per_round if r["met"])
+    out = capsys.readouterr().out
+    assert "tether/mosq" in out
+    assert "median of 2 rounds" in out
+    assert "CPU per mTLS handshake" in out
+    assert "reconnect storm: all relinked" in out
+    assert "CPU per link in the storm" in out
+    assert _children() <= before
+
+
+def _check_round(round_: dict[str, Any]) -> None:
+    """One round's figures: every link connected, every figure measured, every row judged."""
+    systems = round_["systems"]
+    assert set(systems) == set(lc.SYSTEMS)
+    for name, figures in systems.items():
         assert figures["connected"] == LINKS, (name, figures["connect_errors"])
         assert figures["failed"] == 0, name
         assert figures["open_after_idle"] == LINKS, (name, figures["lost"])
@@ -112,7 +144,7 @@ def test_bench_connects_every_link_and_measures_every_figure(
         assert figures["storm_seconds"] > 0, name
         assert figures["storm_cpu_ms_per_link"] > 0, name
 
-    tether = recorded["systems"]["tether"]
+    tether = systems["tether"]
     # Commit → gateway is part of API POST start → gateway, sample by sample.
     assert 0 < tether["cloud_push_p50_ms"] <= tether["latency_p50_ms"]
     assert tether["cloud_push_p99_ms"] <= tether["latency_p99_ms"]
@@ -125,9 +157,9 @@ def test_bench_connects_every_link_and_measures_every_figure(
         "total",
     }
     for system in ("ws_echo", "mosquitto"):
-        assert recorded["systems"][system]["cloud_push_p99_ms"] is None
+        assert systems[system]["cloud_push_p99_ms"] is None
 
-    rows = {row["figure"]: row for row in recorded["comparisons"]}
+    rows = {row["figure"]: row for row in round_["comparisons"]}
     assert set(rows) == {target.key for target in lc.TARGETS}
     for key, row in rows.items():
         if key == "storm_gave_up":
@@ -146,15 +178,9 @@ def test_bench_connects_every_link_and_measures_every_figure(
     assert gave_up["met"] is True
     assert rows["storm_cpu_ms_per_link"]["judged"] == "ratio"
     # The cloud-side rows hold Mosquitto's own publish → receive figure as the reference.
-    mosquitto = recorded["systems"]["mosquitto"]
+    mosquitto = systems["mosquitto"]
     assert rows["cloud_push_p99_ms"]["mosquitto"] == mosquitto["latency_p99_ms"]
     assert rows["cloud_push_p99_ms"]["tether"] == tether["cloud_push_p99_ms"]
-    out = capsys.readouterr().out
-    assert "tether/mosq" in out
-    assert "CPU per mTLS handshake" in out
-    assert "reconnect storm: all relinked" in out
-    assert "CPU per link in the storm" in out
-    assert _children() <= before
 
 
 def test_a_failing_phase_still_stops_every_process(
