@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import dialect as sqlite3_dialect
 
 from tether.cloud.store import (
     CommandNotFound,
@@ -19,6 +20,7 @@ from tether.cloud.store import (
     Store,
 )
 from tether.cloud.store.models import commands
+from tether.cloud.store.store import _DELIVER_JSON, _RawStatement
 from tether.protocol.commands import (
     TRANSITIONS,
     CommandEvent,
@@ -424,6 +426,18 @@ async def test_on_a_sqlite_file_a_command_is_stored_as_sqlalchemy_stores_it(
             source="198.51.100.7",
             now=at,
         )
+        # Marked delivered by the writer's own statement, at the time both were created.
+        assert await store.deliver_commands([record.command_id, "f" * 32], now=at) == {
+            record.command_id,
+            "f" * 32,
+        }
+        delivered = await store.get_command(record.command_id)
+        assert delivered is not None
+        assert (delivered.state, delivered.delivered_at, delivered.updated_at) == (
+            S.DELIVERED,
+            at,
+            at,
+        )
     finally:
         await store.close()
     db = sqlite3.connect(path)
@@ -433,6 +447,11 @@ async def test_on_a_sqlite_file_a_command_is_stored_as_sqlalchemy_stores_it(
         ).fetchall()
         assert mine[1:] == theirs[1:]
         assert mine[0] == record.command_id
+        created, delivered_at = db.execute(
+            "SELECT created_at, delivered_at FROM commands WHERE command_id = ?",
+            (record.command_id,),
+        ).fetchone()
+        assert delivered_at == created  # the same text SQLAlchemy stored for the same time
         entries = db.execute("SELECT * FROM audit_log ORDER BY audit_id").fetchall()
         assert [e[4] for e in entries] == [record.command_id, "f" * 32]
         assert entries[0][1:4] + entries[0][5:] == entries[1][1:4] + entries[1][5:]
@@ -473,3 +492,27 @@ async def test_on_a_sqlite_file_a_failed_queueing_leaves_nothing_and_says_why(
         assert len(await store.list_audit()) == 1
     finally:
         await store.close()
+
+
+async def test_on_a_sqlite_file_marking_delivered_looks_commands_up_by_key(
+    tmp_path: Path,
+) -> None:
+    """One statement marks any number of commands (their ids as a JSON array): each looked up
+    by its primary key, not by a pass over every command ever queued."""
+    path = tmp_path / "cloud.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    await store.close()
+    statement = _RawStatement(_DELIVER_JSON, sqlite3_dialect())
+    db = sqlite3.connect(path)
+    try:
+        plan = " / ".join(
+            row[3]
+            for row in db.execute(
+                "EXPLAIN QUERY PLAN " + statement.sql,
+                ("delivered", "2030-01-01 12:00:00.000000", "x", '["a", "b"]', "queued"),
+            )
+        )
+    finally:
+        db.close()
+    assert "SEARCH commands USING INDEX" in plan, plan
+    assert "SCAN commands" not in plan, plan

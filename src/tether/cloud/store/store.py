@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import secrets
 import sqlite3
 import uuid
@@ -352,6 +353,23 @@ def _transition_update(columns: frozenset[str]) -> Any:
     return statement
 
 
+# The same move for the sqlite3 connection: one statement for any number of ids (a JSON array).
+_DELIVER_JSON: Final = (
+    commands.update()
+    .where(
+        commands.c.command_id.in_(
+            sa.select(sa.column("value")).select_from(sa.func.json_each(sa.bindparam("p_ids")))
+        ),
+        commands.c.state == sa.bindparam("p_old"),
+    )
+    .values(
+        state=sa.bindparam("p_new"),
+        delivered_at=sa.bindparam("p_at"),
+        updated_at=sa.bindparam("p_at"),
+    )
+    .returning(commands.c.command_id)
+)
+
 _USE_API_TOKEN: Final = (
     api_tokens.update()
     .where(
@@ -416,9 +434,10 @@ class _SqliteWriter:
 
     The thread has its own connection (pysqlite, the same pragmas and ``BEGIN IMMEDIATE``), so
     it queues on SQLite's write lock with the engine's other writers like any of them.
-    :meth:`run_raw` hands the ``sqlite3`` connection itself to the work: queueing a command
-    and checking an API token (the latency path of every operator request) run their
-    statements there, at a third of what they cost through SQLAlchemy's execution machinery.
+    :meth:`run_raw` hands the ``sqlite3`` connection itself to the work: queueing a command,
+    marking commands delivered and checking an API token (the path of every operator request
+    and command push) run their statements there, at a third of what they cost through
+    SQLAlchemy's execution machinery.
     """
 
     def __init__(self, url: URL, *, checkpointed: bool) -> None:
@@ -436,6 +455,7 @@ class _SqliteWriter:
             _insert_of(audit_log, [c.name for c in audit_log.c if c.name != "audit_id"]), dialect
         )
         self.use_token = _RawStatement(_USE_API_TOKEN, dialect, returning=list(api_tokens.c))
+        self.deliver = _RawStatement(_DELIVER_JSON, dialect)
 
     def _transaction(self, work: Callable[[Connection], _T]) -> _T:
         with self._engine.begin() as conn:
@@ -1077,6 +1097,25 @@ class Store:
 
         if not ids:
             return set()
+        writer = self._writer
+        if writer is not None:  # a SQLite file: on the sqlite3 connection (after every push)
+
+            def deliver_raw(db: sqlite3.Connection) -> set[str]:
+                moved: set[str] = set()
+                for start in range(0, len(ids), DELIVER_BATCH):
+                    chunk = json.dumps(ids[start : start + DELIVER_BATCH])
+                    for old, new in moves:
+                        values = {
+                            "p_ids": chunk,
+                            "p_old": old.value,
+                            "p_new": new.value,
+                            "p_at": now,
+                        }
+                        rows = db.execute(writer.deliver.sql, writer.deliver.params(values))
+                        moved.update(row[0] for row in rows)
+                return moved
+
+            return await writer.run_raw(deliver_raw)
         return await self._transact(deliver)
 
     async def expire_due_commands(self, *, now: datetime) -> list[CommandRecord]:
