@@ -156,3 +156,19 @@ async def test_an_in_memory_store_has_no_checkpointer() -> None:
         assert store.checkpointer is None
     finally:
         await store.close()
+
+
+async def test_a_database_that_cannot_be_opened_ends_the_thread_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "no such directory" / "cloud.db"
+    checkpointer = Checkpointer(str(path), interval=3600)
+    with caplog.at_level(logging.ERROR, logger="tether.cloud.store.checkpoint"):
+        checkpointer.start()
+        await asyncio.to_thread(checkpointer._thread.join, 30)
+    assert not checkpointer._thread.is_alive()
+    assert any("could not open" in r.getMessage() for r in caplog.records)
+    # Asked for a round, it answers that none will come (it does not wait for one).
+    assert not await asyncio.to_thread(checkpointer.run_now, 30)
+    assert checkpointer.stats.rounds == 0
+    await asyncio.to_thread(checkpointer.close)

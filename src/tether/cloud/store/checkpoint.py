@@ -55,6 +55,8 @@ class Checkpointer:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._round_done = threading.Condition()
+        self._started = 0  # rounds begun (under _round_done)
+        self._ended = False  # the thread is done (under _round_done)
         self.stats = CheckpointStats()
         self._thread = threading.Thread(
             target=self._run, name="tether-sqlite-checkpoint", daemon=True
@@ -71,16 +73,24 @@ class Checkpointer:
             self._thread.join()
 
     def run_now(self, timeout: float) -> bool:
-        """Ask for a round now and wait for one to finish (at most *timeout* s): True if one
-        finished meanwhile. Blocks: call off the event loop."""
+        """Ask for a round now and wait (at most *timeout* s) for one that began after the
+        call to finish, so it saw every commit made before it: True if one did. Blocks: call
+        off the event loop."""
         with self._round_done:
-            seen = self.stats.rounds
+            target = self._started + 1  # a round under way now may have begun too early
             self._wake.set()
-            return self._round_done.wait_for(
-                lambda: self.stats.rounds > seen or self._stop.is_set(), timeout
-            ) and (self.stats.rounds > seen)
+            self._round_done.wait_for(lambda: self.stats.rounds >= target or self._ended, timeout)
+            return self.stats.rounds >= target
 
     def _run(self) -> None:
+        try:
+            self._rounds()
+        finally:
+            with self._round_done:
+                self._ended = True
+                self._round_done.notify_all()
+
+    def _rounds(self) -> None:
         try:
             db = sqlite3.connect(self._path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -94,6 +104,8 @@ class Checkpointer:
                 self._wake.clear()
                 if self._stop.is_set():
                     break
+                with self._round_done:
+                    self._started += 1
                 try:
                     busy, pages, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error as exc:
@@ -112,5 +124,3 @@ class Checkpointer:
                     self._round_done.notify_all()
         finally:
             db.close()
-            with self._round_done:
-                self._round_done.notify_all()
