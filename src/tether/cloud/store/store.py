@@ -322,18 +322,27 @@ _INSERT_AUDIT: Final = audit_log.insert()
 _COMMAND_STATE: Final = sa.select(commands.c.state, commands.c.gateway_id).where(
     commands.c.command_id == sa.bindparam("p_id")
 )
-_DELIVER: Final = (
-    commands.update()
-    .where(
-        commands.c.command_id.in_(sa.bindparam("p_ids", expanding=True)),
-        commands.c.state == sa.bindparam("p_old"),
+
+
+def _deliver_statement(ids: Any) -> Any:
+    """``UPDATE commands SET state, delivered_at, updated_at WHERE command_id IN <ids> AND
+    state = :p_old RETURNING command_id``: the delivery mark of one move of the table."""
+    return (
+        commands.update()
+        .where(commands.c.command_id.in_(ids), commands.c.state == sa.bindparam("p_old"))
+        .values(
+            state=sa.bindparam("p_new"),
+            delivered_at=sa.bindparam("p_at"),
+            updated_at=sa.bindparam("p_at"),
+        )
+        .returning(commands.c.command_id)
     )
-    .values(
-        state=sa.bindparam("p_new"),
-        delivered_at=sa.bindparam("p_at"),
-        updated_at=sa.bindparam("p_at"),
-    )
-    .returning(commands.c.command_id)
+
+
+_DELIVER: Final = _deliver_statement(sa.bindparam("p_ids", expanding=True))
+# The same for the sqlite3 connection: one statement for any number of ids (a JSON array).
+_DELIVER_JSON: Final = _deliver_statement(
+    sa.select(sa.column("value")).select_from(sa.func.json_each(sa.bindparam("p_ids")))
 )
 _transition_updates: dict[frozenset[str], Any] = {}
 
@@ -352,23 +361,6 @@ def _transition_update(columns: frozenset[str]) -> Any:
         )
     return statement
 
-
-# The same move for the sqlite3 connection: one statement for any number of ids (a JSON array).
-_DELIVER_JSON: Final = (
-    commands.update()
-    .where(
-        commands.c.command_id.in_(
-            sa.select(sa.column("value")).select_from(sa.func.json_each(sa.bindparam("p_ids")))
-        ),
-        commands.c.state == sa.bindparam("p_old"),
-    )
-    .values(
-        state=sa.bindparam("p_new"),
-        delivered_at=sa.bindparam("p_at"),
-        updated_at=sa.bindparam("p_at"),
-    )
-    .returning(commands.c.command_id)
-)
 
 _USE_API_TOKEN: Final = (
     api_tokens.update()
