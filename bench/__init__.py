@@ -6,16 +6,44 @@ machine they were measured on in ``bench/results/<name>.json``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
+import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import uvloop
+
+_T = TypeVar("_T")
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run_async(main: Coroutine[Any, Any, _T], name: str = "benchmark") -> _T:
+    """Run a benchmark's main coroutine on uvloop, as ``tether`` runs, so that SIGTERM stops
+    it as Ctrl-C does: the coroutine is cancelled, its clean-up runs (servers and load
+    processes stopped by PID, work directories removed), then this exits with a message."""
+
+    async def guarded() -> _T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await main
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return uvloop.run(guarded())
+    except asyncio.CancelledError:
+        raise SystemExit(f"{name}: stopped by SIGTERM (what it started is stopped)") from None
 
 
 def machine() -> dict[str, Any]:

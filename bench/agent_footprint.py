@@ -48,7 +48,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench import RESULTS, record
+from bench import RESULTS, record, run_async
 from bench.tiers import TIMEOUT, cloud_process
 from tether.gateway.connectors.simulated import BuildingModel, SimulatedBuildingConfig
 from tether.gateway.identity import load_identity
@@ -505,13 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(coro: Any) -> dict[str, Any]:
-    """On uvloop, as ``tether`` itself runs, when it is installed."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        result: dict[str, Any] = asyncio.run(coro)
-        return result
-    result = uvloop.run(coro)
+    """On uvloop, as ``tether`` itself runs; SIGTERM stops it as Ctrl-C does."""
+    result: dict[str, Any] = run_async(coro, "agent_footprint")
     return result
 
 

@@ -55,7 +55,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bench import ratio_line, record
+from bench import ratio_line, record, run_async
 from tether.cloud.ingest import IngestPipeline
 from tether.cloud.store import Store
 from tether.cloud.store.telemetry import TelemetryStore
@@ -713,14 +713,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         rounds=args.rounds,
         directory=args.dir,
     )
-    from tether.cli.runtime import run_async
 
     # The machine is shared: its load says how far the figures can be trusted.
     results: dict[str, Any] = {"load_average_before": os.getloadavg(), "databases": {}}
     ok = True
     for postgres in (False, True) if args.postgres else (False,):
         options.postgres = postgres
-        outcome = run_async(run(options))
+        outcome = run_async(run(options), "ingest")
         summary = report(outcome, options)
         results["databases"][outcome.database] = summary
         # The bar for every way of delivering; DESIGN.md's is reported alongside.

@@ -44,7 +44,6 @@ from typing import Any
 
 import aiohttp
 import psutil
-import uvloop
 
 import bench
 from bench.link_capacity import (
@@ -513,7 +512,7 @@ def format_table(config: ScaleConfig, f: ScaleFigures) -> str:
 def run(config: ScaleConfig) -> dict[str, Any]:
     """Run the benchmark; print the table, write the results file, return what was recorded."""
     config.check()
-    result = uvloop.run(_run(config))
+    result = bench.run_async(_run(config), "link_scale")
     figures = ScaleFigures(**{k: v for k, v in result["figures"].items()})
     if not config.quiet:
         print(format_table(config, figures))

@@ -951,7 +951,7 @@ async def _run(config: BenchConfig) -> dict[str, Any]:
 def run(config: BenchConfig) -> dict[str, Any]:
     """Run the benchmark; print the table, write the results file, return what was recorded."""
     config.check()
-    result = uvloop.run(_run(config))
+    result = bench.run_async(_run(config), "link_throughput")
     if not config.quiet:
         print(format_table(config, result["comparisons"]))
     if config.results is not None:

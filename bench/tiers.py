@@ -44,7 +44,7 @@ from typing import Any
 
 import httpx
 
-from bench import RESULTS, record
+from bench import RESULTS, record, run_async
 from tether.gateway.agent import Agent
 from tether.gateway.identity import enroll
 from tether.gateway.settings import load_agent_settings
@@ -294,13 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(coro: Any) -> dict[str, list[float]]:
-    """On uvloop, as ``tether`` itself runs, when it is installed."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        result: dict[str, list[float]] = asyncio.run(coro)
-        return result
-    result = uvloop.run(coro)
+    """On uvloop, as ``tether`` itself runs; SIGTERM stops it as Ctrl-C does."""
+    result: dict[str, list[float]] = run_async(coro, "tiers")
     return result
 
 

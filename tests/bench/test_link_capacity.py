@@ -7,8 +7,12 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import random
+import signal
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -270,3 +274,43 @@ async def test_storm_retries_with_backoff_until_the_deadline_then_gives_up() -> 
     for link in links:
         assert not link.open
         assert link.ended.startswith("gave up in the reconnect storm (ConnectionRefusedError")
+
+
+def test_sigterm_stops_the_bench_and_everything_it_started(tmp_path: Path) -> None:
+    """Stopped by SIGTERM (a CI timeout, ``kill``), the bench stops its server and its load
+    processes and removes its work directory, as on Ctrl-C, and says so."""
+    work = tmp_path / "tmp"
+    work.mkdir()
+    argv = [sys.executable, "-m", "bench.link_capacity", "--links", "20", "--heartbeat", "2"]
+    argv += ["--idle-window", "120", "--samples", "2", "--links-per-process", "10"]
+    argv += ["--systems", "mosquitto", "--rounds", "1", "--results", str(tmp_path / "results")]
+    process = subprocess.Popen(
+        argv,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "TMPDIR": str(work)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        said: list[str] = []
+        for line in process.stderr:  # ends if the bench exits early (then the assert says why)
+            said.append(line)
+            if "links connected" in line:
+                break  # now it idles for 120 s
+        assert any("links connected" in line for line in said), said
+        started = psutil.Process(process.pid).children(recursive=True)
+        assert len(started) >= 3  # Mosquitto and two load processes
+        process.send_signal(signal.SIGTERM)
+        rest = process.stderr.read()
+        assert process.wait(timeout=120) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "stopped by SIGTERM" in rest
+    _gone, alive = psutil.wait_procs(started, timeout=60)
+    assert alive == []
+    assert list(work.iterdir()) == []
+    assert not (tmp_path / "results").exists()
