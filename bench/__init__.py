@@ -6,15 +6,19 @@ machine they were measured on in ``bench/results/<name>.json``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import platform
+import shutil
 import signal
 import sqlite3
 import sys
+import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +27,25 @@ import uvloop
 _T = TypeVar("_T")
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def output_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """``--dir`` (where the work directory goes), ``--results`` and ``--no-record``."""
+    parser.add_argument("--dir", type=Path, default=None, help="where the work directory goes")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help=f"the directory {name}.json is written to"
+    )
+    parser.add_argument("--no-record", action="store_true", help="record nothing")
+
+
+@contextmanager
+def work_directory(prefix: str, parent: Path | None) -> Iterator[Path]:
+    """A new directory for a run's servers and data, removed afterwards whatever happens."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def run_async(main: Coroutine[Any, Any, _T], name: str = "benchmark") -> _T:

@@ -33,11 +33,9 @@ import asyncio
 import contextlib
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -48,7 +46,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench import RESULTS, record, run_async
+from bench import output_arguments, record, run_async, work_directory
 from bench.tiers import TIMEOUT, cloud_process
 from tether.gateway.connectors.simulated import BuildingModel, SimulatedBuildingConfig
 from tether.gateway.identity import load_identity
@@ -439,9 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--settle", type=float, default=10.0, help="seconds waited before each window"
     )
-    parser.add_argument("--dir", type=Path, default=None, help="where the work dir goes")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
-    parser.add_argument("--no-record", action="store_true")
+    output_arguments(parser, "agent_footprint")
     args = parser.parse_args(argv)
     if args.idle_window <= 0 or args.forward_window <= 0 or args.settle < 0:
         parser.error("the windows must be positive and --settle not negative")
@@ -458,16 +454,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" values/s at {POLL_INTERVAL * 1000:.0f} ms polling for {config.forward_window:g} s"
         f" (settle {config.settle:g} s before each); agent in its own process, cloud on SQLite"
     )
-    directory = Path(tempfile.mkdtemp(prefix="tether-bench-agent-", dir=args.dir))
-    try:
-        figures = _run(measure(config, directory))
-    except BaseException:
-        for name in ("agent.log", "cloud.log"):
-            if text := _tail(directory / name):
-                print(f"--- {name} (last lines)\n{text}", file=sys.stderr)
-        raise
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with work_directory("tether-bench-agent-", args.dir) as directory:
+        try:
+            figures = _run(measure(config, directory))
+        except BaseException:
+            for name in ("agent.log", "cloud.log"):
+                if text := _tail(directory / name):
+                    print(f"--- {name} (last lines)\n{text}", file=sys.stderr)
+            raise
     print(table(figures, config.rate))
     print(f"reference: {REFERENCE_NOTE}")
     met = judge(figures)

@@ -26,14 +26,12 @@ import contextlib
 import math
 import os
 import random
-import shutil
 import signal
 import socket
 import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -44,7 +42,7 @@ from typing import Any
 
 import httpx
 
-from bench import RESULTS, record, run_async
+from bench import output_arguments, record, run_async, work_directory
 from tether.gateway.agent import Agent
 from tether.gateway.identity import enroll
 from tether.gateway.settings import load_agent_settings
@@ -259,9 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--poll-interval", type=float, default=1.0, help="tier 3 interval (s, at least 1)"
     )
-    parser.add_argument("--dir", type=Path, default=None, help="where the cloud's state goes")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where tiers.json goes")
-    parser.add_argument("--no-record", action="store_true")
+    output_arguments(parser, "tiers")
     args = parser.parse_args(argv)
     if args.commands < 1 or args.poll_interval < 1.0:
         parser.error("--commands must be at least 1 and --poll-interval at least 1 s")
@@ -270,11 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"command latency: {args.commands} pings per tier, one at a time, rounds alternating the"
         f" tiers; poll interval {args.poll_interval:g} s; cloud's finished_at - created_at"
     )
-    directory = Path(tempfile.mkdtemp(prefix="tether-bench-tiers-", dir=args.dir))
-    try:
+    with work_directory("tether-bench-tiers-", args.dir) as directory:
         samples = _run(measure(args.commands, args.poll_interval, directory))
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
     figures = summarise(samples)
     print(table(figures))
     if not args.no_record:
