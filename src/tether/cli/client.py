@@ -11,23 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import typer
-from rich.console import Console
 
-__all__ = ["ApiClient", "ApiError", "client_from_env", "fail"]
+from tether.cli.output import err, fail
 
-err = Console(stderr=True)
+__all__ = ["ApiClient", "ApiError", "client_from_env", "err", "fail"]
 
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
 
 
 @dataclass

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import typer
 
-from tether.cli import ops
-from tether.cli.client import fail
-from tether.cli.output import console
+from tether.cli.output import console, fail
 from tether.cli.runtime import run_async, setup_logging
 from tether.gateway.settings import AgentSettingsError, load_agent_settings
 from tether.pki.errors import EstError
@@ -80,6 +78,3 @@ def run(
         run_async(main())
     except AgentStopped as exc:
         raise fail(str(exc), 3) from None
-
-
-app.command("revoke")(ops.revoke)

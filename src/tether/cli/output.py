@@ -8,12 +8,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["age", "console", "print_json", "table"]
+__all__ = ["age", "console", "err", "fail", "print_json", "table"]
 
 console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Say *message* on stderr as an error; the exit (with *code*) for the caller to raise."""
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
 
 
 def print_json(data: Any) -> None:

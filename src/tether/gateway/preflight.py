@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 
-from tether.netcheck import CheckOptions, run_checks
 from tether.netcheck.proxy import ProxySettings, parse_proxy_url
 from tether.netcheck.report import CheckReport
 from tether.netcheck.tls import TrustAnchors
@@ -25,6 +24,9 @@ from tether.netreq.loader import parse_manifest
 from tether.netreq.model import Manifest
 from tether.netreq.own import DeploymentSettings, build_own_manifest
 from tether.netreq.serve import MANIFEST_PATH
+
+if TYPE_CHECKING:
+    from tether.netcheck.runner import CheckOptions
 
 __all__ = ["Preflight"]
 
@@ -50,7 +52,7 @@ class Preflight:
         self.interval = interval
         self.proxy = proxy
         self.trust_env = trust_env
-        self.options = options or CheckOptions()
+        self.options = options  # None: the checks' defaults
         self.last_run: float | None = None
         self.last_report: dict[str, Any] | None = None
 
@@ -92,7 +94,11 @@ class Preflight:
         manifest = await self._manifest()
         with open(self.ca_path, "rb") as fh:  # noqa: ASYNC230 (a small local file)
             anchors = TrustAnchors.from_pem(fh.read())
-        options = dataclasses.replace(self.options, anchors=anchors)
+        # The checks' code (DNS, MQTT, NTP probes…) is loaded the first time they run: an agent
+        # whose link works never runs them.
+        from tether.netcheck.runner import CheckOptions, run_checks
+
+        options = dataclasses.replace(self.options or CheckOptions(), anchors=anchors)
         if options.proxy is None:
             options = dataclasses.replace(options, proxy=self._proxy_settings())
         report: CheckReport = await run_checks(manifest, options)

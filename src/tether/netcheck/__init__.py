@@ -17,6 +17,8 @@ the cloud serves are documented there), :mod:`~tether.netcheck.mqtt`,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from tether.netcheck.report import (
     Check,
     CheckReport,
@@ -25,7 +27,9 @@ from tether.netcheck.report import (
     decode_report,
     encode_report,
 )
-from tether.netcheck.runner import CheckOptions, ProgressEvent, run_checks
+
+if TYPE_CHECKING:
+    from tether.netcheck.runner import CheckOptions, ProgressEvent, run_checks
 
 __all__ = [
     "Check",
@@ -38,3 +42,16 @@ __all__ = [
     "encode_report",
     "run_checks",
 ]
+
+
+_RUNNER_NAMES = frozenset({"CheckOptions", "ProgressEvent", "run_checks"})
+
+
+def __getattr__(name: str) -> Any:
+    # The runner, and every probe module it loads (DNS, MQTT, NTP…), only once a check runs: an
+    # agent whose link works never pays for them.
+    if name in _RUNNER_NAMES:
+        from tether.netcheck import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,81 @@
+"""``tether gateway run``/``enroll``: the agent's side alone, and the whole CLI for the rest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tether.cli import AGENT_COMMANDS, app
+
+#: What an agent on a gateway never needs: the operator client's HTTP stack, the cloud, its
+#: store, and the network checks (loaded only when a preflight runs, after failed links).
+NOT_ON_THE_AGENT = (
+    "httpx",
+    "dns",
+    "sqlalchemy",
+    "alembic",
+    "tether.cloud",
+    "tether.netcheck.runner",
+)
+
+_PROBE = """
+import json, sys
+sys.argv = ["tether", *sys.argv[1:]]
+from tether.cli import main
+try:
+    main()
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def _tether(*args: str) -> dict[str, object]:
+    """Run ``tether ARGS`` in a fresh interpreter: its exit code and the modules it loaded."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    out["stderr"] = done.stderr
+    return out
+
+
+def _modules(result: dict[str, object]) -> list[str]:
+    modules = result["modules"]
+    assert isinstance(modules, list)
+    return [str(m) for m in modules]
+
+
+def test_gateway_run_loads_the_agent_and_nothing_an_agent_does_not_need(tmp_path: Path) -> None:
+    result = _tether("gateway", "run", "--data-dir", str(tmp_path / "gateway"))
+    assert result["code"] == 2  # not enrolled: it got as far as loading the agent
+    assert "enroll" in str(result["stderr"])
+    modules = set(_modules(result))
+    assert "tether.gateway.agent" in modules
+    assert [m for m in NOT_ON_THE_AGENT if m in modules] == []
+
+
+def test_other_commands_still_load_what_they_need(tmp_path: Path) -> None:
+    result = _tether("gateways", "list", "--json")
+    assert result["code"] != 0  # no TETHER_URL here: refused with a message, not a crash
+    assert "httpx" in _modules(result)
+
+
+@pytest.mark.parametrize("command", sorted(AGENT_COMMANDS))
+def test_the_whole_application_still_has_every_gateway_command(command: str) -> None:
+    runner = CliRunner()
+    listed = runner.invoke(app, ["gateway", "--help"])
+    assert listed.exit_code == 0
+    assert command in listed.output
+    assert "revoke" in listed.output
+    assert runner.invoke(app, ["gateway", command, "--help"]).exit_code == 0
