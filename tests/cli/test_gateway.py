@@ -79,3 +79,9 @@ def test_the_whole_application_still_has_every_gateway_command(command: str) -> 
     assert command in listed.output
     assert "revoke" in listed.output
     assert runner.invoke(app, ["gateway", command, "--help"]).exit_code == 0
+
+
+def test_the_agent_side_alone_never_prints_locals_in_a_traceback() -> None:
+    from tether.cli import gateway
+
+    assert gateway.app.pretty_exceptions_show_locals is False

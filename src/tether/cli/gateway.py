@@ -14,7 +14,11 @@ from tether.gateway.settings import AgentSettingsError, load_agent_settings
 from tether.pki.errors import EstError
 from tether.protocol.enrollment import EnrollmentCodeError
 
-app = typer.Typer(help="The gateway agent.", no_args_is_help=True)
+# Also run as the root application by ``tether gateway run|enroll`` (see tether.cli): a crash
+# on a gateway must not print its locals (keys, tokens) into the logs.
+app = typer.Typer(
+    help="The gateway agent.", no_args_is_help=True, pretty_exceptions_show_locals=False
+)
 
 DEFAULT_DATA_DIR = Path("var/gateway")
 
