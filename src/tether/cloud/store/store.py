@@ -406,6 +406,9 @@ class _RawStatement:
             for name, process in self._params
         )
 
+    def execute(self, db: sqlite3.Connection, values: Mapping[str, Any]) -> sqlite3.Cursor:
+        return db.execute(self.sql, self.params(values))
+
     def row(self, raw: Sequence[Any]) -> dict[str, Any]:
         """A returned row, by column name, as SQLAlchemy would have returned it."""
         return {
@@ -416,9 +419,6 @@ class _RawStatement:
 
 def _insert_of(table: sa.Table, names: Sequence[str]) -> Any:
     return table.insert().values({name: sa.bindparam(name) for name in names})
-
-
-_SQLITE_GATEWAY_REVOKED: Final = "SELECT revoked_at FROM gateways WHERE gateway_id = ?"
 
 
 class _SqliteWriter:
@@ -440,6 +440,7 @@ class _SqliteWriter:
         self._dispose = engine.dispose
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sqlite-writer")
         dialect = engine.dialect
+        self.gateway_revoked = _RawStatement(_GATEWAY_REVOKED, dialect)
         self.insert_command = _RawStatement(
             _insert_of(commands, [c.name for c in commands.c]), dialect
         )
@@ -957,13 +958,13 @@ class Store:
         if writer is not None:  # a SQLite file: on the sqlite3 connection (the latency path)
 
             def queue_raw(db: sqlite3.Connection) -> None:
-                gateway = db.execute(_SQLITE_GATEWAY_REVOKED, (gateway_id,)).fetchone()
+                gateway = writer.gateway_revoked.execute(db, {"gateway_id": gateway_id}).fetchone()
                 if gateway is None:
                     raise GatewayUnknown(gateway_id)
                 if gateway[0] is not None:
                     raise GatewayRevoked(gateway_id)
-                db.execute(writer.insert_command.sql, writer.insert_command.params(values))
-                db.execute(writer.insert_audit.sql, writer.insert_audit.params(entry))
+                writer.insert_command.execute(db, values)
+                writer.insert_audit.execute(db, entry)
 
             await writer.run_raw(queue_raw)
             return _command(values)
@@ -1103,8 +1104,7 @@ class Store:
                             "p_new": new.value,
                             "p_at": now,
                         }
-                        rows = db.execute(writer.deliver.sql, writer.deliver.params(values))
-                        moved.update(row[0] for row in rows)
+                        moved.update(row[0] for row in writer.deliver.execute(db, values))
                 return moved
 
             return await writer.run_raw(deliver_raw)
@@ -1179,9 +1179,8 @@ class Store:
         if writer is not None:  # a SQLite file: on the sqlite3 connection (every API request)
 
             def use_raw(db: sqlite3.Connection) -> dict[str, Any] | None:
-                statement = writer.use_token
-                row = db.execute(statement.sql, statement.params(values)).fetchone()
-                return None if row is None else statement.row(row)
+                row = writer.use_token.execute(db, values).fetchone()
+                return None if row is None else writer.use_token.row(row)
 
             mapping = await writer.run_raw(use_raw)
         else:
