@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 
-from tether.cli.output import err, fail
+from tether.cli.output import fail
 
-__all__ = ["ApiClient", "ApiError", "client_from_env", "err", "fail"]
+__all__ = ["ApiClient", "ApiError", "client_from_env"]
 
 
 class ApiError(Exception):

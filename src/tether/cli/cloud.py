@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from tether.cli.client import fail
+from tether.cli.output import fail
 from tether.cli.runtime import run_async, setup_logging
 from tether.cloud.settings import (
     CloudSettings,

@@ -8,8 +8,8 @@ from typing import Any
 
 import typer
 
-from tether.cli.client import ApiError, client_from_env, fail
-from tether.cli.output import age, console, print_json, table
+from tether.cli.client import ApiError, client_from_env
+from tether.cli.output import age, console, fail, print_json, table
 from tether.protocol.commands import FINAL_STATES
 
 gateways_app = typer.Typer(help="Gateways in the fleet.", no_args_is_help=True)

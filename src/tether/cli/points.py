@@ -14,9 +14,9 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from tether.cli.client import client_from_env, fail
+from tether.cli.client import client_from_env
 from tether.cli.ops import _call
-from tether.cli.output import age, console, print_json, table
+from tether.cli.output import age, console, fail, print_json, table
 
 points_app = typer.Typer(help="Discovered points and their observations.", no_args_is_help=True)
 config_app = typer.Typer(help="Gateway configuration pushed from the cloud.", no_args_is_help=True)

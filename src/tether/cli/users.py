@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import typer
 
-from tether.cli.client import ApiError, client_from_env, fail
-from tether.cli.output import age, console, print_json, table
+from tether.cli.client import ApiError, client_from_env
+from tether.cli.output import age, console, fail, print_json, table
 
 user_app = typer.Typer(help="Operator accounts (admin only).", no_args_is_help=True)
 token_app = typer.Typer(help="A user's API tokens.", no_args_is_help=True)
