@@ -29,6 +29,14 @@ _T = TypeVar("_T")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last *lines* of a server's log, to say why it failed ("" if there is none)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def output_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """``--dir`` (where the work directory goes), ``--results`` and ``--no-record``."""
     parser.add_argument("--dir", type=Path, default=None, help="where the work directory goes")

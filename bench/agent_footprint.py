@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -46,8 +44,8 @@ from typing import Any
 import httpx
 import psutil
 
-from bench import output_arguments, record, run_async, work_directory
-from bench.tiers import TIMEOUT, cloud_process
+from bench import log_tail, output_arguments, record, run_async, work_directory
+from bench.tiers import TIMEOUT, cloud_process, stop_process
 from tether.gateway.connectors.simulated import BuildingModel, SimulatedBuildingConfig
 from tether.gateway.identity import load_identity
 
@@ -68,6 +66,8 @@ SAMPLE_EVERY = 1.0
 #: The spool has drained once the cloud's accepted count holds still this long.
 QUIET = 2.0
 MIB = 1 << 20
+#: Lines of a log shown when a process failed.
+LOG_LINES = 20
 
 _AHU_POINTS, _VAV_POINTS, _METER_POINTS, _ZONE_POINTS = 7, 4, 2, 5
 
@@ -113,12 +113,6 @@ def agent_env() -> dict[str, str]:
     }
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
-
-
 @dataclass
 class AgentProcess:
     gateway_id: str
@@ -131,9 +125,8 @@ class AgentProcess:
 
     def check(self) -> None:
         if self.process.poll() is not None:
-            raise RuntimeError(
-                f"tether gateway run exited with {self.process.returncode}:\n{_tail(self.log)}"
-            )
+            tail = log_tail(self.log, LOG_LINES)
+            raise RuntimeError(f"tether gateway run exited with {self.process.returncode}:\n{tail}")
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the agent, every thread (ended ones too)."""
@@ -166,16 +159,6 @@ def _tether(args: list[str], log: Path, *, wait: bool = False) -> subprocess.Pop
     return process
 
 
-async def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(process.wait, TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            await asyncio.to_thread(process.wait, TIMEOUT)
-
-
 @asynccontextmanager
 async def agent_process(api: httpx.AsyncClient, directory: Path) -> AsyncIterator[AgentProcess]:
     """Enroll and run ``tether gateway run`` in its own process until it links; stopped by PID
@@ -190,7 +173,7 @@ async def agent_process(api: httpx.AsyncClient, directory: Path) -> AsyncIterato
     )
     if enrolled.returncode != 0:
         raise RuntimeError(
-            f"tether gateway enroll exited with {enrolled.returncode}:\n{_tail(log)}"
+            f"tether gateway enroll exited with {enrolled.returncode}:\n{log_tail(log, LOG_LINES)}"
         )
     gateway_id = load_identity(data_dir / "identity").gateway_id
     process = _tether(
@@ -205,11 +188,11 @@ async def agent_process(api: httpx.AsyncClient, directory: Path) -> AsyncIterato
             if any(g["id"] == gateway_id and g["linked"] for g in listing):
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the agent did not link:\n{_tail(log)}")
+                raise TimeoutError(f"the agent did not link:\n{log_tail(log, LOG_LINES)}")
             await asyncio.sleep(0.1)
         yield agent
     finally:
-        await _stop(process)
+        await stop_process(process)
 
 
 async def stream_totals(api: httpx.AsyncClient, gateway_id: str) -> dict[str, int]:
@@ -279,7 +262,7 @@ async def wait_flowing(api: httpx.AsyncClient, agent: AgentProcess) -> None:
     while (await stream_totals(api, agent.gateway_id))["accepted"] == 0:
         agent.check()
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no value reached the cloud:\n{_tail(agent.log)}")
+            raise TimeoutError(f"no value reached the cloud:\n{log_tail(agent.log, LOG_LINES)}")
         await asyncio.sleep(0.2)
 
 
@@ -459,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures = _run(measure(config, directory))
         except BaseException:
             for name in ("agent.log", "cloud.log"):
-                if text := _tail(directory / name):
+                if text := log_tail(directory / name, LOG_LINES):
                     print(f"--- {name} (last lines)\n{text}", file=sys.stderr)
             raise
     print(table(figures, config.rate))

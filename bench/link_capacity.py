@@ -1076,13 +1076,6 @@ def server_process(
                 proc.wait(timeout=10)
 
 
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 async def wait_ready(
     proc: subprocess.Popen[bytes],
     probe: Callable[[], Awaitable[bool]],
@@ -1092,12 +1085,14 @@ async def wait_ready(
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise BenchError(f"{argv0(proc)} exited ({proc.returncode}):\n{_log_tail(log_path)}")
+            raise BenchError(
+                f"{argv0(proc)} exited ({proc.returncode}):\n{bench.log_tail(log_path)}"
+            )
         with contextlib.suppress(OSError, aiohttp.ClientError, TimeoutError, MqttError):
             if await asyncio.wait_for(probe(), 5):
                 return
         await asyncio.sleep(0.2)
-    raise BenchError(f"{argv0(proc)} not ready in {limit:.0f} s:\n{_log_tail(log_path)}")
+    raise BenchError(f"{argv0(proc)} not ready in {limit:.0f} s:\n{bench.log_tail(log_path)}")
 
 
 def argv0(proc: subprocess.Popen[bytes]) -> str:

@@ -87,6 +87,17 @@ def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         )
 
 
+async def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process this bench started, by its PID: SIGTERM, then SIGKILL after a while."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(process.wait, TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            await asyncio.to_thread(process.wait, TIMEOUT)
+
+
 @asynccontextmanager
 async def cloud_process(directory: Path) -> AsyncIterator[CloudProcess]:
     """``tether cloud serve`` on a free loopback port until the block ends (stopped by PID)."""
@@ -127,13 +138,7 @@ async def cloud_process(directory: Path) -> AsyncIterator[CloudProcess]:
             await asyncio.sleep(0.1)
         yield cloud
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(process.wait, TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                await asyncio.to_thread(process.wait, TIMEOUT)
+        await stop_process(process)
 
 
 @dataclass
