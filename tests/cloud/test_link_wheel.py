@@ -4,6 +4,7 @@ passed, never before, moved when its deadline moves, and the ticker stops when n
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from typing import cast
@@ -82,3 +83,47 @@ async def test_a_deadline_in_the_past_is_looked_at_on_the_next_tick() -> None:
     link = _add(hub, time.monotonic() - 10.0)
     await asyncio.wait_for(link.done.wait(), 5)
     assert len(link.looked_at) == 1
+
+
+class HeartbeatingLink(FakeLink):
+    """A link heard from before each deadline: every look moves its deadline on, *rounds* times."""
+
+    def __init__(self, hub: LinkHub, rounds: int) -> None:
+        super().__init__(hub, time.monotonic() + 2 * GRANULARITY)
+        self.rounds = rounds
+
+    def deadline_due(self, now: float) -> None:
+        self.looked_at.append(now)
+        if len(self.looked_at) >= self.rounds:
+            self.done.set()
+            self.deadline = math.inf
+        else:
+            self.deadline = now + 2 * GRANULARITY
+        self.hub.schedule(cast(WebSocketLink, self), self.deadline)
+
+
+async def test_one_ticker_runs_however_often_links_are_moved() -> None:
+    """A link moved to a later slot while the wheel ticks must not start a second ticker: the
+    extra ones would each run every tick from then on, more of them with every move."""
+    hub = LinkHub(granularity=GRANULARITY)
+    ticks: list[float] = []
+    tick = hub._tick
+
+    def counted() -> None:
+        ticks.append(time.monotonic())
+        tick()
+
+    hub._tick = counted  # type: ignore[method-assign]
+    links = [HeartbeatingLink(hub, rounds=6) for _ in range(3)]
+    for link in links:
+        hub.schedule(cast(WebSocketLink, link), link.deadline)
+    for link in links:
+        await asyncio.wait_for(link.done.wait(), 5)
+    assert len(ticks) >= 6
+    # one ticker: each tick waits for the previous one's interval; a second ticker would run
+    # in the same loop iteration as the first
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
+    assert min(gaps) >= GRANULARITY / 2, f"ticks ran together: {sorted(gaps)[:5]}"
+    await asyncio.sleep(0)
+    assert hub._wheel == {}
+    assert hub._ticker is None

@@ -114,7 +114,8 @@ class LinkHub:
                 link.slot = None
                 link.deadline_due(now)
         self._next_slot = max(self._next_slot, upto + 1)
-        if wheel:
+        # a link moved to a later slot above may have started the next tick already
+        if wheel and self._ticker is None:
             self._ticker = asyncio.get_running_loop().call_later(self._granularity, self._tick)
 
     def __len__(self) -> int:
