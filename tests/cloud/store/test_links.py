@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tether.cloud.store import Store
+from tether.cloud.store import Store, models
 from tether.cloud.store import links as links_module
 from tether.cloud.store.links import LinkStore
 from tether.protocol.commands import CommandEvent, CommandState
@@ -199,3 +199,46 @@ async def test_seen_moves_last_seen_of_linked_gateways_only_and_only_forward(
     record = await gateway_store.get_gateway("gw-0")
     assert record is not None
     assert record.last_seen == later
+
+
+async def test_the_sweep_unlinks_silent_https_tier_gateways_only(gateway_store: Store) -> None:
+    links = LinkStore(gateway_store.engine)
+    tiers = {"gw-0": "long-poll", "gw-1": "long-poll", "gw-2": "poll", "gw-3": "poll"}
+    tiers |= {"gw-4": "ws"}
+    for gateway_id, tier in tiers.items():
+        await _open(links, gateway_id, tier=tier)
+    now = datetime.now(UTC)
+    async with gateway_store.engine.begin() as conn:
+        for gateway_id, silent in {"gw-0": 200, "gw-1": 10, "gw-2": 2000, "gw-3": 100}.items():
+            await conn.execute(
+                models.gateways.update()
+                .where(models.gateways.c.gateway_id == gateway_id)
+                .values(last_seen=now - timedelta(seconds=silent))
+            )
+        await conn.execute(
+            models.gateways.update()
+            .where(models.gateways.c.gateway_id == "gw-4")
+            .values(last_seen=now - timedelta(days=1))
+        )
+
+    assert await links.mark_stale(now=now, long_poll_grace=90, poll_grace=900) == 2
+
+    linked = {g: (await gateway_store.get_gateway(g)).linked for g in tiers}  # type: ignore[union-attr]
+    assert linked == {"gw-0": False, "gw-1": True, "gw-2": False, "gw-3": True, "gw-4": True}
+
+
+async def test_the_sweep_reads_the_tier_index_not_every_gateway(gateway_store: Store) -> None:
+    """Every process sweeps every few seconds: a scan would read the whole fleet each time."""
+    if gateway_store.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's query plan")
+    statement = links_module.stale_statement(NOW, long_poll_grace=90, poll_grace=900)
+    compiled = statement.compile(dialect=gateway_store.engine.dialect)
+    async with gateway_store.engine.connect() as conn:
+        plan = (
+            await conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + str(compiled), tuple(compiled.params.values())
+            )
+        ).all()
+    details = [row[-1] for row in plan]
+    assert any("ix_gateways_tier_last_seen" in d for d in details), details
+    assert not any(d.startswith("SCAN") for d in details), details

@@ -19,7 +19,7 @@ from tether.cloud.store.models import JSONDocument, UTCDateTime, commands, gatew
 from tether.cloud.store.store import dialect_insert, write_transaction
 from tether.protocol.commands import CommandEvent, CommandState, transition
 
-__all__ = ["HISTORY_LENGTH", "LinkRecord", "LinkStore", "gateway_links"]
+__all__ = ["HISTORY_LENGTH", "LinkRecord", "LinkStore", "gateway_links", "stale_statement"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,28 @@ _REQUEUED = transition(CommandState.DELIVERED, CommandEvent.REQUEUE)
 
 #: Gateways whose ``last_seen`` one statement of :meth:`LinkStore.seen` moves.
 SEEN_CHUNK = 2_000
+
+
+def stale_statement(now: datetime, *, long_poll_grace: float, poll_grace: float) -> sa.Update:
+    """Unlink the HTTPS-tier gateways silent past their grace. Each tier is a range of the
+    ``(tier, last_seen)`` index, so the sweep reads what is stale, not every gateway."""
+    return (
+        gateways.update()
+        .where(
+            gateways.c.linked.is_(True),
+            sa.or_(
+                sa.and_(
+                    gateways.c.tier == "long-poll",
+                    gateways.c.last_seen < now - timedelta(seconds=long_poll_grace),
+                ),
+                sa.and_(
+                    gateways.c.tier == "poll",
+                    gateways.c.last_seen < now - timedelta(seconds=poll_grace),
+                ),
+            ),
+        )
+        .values(linked=False)
+    )
 
 
 class LinkStore:
@@ -306,22 +328,7 @@ class LinkStore:
 
     async def mark_stale(self, *, now: datetime, long_poll_grace: float, poll_grace: float) -> int:
         """HTTPS-tier gateways not heard from within their tier's grace are no longer linked."""
+        statement = stale_statement(now, long_poll_grace=long_poll_grace, poll_grace=poll_grace)
         async with write_transaction(self.engine) as conn:
-            result = await conn.execute(
-                gateways.update()
-                .where(
-                    gateways.c.linked.is_(True),
-                    sa.or_(
-                        sa.and_(
-                            gateways.c.tier == "long-poll",
-                            gateways.c.last_seen < now - timedelta(seconds=long_poll_grace),
-                        ),
-                        sa.and_(
-                            gateways.c.tier == "poll",
-                            gateways.c.last_seen < now - timedelta(seconds=poll_grace),
-                        ),
-                    ),
-                )
-                .values(linked=False)
-            )
+            result = await conn.execute(statement)
             return int(result.rowcount or 0)

@@ -88,6 +88,8 @@ gateways = sa.Table(
     sa.Column("peer", sa.String(255), nullable=True),
     sa.Column("cert_serial", sa.String(64), nullable=True),
     sa.Column("cert_not_after", UTCDateTime(), nullable=True),
+    # The sweeper's look for silent HTTPS-tier gateways, every few seconds in every process.
+    sa.Index("ix_gateways_tier_last_seen", "tier", "last_seen"),
 )
 
 certificates = sa.Table(
