@@ -13,8 +13,10 @@ from typer.testing import CliRunner
 from tether.cli import AGENT_COMMANDS, app
 
 #: What an agent on a gateway never needs: the operator client's HTTP stack, the cloud, its
-#: store, and the network checks (loaded only when a preflight runs, after failed links).
+#: store, and the network checks (loaded only when a preflight runs, after failed links); nor,
+#: until it enrolls or renews its certificate, the X.509 toolkit.
 NOT_ON_THE_AGENT = (
+    "cryptography",
     "httpx",
     "dns",
     "sqlalchemy",

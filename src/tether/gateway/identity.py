@@ -3,41 +3,35 @@
 Files in ``<data_dir>/identity/``:
     ca.pem          the platform CA, pinned: the only trust anchor of every connection
     gateway.pem     the client certificate followed by its private key (mode 0600)
-    identity.json   gateway id, cloud URL, when the certificate was received
+    identity.json   gateway id, cloud URL, when the certificate was received, its validity
+                    and SHA-256 (so starting the agent needs no X.509 parser)
 The certificate and key share one file so a renewal replaces both in one atomic rename.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from tether.pki.ca import gateway_id_from_certificate
-from tether.pki.estclient import (
-    client_ssl_context,
-    fetch_cacerts_bootstrap,
-    simpleenroll,
-    simplereenroll,
-)
-from tether.pki.keys import (
-    build_csr,
-    generate_private_key,
-    load_certificate,
-    private_key_pem,
-    write_file_atomic,
-    write_pem,
-)
+from tether.pki.errors import PkiFileError
+from tether.pki.tlscontext import pinned_client_context
 from tether.protocol.enrollment import decode_code
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["GatewayIdentity", "NotEnrolled", "enroll", "load_identity", "renew", "seconds_until"]
 
 RENEW_FRACTION = 2 / 3
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
+)
 
 
 class NotEnrolled(RuntimeError):
@@ -46,11 +40,16 @@ class NotEnrolled(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class GatewayIdentity:
+    """Who the gateway is and when its certificate ends. The validity comes from
+    ``identity.json``, written with the certificate: reading it needs no X.509 parser, so an
+    agent whose certificate is fresh never loads one (:attr:`certificate` does, on demand)."""
+
     directory: Path
     gateway_id: str
     cloud_url: str
     received_at: datetime
-    certificate: x509.Certificate
+    not_before: datetime
+    not_after: datetime
 
     @property
     def ca_path(self) -> Path:
@@ -61,19 +60,56 @@ class GatewayIdentity:
         return self.directory / "gateway.pem"
 
     @property
-    def not_after(self) -> datetime:
-        return self.certificate.not_valid_after_utc
+    def certificate(self) -> x509.Certificate:
+        """The client certificate, parsed (loads the X.509 toolkit)."""
+        from tether.pki.keys import load_certificate
+
+        return load_certificate(self.credentials_path)
 
     def renewal_due(self) -> datetime:
         """Two thirds into the certificate's life, counted from when it was received."""
-        start = min(max(self.received_at, self.certificate.not_valid_before_utc), self.not_after)
+        start = min(max(self.received_at, self.not_before), self.not_after)
         return start + (self.not_after - start) * RENEW_FRACTION
 
     def ssl_context(self) -> ssl.SSLContext:
-        return client_ssl_context(self.ca_path, self.credentials_path, self.credentials_path)
+        return pinned_client_context(self.ca_path, self.credentials_path, self.credentials_path)
+
+
+def _certificate_digest(pem: bytes, path: Path) -> str:
+    """SHA-256 of the DER of the first certificate in *pem* (standard library only)."""
+    match = _PEM_CERTIFICATE.search(pem)
+    if match is None:
+        raise PkiFileError(f"{path} does not hold a PEM certificate")
+    try:
+        der = ssl.PEM_cert_to_DER_cert(match.group().decode("ascii"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PkiFileError(f"{path} does not hold a PEM certificate: {exc}") from exc
+    return hashlib.sha256(der).hexdigest()
+
+
+def _certificate_facts(cert: x509.Certificate) -> dict[str, str]:
+    from cryptography.hazmat.primitives import serialization
+
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return {
+        "certificate_sha256": hashlib.sha256(der).hexdigest(),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+    }
+
+
+def _write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    from tether.pki.keys import write_file_atomic
+
+    write_file_atomic(directory / "identity.json", json.dumps(meta).encode(), mode=0o644)
 
 
 def _save(directory: Path, cert: x509.Certificate, key_pem: bytes, cloud_url: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from tether.pki.ca import gateway_id_from_certificate
+    from tether.pki.keys import write_file_atomic
+
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     bundle = cert.public_bytes(serialization.Encoding.PEM) + key_pem
     write_file_atomic(directory / "gateway.pem", bundle, mode=0o600)
@@ -81,22 +117,37 @@ def _save(directory: Path, cert: x509.Certificate, key_pem: bytes, cloud_url: st
         "gateway_id": gateway_id_from_certificate(cert),
         "cloud_url": cloud_url,
         "received_at": datetime.now(UTC).isoformat(),
-    }
-    write_file_atomic(directory / "identity.json", json.dumps(meta).encode(), mode=0o644)
+    } | _certificate_facts(cert)
+    _write_meta(directory, meta)
 
 
 def load_identity(directory: Path) -> GatewayIdentity:
+    """The identity in *directory*. When ``identity.json`` does not describe the certificate
+    beside it (written by an older agent, or the certificate was replaced by hand), the
+    certificate is parsed once and the file brought up to date."""
     meta_path = directory / "identity.json"
     if not meta_path.exists():
         raise NotEnrolled(f"no gateway identity in {directory}: run `tether gateway enroll CODE`")
     meta = json.loads(meta_path.read_text())
-    cert = load_certificate(directory / "gateway.pem")
+    credentials = directory / "gateway.pem"
+    try:
+        pem = credentials.read_bytes()
+    except FileNotFoundError as exc:
+        raise PkiFileError(f"certificate file {credentials} does not exist") from exc
+    except OSError as exc:
+        raise PkiFileError(f"cannot read certificate file {credentials}: {exc.strerror}") from exc
+    if meta.get("certificate_sha256") != _certificate_digest(pem, credentials):
+        from tether.pki.keys import load_certificate
+
+        meta |= _certificate_facts(load_certificate(credentials))
+        _write_meta(directory, meta)
     return GatewayIdentity(
         directory=directory,
         gateway_id=meta["gateway_id"],
         cloud_url=meta["cloud_url"],
         received_at=datetime.fromisoformat(meta["received_at"]),
-        certificate=cert,
+        not_before=datetime.fromisoformat(meta["not_before"]),
+        not_after=datetime.fromisoformat(meta["not_after"]),
     )
 
 
@@ -110,6 +161,11 @@ async def enroll(
     trust_env: bool = True,
 ) -> GatewayIdentity:
     """Enroll with an enrollment code: pin the CA it names, make a key, get a certificate."""
+    from cryptography.hazmat.primitives import serialization
+
+    from tether.pki.estclient import fetch_cacerts_bootstrap, simpleenroll
+    from tether.pki.keys import build_csr, generate_private_key, private_key_pem, write_pem
+
     parsed = decode_code(code)
     base_url = url or parsed.url
     ca = await fetch_cacerts_bootstrap(
@@ -134,6 +190,10 @@ async def renew(
     identity: GatewayIdentity, *, proxy: str | None = None, trust_env: bool = True
 ) -> GatewayIdentity:
     """Re-enroll (RFC 7030 simplereenroll) with a fresh key, authenticated by the current one."""
+    from tether.pki.ca import gateway_id_from_certificate
+    from tether.pki.estclient import simplereenroll
+    from tether.pki.keys import build_csr, generate_private_key, load_certificate, private_key_pem
+
     key = generate_private_key()
     ca = load_certificate(identity.ca_path)
     cert = await simplereenroll(

@@ -19,11 +19,11 @@ import msgspec
 
 from tether.netcheck.proxy import ProxySettings, parse_proxy_url
 from tether.netcheck.report import CheckReport
-from tether.netcheck.tls import TrustAnchors
 from tether.netreq.loader import parse_manifest
 from tether.netreq.model import Manifest
 from tether.netreq.own import DeploymentSettings, build_own_manifest
 from tether.netreq.serve import MANIFEST_PATH
+from tether.pki.tlscontext import pinned_client_context
 
 if TYPE_CHECKING:
     from tether.netcheck.runner import CheckOptions
@@ -60,8 +60,6 @@ class Preflight:
         return self.last_run is None or time.monotonic() - self.last_run >= self.interval
 
     async def _manifest(self) -> Manifest:
-        from tether.pki.estclient import client_ssl_context
-
         try:
             async with (
                 aiohttp.ClientSession(
@@ -70,7 +68,7 @@ class Preflight:
                 http.get(
                     self.cloud_url + MANIFEST_PATH,
                     proxy=self.proxy,
-                    ssl=client_ssl_context(self.ca_path),
+                    ssl=pinned_client_context(self.ca_path),
                 ) as response,
             ):
                 if response.status == 200:
@@ -92,11 +90,13 @@ class Preflight:
         """Run the checks now; returns the report as a JSON-able document."""
         self.last_run = time.monotonic()
         manifest = await self._manifest()
+        # The checks' code (DNS, MQTT, NTP probes, X.509…) is loaded the first time they run:
+        # an agent whose link works never runs them.
+        from tether.netcheck.runner import CheckOptions, run_checks
+        from tether.netcheck.tls import TrustAnchors
+
         with open(self.ca_path, "rb") as fh:  # noqa: ASYNC230 (a small local file)
             anchors = TrustAnchors.from_pem(fh.read())
-        # The checks' code (DNS, MQTT, NTP probes…) is loaded the first time they run: an agent
-        # whose link works never runs them.
-        from tether.netcheck.runner import CheckOptions, run_checks
 
         options = dataclasses.replace(self.options or CheckOptions(), anchors=anchors)
         if options.proxy is None:

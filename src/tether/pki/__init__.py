@@ -6,7 +6,8 @@ Modules:
   fingerprints and identity helpers;
 * :mod:`tether.pki.keys`: key generation, CSRs, private (0600, atomic) and PEM files;
 * :mod:`tether.pki.est`: the EST message codec (no I/O);
-* :mod:`tether.pki.estclient`: the gateway's EST client and the pinned-CA TLS client context;
+* :mod:`tether.pki.estclient`: the gateway's EST client;
+* :mod:`tether.pki.tlscontext`: the pinned-CA TLS client context (standard library only);
 * :mod:`tether.pki.errors`: the exception tree, re-exported here.
 
 Importing this package does not import aiohttp; only :mod:`tether.pki.estclient` does.

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -43,10 +42,9 @@ from tether.pki.errors import (
     EstHttpError,
     EstProtocolError,
     EstTransportError,
-    PkiFileError,
     ServerCertificateRejected,
 )
-from tether.pki.keys import check_private_mode
+from tether.pki.tlscontext import pinned_client_context
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -80,48 +78,11 @@ def client_ssl_context(
     cert_path: Path | str | None = None,
     key_path: Path | str | None = None,
 ) -> ssl.SSLContext:
-    """A client TLS context that trusts only the platform CA.
-
-    ``ca`` is the CA certificate, a path to its PEM file, or PEM bytes. TLS 1.3 is the minimum,
-    the server certificate must chain to ``ca`` (no system trust store is loaded) and name the
-    host connected to (``check_hostname``), under OpenSSL's strict X.509 checks. With
-    ``cert_path`` (PEM certificate, optionally followed by its chain) and ``key_path`` (PEM
-    key; if omitted the key is read from ``cert_path``) the context presents a client
-    certificate for mutual TLS; the key file must not be readable by group or others.
-
-    Raises :class:`~tether.pki.errors.PkiFileError` for unreadable or malformed files and
-    :class:`~tether.pki.errors.InsecureKeyFile` for a key file looser than 0600.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname on
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.verify_flags |= ssl.VERIFY_X509_STRICT
-    # Offer ALPN like every browser does: some firewalls and load balancers classify or route
-    # on it, and WebSocket upgrades and EST both run over HTTP/1.1.
-    context.set_alpn_protocols(["http/1.1"])
-    try:
-        if isinstance(ca, x509.Certificate):
-            context.load_verify_locations(
-                cadata=ca.public_bytes(serialization.Encoding.PEM).decode("ascii")
-            )
-        elif isinstance(ca, bytes):
-            context.load_verify_locations(cadata=ca.decode("ascii"))
-        else:
-            context.load_verify_locations(cafile=os.fspath(ca))
-    except (OSError, ssl.SSLError, UnicodeDecodeError) as exc:
-        raise PkiFileError(f"cannot load the platform CA certificate: {exc}") from exc
-    if cert_path is None:
-        if key_path is not None:
-            raise ValueError("key_path given without cert_path")
-        return context
-    key_file = key_path if key_path is not None else cert_path
-    try:
-        check_private_mode(Path(key_file), os.stat(key_file).st_mode)
-        context.load_cert_chain(os.fspath(cert_path), os.fspath(key_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise PkiFileError(
-            f"cannot load the client certificate {cert_path} / key {key_file}: {exc}"
-        ) from exc
-    return context
+    """:func:`~tether.pki.tlscontext.pinned_client_context`, which also takes the CA as a
+    certificate object."""
+    if isinstance(ca, x509.Certificate):
+        ca = ca.public_bytes(serialization.Encoding.PEM)
+    return pinned_client_context(ca, cert_path, key_path)
 
 
 def _bootstrap_ssl_context() -> ssl.SSLContext:

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from tether.pki.errors import InsecureKeyFile, PkiFileError
+from tether.pki.errors import PkiFileError
+from tether.pki.tlscontext import check_private_mode
 
 __all__ = [
     "PrivateKey",
@@ -130,12 +131,6 @@ def write_private_key(path: Path, key: PrivateKey, *, replace: bool = True) -> N
 def write_pem(path: Path, data: bytes, *, replace: bool = True) -> None:
     """Write public PEM data (certificates) to ``path`` with mode 0644, atomically."""
     write_file_atomic(Path(path), data, mode=_PUBLIC_MODE, replace=replace)
-
-
-def check_private_mode(path: Path, mode: int) -> None:
-    """Raise :class:`InsecureKeyFile` if ``mode`` grants any permission to group or others."""
-    if stat.S_IMODE(mode) & 0o077:
-        raise InsecureKeyFile(Path(path), stat.S_IMODE(mode))
 
 
 def read_private_file(path: Path) -> bytes:
