@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.support.cloudproc import tether_script
 from typer.testing import CliRunner
 
 from tether.cli import AGENT_COMMANDS, app
@@ -58,13 +59,64 @@ def _modules(result: dict[str, object]) -> list[str]:
     return [str(m) for m in modules]
 
 
-def test_gateway_run_loads_the_agent_and_nothing_an_agent_does_not_need(tmp_path: Path) -> None:
-    result = _tether("gateway", "run", "--data-dir", str(tmp_path / "gateway"))
+_SERVICE_PROBE = """
+import json, runpy, sys
+sys.argv = ["tether.gateway.service", *sys.argv[1:]]
+try:
+    runpy.run_module("tether.gateway.service", run_name="__main__", alter_sys=True)
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_the_agent_process_loads_the_agent_and_nothing_an_agent_does_not_need(
+    tmp_path: Path,
+) -> None:
+    """What ``tether gateway run`` becomes: no command-line library (Typer validates its
+    options with pydantic, ~9 MiB) stays in a process that runs for months."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVICE_PROBE, str(tmp_path / "gateway"), "info", "text"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["code"] == 2  # not enrolled: it got as far as loading the agent
-    assert "enroll" in str(result["stderr"])
-    modules = set(_modules(result))
+    assert "enroll" in done.stderr
+    modules = set(result["modules"])
     assert "tether.gateway.agent" in modules
-    assert [m for m in NOT_ON_THE_AGENT if m in modules] == []
+    unwanted = (*NOT_ON_THE_AGENT, "typer", "pydantic", "click")
+    assert [m for m in unwanted if m in modules] == []
+
+
+def test_gateway_run_hands_over_and_says_what_is_missing(tmp_path: Path) -> None:
+    """The ``tether`` command parses, then becomes the agent's process; its errors and exit
+    codes are the command's."""
+    done = subprocess.run(
+        [str(tether_script()), "gateway", "run", "--data-dir", str(tmp_path / "gateway")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "error:" in done.stderr
+    assert "tether gateway enroll" in done.stderr
+
+
+def test_gateway_run_refuses_a_bad_option_before_handing_over(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(tether_script()), "gateway", "run", "--no-such-option"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--no-such-option" in done.stderr
 
 
 def test_other_commands_still_load_what_they_need(tmp_path: Path) -> None:

@@ -163,6 +163,13 @@ async def test_gateway_cli_enrolls_and_runs_an_agent(
     try:
         gateway = await wait_gateway(api, gateway_id, lambda g: g["linked"], what="linked")
         assert gateway["name"] == "cli-gw"
+        # The command handed its process (same PID) over to the agent's own, which keeps
+        # neither the command line's validation library nor the X.509 toolkit in memory.
+        cmdline = Path(f"/proc/{agent.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"tether.gateway.service" in cmdline, cmdline
+        mapped = Path(f"/proc/{agent.pid}/maps").read_text()
+        assert "pydantic_core" not in mapped
+        assert "/cryptography/" not in mapped
         sent = await _tether(env, "command", "send", gateway_id, "ping", "--wait", "--json")
         assert sent.returncode == 0, sent.stderr
         assert json.loads(sent.stdout)["state"] == "succeeded"

@@ -2,19 +2,22 @@
 
 ``tether gateway run`` and ``tether gateway enroll`` are what runs on a gateway, the first for
 months: they load the agent's side only, not the operator client's HTTP stack, the cloud or
-the network tooling, so the agent's memory goes to its work (``bench/agent_footprint``). Every
-other command, and ``tether --help``, builds the whole application (:data:`app`).
+the network tooling, so the agent's memory goes to its work (``bench/agent_footprint``); and
+``run``, once its options are parsed, hands its process over to :mod:`tether.gateway.service`,
+which keeps none of the command line's own libraries. Every other command, and ``tether
+--help``, builds the whole application (:data:`app`).
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-from typing import Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from tether import __version__
+
+if TYPE_CHECKING:
+    import typer
 
 __all__ = ["app", "build_app", "main"]
 
@@ -23,6 +26,8 @@ AGENT_COMMANDS = frozenset({"enroll", "run"})
 
 
 def _version(value: bool) -> None:
+    import typer
+
     if value:
         typer.echo(f"tether {__version__}")
         raise typer.Exit()
@@ -31,6 +36,8 @@ def _version(value: bool) -> None:
 @functools.cache
 def build_app() -> typer.Typer:
     """The whole ``tether`` application (built once)."""
+    import typer
+
     from tether.cli import cloud, demo, gateway, net, ops, points, users
 
     app = typer.Typer(
@@ -75,6 +82,7 @@ def main() -> None:
     if len(args) >= 2 and args[0] == "gateway" and args[1] in AGENT_COMMANDS:
         from tether.cli import gateway
 
+        gateway.HAND_OVER = True  # `run` becomes the agent's own lean process
         gateway.app(args=args[1:], prog_name="tether gateway")
         return
     build_app()()

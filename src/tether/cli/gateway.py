@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from pathlib import Path
 
 import typer
 
 from tether.cli.output import console, fail
-from tether.cli.runtime import run_async, setup_logging
+from tether.cli.runtime import run_async
 from tether.gateway.settings import AgentSettingsError, load_agent_settings
 from tether.pki.errors import EstError
 from tether.protocol.enrollment import EnrollmentCodeError
@@ -54,6 +52,11 @@ def enroll(
     console.print(f"now run: tether gateway run --data-dir {data_dir}")
 
 
+#: Set by :func:`tether.cli.main` (the ``tether`` command itself): ``run`` then hands its
+#: process over to :mod:`tether.gateway.service` rather than running the agent in it.
+HAND_OVER = False
+
+
 @app.command("run")
 def run(
     data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
@@ -61,24 +64,10 @@ def run(
     log_format: str = typer.Option("text", "--log-format", help="text or json"),
 ) -> None:
     """Hold the link to the cloud and run what it asks."""
-    from tether.gateway.agent import Agent, AgentStopped
-    from tether.gateway.identity import NotEnrolled, load_identity
+    from tether.gateway import service
 
-    setup_logging(log_level, log_format)
-    try:
-        settings = load_agent_settings(data_dir)
-        identity = load_identity(settings.identity_dir)
-    except (NotEnrolled, AgentSettingsError) as exc:
-        raise fail(str(exc), 2) from None
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await Agent(settings, identity).run(stop)
-
-    try:
-        run_async(main())
-    except AgentStopped as exc:
-        raise fail(str(exc), 3) from None
+    if HAND_OVER:
+        service.hand_over(data_dir, log_level, log_format)
+    code = service.serve(data_dir, log_level, log_format)
+    if code:
+        raise typer.Exit(code)
