@@ -83,7 +83,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import psutil
@@ -958,7 +958,7 @@ class Fleet:
         self.arrivals: dict[str, float] = {}
         self._waiting: dict[str, asyncio.Future[float]] = {}
 
-    async def __aenter__(self) -> Fleet:
+    async def __aenter__(self) -> Self:
         loop = asyncio.get_running_loop()
         try:
             for index, spec in enumerate(self.specs):
