@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -66,7 +67,7 @@ def run(
     """Hold the link to the cloud and run what it asks."""
     from tether.gateway import service
 
-    if HAND_OVER:
+    if HAND_OVER and sys.executable:  # (an embedded interpreter may not know its program)
         service.hand_over(data_dir, log_level, log_format)
     code = service.serve(data_dir, log_level, log_format)
     if code:
