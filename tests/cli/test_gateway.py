@@ -139,3 +139,13 @@ def test_the_agent_side_alone_never_prints_locals_in_a_traceback() -> None:
     from tether.cli import gateway
 
     assert gateway.app.pretty_exceptions_show_locals is False
+
+
+def test_a_failed_hand_over_says_so_and_leaves_the_agent_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tether.gateway import service
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    service.hand_over(tmp_path / "gateway", "info", "text")  # returns: nothing was replaced
+    assert "the agent runs in this process" in capsys.readouterr().err

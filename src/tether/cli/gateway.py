@@ -68,7 +68,7 @@ def run(
     from tether.gateway import service
 
     if HAND_OVER and sys.executable:  # (an embedded interpreter may not know its program)
-        service.hand_over(data_dir, log_level, log_format)
+        service.hand_over(data_dir, log_level, log_format)  # returns only if that failed
     code = service.serve(data_dir, log_level, log_format)
     if code:
         raise typer.Exit(code)

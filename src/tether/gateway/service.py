@@ -32,12 +32,20 @@ def service_argv(data_dir: Path, log_level: str, log_format: str) -> list[str]:
     return [sys.executable, "-m", __name__, os.fspath(data_dir), log_level, log_format]
 
 
-def hand_over(data_dir: Path, log_level: str, log_format: str) -> NoReturn:
-    """Become the agent's process (see the module's description); never returns."""
+def hand_over(data_dir: Path, log_level: str, log_format: str) -> None:
+    """Become the agent's process (see the module's description). Returns only if that
+    failed, having said why: the caller then runs the agent itself (:func:`serve`)."""
     sys.stdout.flush()
     sys.stderr.flush()
     argv = service_argv(data_dir, log_level, log_format)
-    os.execv(argv[0], argv)  # noqa: S606 (this interpreter, arguments of our own)
+    try:
+        os.execv(argv[0], argv)  # noqa: S606 (this interpreter, arguments of our own)
+    except OSError as exc:
+        print(
+            f"warning: the agent runs in this process ({argv[0]} could not be started: "
+            f"{exc.strerror})",
+            file=sys.stderr,
+        )
 
 
 def _error(message: str) -> None:
