@@ -117,12 +117,14 @@ def test_a_certificate_replaced_by_hand_is_read_not_its_stale_description(
     stored: Path, ca: CertificateAuthority
 ) -> None:
     before = load_identity(stored)
-    cert_pem, key_pem = _issue(ca, "gw-7", days=90)
+    cert_pem, key_pem = _issue(ca, "gw-8", days=90)
     (stored / "gateway.pem").write_bytes(cert_pem + key_pem)
 
     after = load_identity(stored)
     assert after.not_after - before.not_after > timedelta(days=59)
     assert after.not_after == after.certificate.not_valid_after_utc
+    assert (before.gateway_id, after.gateway_id) == ("gw-7", "gw-8")
+    assert json.loads((stored / "identity.json").read_text())["gateway_id"] == "gw-8"
 
 
 def test_a_missing_or_broken_certificate_is_a_clear_error(stored: Path) -> None:

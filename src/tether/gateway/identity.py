@@ -137,9 +137,11 @@ def load_identity(directory: Path) -> GatewayIdentity:
     except OSError as exc:
         raise PkiFileError(f"cannot read certificate file {credentials}: {exc.strerror}") from exc
     if meta.get("certificate_sha256") != _certificate_digest(pem, credentials):
+        from tether.pki.ca import gateway_id_from_certificate
         from tether.pki.keys import load_certificate
 
-        meta |= _certificate_facts(load_certificate(credentials))
+        cert = load_certificate(credentials)
+        meta |= _certificate_facts(cert) | {"gateway_id": gateway_id_from_certificate(cert)}
         _write_meta(directory, meta)
     return GatewayIdentity(
         directory=directory,
