@@ -137,6 +137,7 @@ def _check_round(round_: dict[str, Any]) -> None:
         assert figures["open_at_end"] == LINKS, (name, figures["lost"])
         for key in ("rss_per_link_kib", "handshake_cpu_ms", "idle_cpu_percent", "latency_p50_ms"):
             assert figures[key] > 0, (name, key)
+        assert figures["load_idle_cpu_percent"] > 0, name  # the clients' heartbeats
         assert figures["latency_p99_ms"] >= figures["latency_p50_ms"]
         assert figures["latency_samples"] == 20
         # The reconnect storm: every link reset at once, every one back, none given up.
