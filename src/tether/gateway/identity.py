@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tether.pki.errors import PkiFileError
-from tether.pki.tlscontext import pinned_client_context
+from tether.pki.tlscontext import pinned_client_context, read_certificate_file
 from tether.protocol.enrollment import decode_code
 
 if TYPE_CHECKING:
@@ -130,12 +130,7 @@ def load_identity(directory: Path) -> GatewayIdentity:
         raise NotEnrolled(f"no gateway identity in {directory}: run `tether gateway enroll CODE`")
     meta = json.loads(meta_path.read_text())
     credentials = directory / "gateway.pem"
-    try:
-        pem = credentials.read_bytes()
-    except FileNotFoundError as exc:
-        raise PkiFileError(f"certificate file {credentials} does not exist") from exc
-    except OSError as exc:
-        raise PkiFileError(f"cannot read certificate file {credentials}: {exc.strerror}") from exc
+    pem = read_certificate_file(credentials)
     if meta.get("certificate_sha256") != _certificate_digest(pem, credentials):
         from tether.pki.ca import gateway_id_from_certificate
         from tether.pki.keys import load_certificate

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from tether.pki.errors import PkiFileError
-from tether.pki.tlscontext import check_private_mode
+from tether.pki.tlscontext import check_private_mode, read_certificate_file
 
 __all__ = [
     "PrivateKey",
@@ -167,12 +167,7 @@ def load_private_key(path: Path) -> PrivateKey:
 def load_certificate(path: Path) -> x509.Certificate:
     """Load the first certificate of a PEM file."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise PkiFileError(f"certificate file {path} does not exist") from exc
-    except OSError as exc:
-        raise PkiFileError(f"cannot read certificate file {path}: {exc.strerror}") from exc
+    data = read_certificate_file(path)
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError as exc:

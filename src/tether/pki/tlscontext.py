@@ -13,13 +13,24 @@ from pathlib import Path
 
 from tether.pki.errors import InsecureKeyFile, PkiFileError
 
-__all__ = ["check_private_mode", "pinned_client_context"]
+__all__ = ["check_private_mode", "pinned_client_context", "read_certificate_file"]
 
 
 def check_private_mode(path: Path, mode: int) -> None:
     """Raise :class:`InsecureKeyFile` if ``mode`` grants any permission to group or others."""
     if stat.S_IMODE(mode) & 0o077:
         raise InsecureKeyFile(Path(path), stat.S_IMODE(mode))
+
+
+def read_certificate_file(path: Path) -> bytes:
+    """The bytes of a certificate file; :class:`~tether.pki.errors.PkiFileError` if it is
+    missing or cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise PkiFileError(f"certificate file {path} does not exist") from exc
+    except OSError as exc:
+        raise PkiFileError(f"cannot read certificate file {path}: {exc.strerror}") from exc
 
 
 def pinned_client_context(
