@@ -6,21 +6,30 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["age", "console", "err", "fail", "print_json", "table"]
+if TYPE_CHECKING:
+    import typer
+
+__all__ = ["age", "console", "err", "error", "fail", "print_json", "table"]
 
 console = Console()
 err = Console(stderr=True)
 
 
+def error(message: str) -> None:
+    """Say *message* on stderr as an error."""
+    err.print(f"[red]error:[/red] {message}")
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Say *message* on stderr as an error; the exit (with *code*) for the caller to raise."""
-    err.print(f"[red]error:[/red] {message}")
+    import typer  # (the agent's process says its errors with error() and loads no Typer)
+
+    error(message)
     return typer.Exit(code)
 
 

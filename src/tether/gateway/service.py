@@ -49,9 +49,10 @@ def hand_over(data_dir: Path, log_level: str, log_format: str) -> None:
 
 
 def _error(message: str) -> None:
-    from rich.console import Console  # only to say what is wrong, as every command does
+    # Loaded only to say what is wrong, as every command does, just before the process ends.
+    from tether.cli.output import error
 
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    error(message)
 
 
 def serve(data_dir: Path, log_level: str, log_format: str) -> int:
