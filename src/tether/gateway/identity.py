@@ -87,12 +87,11 @@ def _certificate_digest(pem: bytes, path: Path) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def _certificate_facts(cert: x509.Certificate) -> dict[str, str]:
-    from cryptography.hazmat.primitives import serialization
-
-    der = cert.public_bytes(serialization.Encoding.DER)
+def _certificate_facts(cert: x509.Certificate, digest: str) -> dict[str, str]:
+    """What ``identity.json`` keeps of the certificate (*digest*: :func:`_certificate_digest`
+    of its file, the check :func:`load_identity` makes)."""
     return {
-        "certificate_sha256": hashlib.sha256(der).hexdigest(),
+        "certificate_sha256": digest,
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
     }
@@ -112,12 +111,13 @@ def _save(directory: Path, cert: x509.Certificate, key_pem: bytes, cloud_url: st
 
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     bundle = cert.public_bytes(serialization.Encoding.PEM) + key_pem
-    write_file_atomic(directory / "gateway.pem", bundle, mode=0o600)
+    credentials = directory / "gateway.pem"
+    write_file_atomic(credentials, bundle, mode=0o600)
     meta = {
         "gateway_id": gateway_id_from_certificate(cert),
         "cloud_url": cloud_url,
         "received_at": datetime.now(UTC).isoformat(),
-    } | _certificate_facts(cert)
+    } | _certificate_facts(cert, _certificate_digest(bundle, credentials))
     _write_meta(directory, meta)
 
 
@@ -131,12 +131,13 @@ def load_identity(directory: Path) -> GatewayIdentity:
     meta = json.loads(meta_path.read_text())
     credentials = directory / "gateway.pem"
     pem = read_certificate_file(credentials)
-    if meta.get("certificate_sha256") != _certificate_digest(pem, credentials):
+    digest = _certificate_digest(pem, credentials)
+    if meta.get("certificate_sha256") != digest:
         from tether.pki.ca import gateway_id_from_certificate
         from tether.pki.keys import load_certificate
 
         cert = load_certificate(credentials)
-        meta |= _certificate_facts(cert) | {"gateway_id": gateway_id_from_certificate(cert)}
+        meta |= _certificate_facts(cert, digest) | {"gateway_id": gateway_id_from_certificate(cert)}
         _write_meta(directory, meta)
     return GatewayIdentity(
         directory=directory,

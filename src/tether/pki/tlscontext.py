@@ -1,4 +1,5 @@
-"""Client TLS contexts pinned to the platform CA, with the standard library alone.
+"""Client TLS contexts pinned to the platform CA, and the file checks they need, with the
+standard library alone.
 
 The agent builds these for every connection it makes, so they must not need the X.509 toolkit
 (``cryptography``): a gateway whose certificate is still fresh never loads it.
