@@ -10,6 +10,7 @@ pauses the service is the real ingest pipeline on a SQLite store.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from tether.cloud.store import Store
 from tether.cloud.store.telemetry import TelemetryStore
 from tether.cloud.wsserver import OP_BINARY, LinkConnection, encode_frame_header
 from tether.protocol.codec import decode_frame
-from tether.protocol.messages import Message, TelemetryAck, TelemetryBatch
+from tether.protocol.messages import Message, TelemetryAck, TelemetryBatch, TelemetryReject
 from tether.protocol.session import HelloReceived, LinkSession, Role
 from tether.protocol.telemetry import Observation
 
@@ -195,6 +196,98 @@ async def test_a_link_reads_nothing_more_while_the_ingest_queue_is_full(
     assert channel.pauses == 1
     rows = await telemetry.query(GATEWAY, point_id=None, since=None, until=None, limit=100)
     assert [round(r.ts - 1.0e9) for r in rows] == list(range(1, 11))
+
+
+async def test_batches_taken_while_there_is_room_are_answered_in_one_write_after_their_commit(
+    telemetry: TelemetryStore,
+) -> None:
+    pipeline = IngestPipeline(telemetry)  # started once the batches are queued
+    channel = RecordingChannel()
+    link, client = open_link(channel, IngestService(pipeline))
+    for seq in range(1, 6):
+        client.send(batch(seq, seq))
+        for frame in client.data_to_send():
+            link.frame_received(frame)
+        assert link._worker is None  # taken in the call itself, no task of the link's own
+    assert pipeline.queued_rows == 5
+    assert channel.writes == []  # nothing is answered before the commit
+
+    async with started(pipeline):
+        await asyncio.wait_for(channel.wrote.wait(), 10)
+        for _ in range(10):  # a few more loop passes: any straggling write would show
+            await asyncio.sleep(0)
+    assert len(channel.writes) == 1
+    acks = [decode_frame(frame) for frame in channel.writes[0]]
+    assert acks == [TelemetryAck("sim", seq, accepted=1) for seq in range(1, 6)]
+    rows = await telemetry.query(GATEWAY, point_id=None, since=None, until=None, limit=100)
+    assert len(rows) == 5
+
+
+async def test_a_malformed_batch_is_refused_for_good_at_once(telemetry: TelemetryStore) -> None:
+    pipeline = IngestPipeline(telemetry)  # never started: a refusal needs no commit
+    channel = RecordingChannel()
+    link, client = open_link(channel, IngestService(pipeline))
+    client.send(TelemetryBatch("sim", 1, 1, [Observation("p", 1.0e9, math.nan)]))
+    for frame in client.data_to_send():
+        link.frame_received(frame)
+    [[frame]] = channel.writes  # written in the same call
+    reject = decode_frame(frame)
+    assert isinstance(reject, TelemetryReject)
+    assert (reject.stream, reject.first_seq, reject.last_seq) == ("sim", 1, 1)
+    assert reject.permanent
+    assert "finite" in reject.reason
+    assert pipeline.queued_rows == 0
+
+
+class FailingGate:
+    """An ingest gate that takes every batch and then fails to answer it (cancels its future,
+    or sets an error): a bug the link must not turn into silence."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.telemetry_gate = self
+        self.answers: list[asyncio.Future[TelemetryAck | TelemetryReject]] = []
+
+    def has_room(self) -> bool:
+        return True
+
+    async def room(self) -> None:
+        return None
+
+    def submit(
+        self, gateway_id: str, message: TelemetryBatch
+    ) -> asyncio.Future[TelemetryAck | TelemetryReject]:
+        answer: asyncio.Future[TelemetryAck | TelemetryReject] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.answers.append(answer)
+        return answer
+
+    async def handle(self, gateway_id: str, message: Message) -> list[Message]:
+        raise AssertionError("a batch goes to the gate, not through handle()")
+
+
+@pytest.mark.parametrize("how", ["cancelled", "error"])
+async def test_a_batch_ingest_fails_to_answer_is_refused_for_now(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel, gate = RecordingChannel(), FailingGate(how)
+    link, client = open_link(channel, gate)
+    client.send(batch(7, 9))
+    for frame in client.data_to_send():
+        link.frame_received(frame)
+    [answer] = gate.answers
+    if how == "cancelled":
+        answer.cancel()
+    else:
+        answer.set_exception(RuntimeError("writer crashed"))
+    await asyncio.wait_for(channel.wrote.wait(), 5)
+    [[frame]] = channel.writes
+    reject = decode_frame(frame)
+    assert isinstance(reject, TelemetryReject)
+    assert (reject.stream, reject.first_seq, reject.last_seq) == ("sim", 7, 9)
+    assert not reject.permanent  # the gateway keeps it on its spool and sends it again
+    assert "sim 7..9 went unanswered" in caplog.text
 
 
 class RecordingTransport:

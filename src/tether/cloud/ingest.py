@@ -249,6 +249,18 @@ class IngestPipeline:
 
     async def on_batch(self, gateway_id: str, message: Message) -> list[Message]:
         assert isinstance(message, TelemetryBatch)
+        answer = self.submit(gateway_id, message)
+        if isinstance(answer, TelemetryReject):
+            return [answer]
+        return [await answer]
+
+    def submit(
+        self, gateway_id: str, message: TelemetryBatch
+    ) -> TelemetryReject | asyncio.Future[TelemetryAck | TelemetryReject]:
+        """Take a batch without a coroutine of its own: a batch refused at once gets its
+        ``TelemetryReject`` back; a queued one, the future of its answer (the ack once its group
+        committed, or a reject). What :meth:`on_batch` does, for a link that answers from a
+        done-callback."""
         try:
             columns = validate_batch(message)
         except BatchInvalid as exc:
@@ -261,15 +273,13 @@ class IngestPipeline:
                 message.last_seq,
                 exc,
             )
-            return [
-                TelemetryReject(
-                    stream=message.stream,
-                    first_seq=message.first_seq,
-                    last_seq=message.last_seq,
-                    reason=str(exc),
-                    permanent=True,
-                )
-            ]
+            return TelemetryReject(
+                stream=message.stream,
+                first_seq=message.first_seq,
+                last_seq=message.last_seq,
+                reason=str(exc),
+                permanent=True,
+            )
         future: asyncio.Future[TelemetryAck | TelemetryReject] = (
             asyncio.get_running_loop().create_future()
         )
@@ -288,7 +298,7 @@ class IngestPipeline:
         # Behind any batch waiting for room: a stream's batches are queued in arrival order.
         self._blocked.append(pending)
         self._admit()
-        return [await future]
+        return future
 
     async def on_discovery(self, gateway_id: str, message: Message) -> list[Message]:
         assert isinstance(message, Discovery)

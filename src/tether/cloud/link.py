@@ -27,7 +27,14 @@ from tether.cloud.service import GatewayService, TelemetryGate
 from tether.cloud.store import Store
 from tether.cloud.store.links import LinkStore
 from tether.protocol.codec import HEADER, PING_FRAME_MAX, pong_for_ping
-from tether.protocol.messages import CloseCode, ErrorReport, Message, TelemetryBatch
+from tether.protocol.messages import (
+    CloseCode,
+    ErrorReport,
+    Message,
+    TelemetryAck,
+    TelemetryBatch,
+    TelemetryReject,
+)
 from tether.protocol.session import (
     Event,
     FrameRejected,
@@ -293,6 +300,13 @@ class WebSocketLink:
                 return
         session.receive_frame(data, now=time.monotonic())
         events = session.events()
+        if len(events) == 1 and type(events[0]) is TelemetryBatch:
+            # The common case, handed to ingest without a task while its queue has room.
+            gate = self.service.telemetry_gate
+            if gate is not None and gate.has_room():
+                self._submit(gate, events[0])
+                self._flush()
+                return
         if events:
             self._backlog = collections.deque()
             self._worker = asyncio.get_running_loop().create_task(self._work(events))
@@ -395,9 +409,12 @@ class WebSocketLink:
             # Acknowledged after the group commit: do not stop reading while it happens, so a
             # window of batches (and any command update between them) keeps flowing.
             gate = self.service.telemetry_gate
-            if gate is not None and not gate.has_room():
+            if gate is None:
+                self._in_background(self._handle_later(event))
+                return
+            if not gate.has_room():
                 await self._wait_for_ingest(gate)
-            self._in_background(self._handle_later(event))
+            self._submit(gate, event)
         else:
             self._send_all(await self._handle(event))  # type: ignore[arg-type]
 
@@ -412,6 +429,40 @@ class WebSocketLink:
             backlog = self._backlog
             if backlog is None or len(backlog) < _BACKLOG_PAUSE:  # else the backlog's pause
                 self.channel.resume_reading()
+
+    def _submit(self, gate: TelemetryGate, batch: TelemetryBatch) -> None:
+        """Hand a batch to ingest; its answer is sent from the future's done-callback."""
+        answer = gate.submit(self.gateway_id, batch)
+        if isinstance(answer, TelemetryReject):
+            self._send_all([answer])
+        else:
+            answer.add_done_callback(lambda done: self._batch_answered(done, batch))
+
+    def _batch_answered(
+        self, done: asyncio.Future[TelemetryAck | TelemetryReject], batch: TelemetryBatch
+    ) -> None:
+        if done.cancelled() or done.exception() is not None:
+            # Ingest answers every batch it took; should it fail to, the gateway sends it again.
+            log.error(
+                "gateway %s: batch %s %d..%d went unanswered by ingest",
+                self.gateway_id,
+                batch.stream,
+                batch.first_seq,
+                batch.last_seq,
+            )
+            answer: TelemetryAck | TelemetryReject = TelemetryReject(
+                stream=batch.stream,
+                first_seq=batch.first_seq,
+                last_seq=batch.last_seq,
+                reason="the cloud could not store this batch now; send it again later",
+                permanent=False,
+            )
+        else:
+            answer = done.result()
+        self._send_all([answer])
+        # A group commit answers many batches of a link in the same loop pass: their answers
+        # leave in one write (one TLS record, one send) once that pass is through.
+        self._flush_soon()
 
     def _in_background(self, work: Coroutine[object, object, None]) -> None:
         if self._background is None:

@@ -39,6 +39,9 @@ from tether.protocol.messages import (
     ConfigUpdate,
     ErrorReport,
     Message,
+    TelemetryAck,
+    TelemetryBatch,
+    TelemetryReject,
 )
 
 __all__ = ["GatewayService", "MessageHandler"]
@@ -54,11 +57,16 @@ MessageHandler = Callable[[str, Message], Awaitable[list[Message]]]
 
 
 class TelemetryGate(Protocol):
-    """Whether telemetry is taken at once (the ingest queue has room), and a wait for it."""
+    """Whether telemetry is taken at once (the ingest queue has room), a wait for it, and the
+    way a link hands a batch over without a coroutine per batch."""
 
     def has_room(self) -> bool: ...
 
     async def room(self) -> None: ...
+
+    def submit(
+        self, gateway_id: str, message: TelemetryBatch
+    ) -> TelemetryReject | asyncio.Future[TelemetryAck | TelemetryReject]: ...
 
 
 _UPDATE_EVENTS = {
