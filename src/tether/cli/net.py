@@ -42,13 +42,17 @@ _MANIFEST_HELP = (
 _HOSTNAME_HELP = "The cloud's hostname, for tether's own manifest."
 
 
+#: A usage error (an unknown format, …) exits with this status, as everywhere in ``tether``.
+EXIT_USAGE = 2
+
+
 class _Failed(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
 
 
-def _fail(message: str) -> typer.Exit:
+def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
+    return typer.Exit(code)
 
 
 def _fetch(url: str) -> Manifest:
@@ -98,7 +102,9 @@ def docs(
             sys.stdout.write(text)
         else:
             _write(output, text)
-    except (_Failed, UnknownFormat) as exc:
+    except UnknownFormat as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except _Failed as exc:
         raise _fail(str(exc)) from None
 
 
@@ -135,7 +141,9 @@ def rules(
             for name, content in out.files:
                 _write(output_dir / name, content)
                 typer.echo(f"wrote {output_dir / name}", err=True)
-    except (_Failed, UnknownFormat) as exc:
+    except UnknownFormat as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except _Failed as exc:
         raise _fail(str(exc)) from None
     for gap in out.gaps:
         typer.echo(f"note: {gap}", err=True)
@@ -152,6 +160,8 @@ def diff(
     ),
 ) -> None:
     """What changed between two manifests, and what a site must change in its firewall."""
+    if not as_json and fmt not in DIFF_FORMATS:
+        raise _fail(f"unknown diff format {fmt!r} (one of {', '.join(DIFF_FORMATS)})", EXIT_USAGE)
     try:
         d = diff_manifests(_read(old, DEFAULT_HOSTNAME), _read(new, DEFAULT_HOSTNAME))
         sys.stdout.write(render_diff(d, "json" if as_json else fmt))

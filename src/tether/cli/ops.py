@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
 import typer
+from rich.markup import escape
+from rich.text import Text
 
-from tether.cli.client import ApiError, client_from_env
-from tether.cli.output import age, console, fail, print_json, table
+from tether.cli.client import api_command, api_path, client_from_env
+from tether.cli.output import age, console, fail, print_json, table, utc
 from tether.protocol.commands import FINAL_STATES
 
 gateways_app = typer.Typer(help="Gateways in the fleet.", no_args_is_help=True)
@@ -18,33 +21,43 @@ token_app = typer.Typer(help="One-time enrollment tokens.", no_args_is_help=True
 
 _FINAL = {s.value for s in FINAL_STATES}
 
+#: The cloud keeps commands and enrollment tokens at most this long (``ttl_seconds``).
+MAX_TTL = 30 * 86400.0
+#: ``tether command list --limit``: what the cloud answers at most.
+MAX_COMMANDS = 1000
 
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except ApiError as exc:
-        raise fail(str(exc)) from None
+
+def within(option: str, value: float, most: float) -> float:
+    """*value* if it is a finite number in (0, *most*]; else a usage error naming *option*."""
+    if not math.isfinite(value) or not 0 < value <= most:
+        raise fail(f"{option} takes a number above 0 and at most {most:g}, got {value}", 2)
+    return value
+
+
+def _state(g: dict[str, Any]) -> str:
+    return "revoked" if g["revoked"] else ("linked" if g["linked"] else "offline")
 
 
 @gateways_app.command("list")
+@api_command
 def gateways_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List gateways with their link state."""
-    data = _call(client_from_env().get, "/api/v1/gateways")
+    data = client_from_env().get(api_path("gateways"))
     if as_json:
         print_json(data)
         return
     table(
         f"{len(data)} gateways",
-        ["id", "name", "link", "tier", "last seen", "agent", "cert expires"],
+        ["id", "name", "link", "tier", "last seen", "agent", "cert expires (UTC)"],
         [
             [
                 g["id"],
                 g["name"],
-                "revoked" if g["revoked"] else ("linked" if g["linked"] else "offline"),
+                _state(g),
                 g["tier"],
                 age(g["last_seen"]),
                 g["agent_version"],
-                (g["cert_not_after"] or "-")[:10],
+                utc(g["cert_not_after"])[:10],
             ]
             for g in data
         ],
@@ -52,27 +65,27 @@ def gateways_list(as_json: bool = typer.Option(False, "--json", help="Print JSON
 
 
 @gateways_app.command("show")
+@api_command
 def gateways_show(
     gateway: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 ) -> None:
     """One gateway in detail."""
-    data = _call(client_from_env().get, f"/api/v1/gateways/{gateway}")
+    data = client_from_env().get(api_path("gateways", gateway))
     if as_json:
         print_json(data)
         return
     g = data["gateway"]
-    state = "revoked" if g["revoked"] else ("linked" if g["linked"] else "offline")
     rows = [
         ["name", g["name"]],
-        ["state", state],
+        ["state", _state(g)],
         ["tier", g["tier"]],
         ["tier reason", data["tier_reason"] or "-"],
         ["on this tier since", age(data["tier_since"])],
         ["last seen", age(g["last_seen"])],
         ["agent", g["agent_version"]],
         ["peer", g["peer"]],
-        ["certificate expires", g["cert_not_after"]],
-        ["enrolled", g["created_at"]],
+        ["certificate expires (UTC)", utc(g["cert_not_after"])],
+        ["enrolled (UTC)", utc(g["created_at"])],
     ]
     table(f"gateway {gateway}", ["field", "value"], rows)
     preflight = data.get("preflight")
@@ -80,25 +93,32 @@ def gateways_show(
         report = preflight["report"]
         problems = [r for r in report.get("results", []) if r.get("status") in ("warn", "fail")]
         table(
-            f"preflight run by the gateway: {preflight['status'].upper()}",
+            f"preflight run by the gateway: {str(preflight['status']).upper()}",
             ["status", "check", "target", "finding", "fix"],
             [
-                [r["status"].upper(), r["check"], r["target"], r["finding"], r.get("fix") or "-"]
+                [
+                    str(r["status"]).upper(),
+                    r["check"],
+                    r["target"],
+                    r["finding"],
+                    r.get("fix") or "-",
+                ]
                 for r in problems[:20]
             ],
         )
     if data["tier_history"]:
         table(
             "tier history",
-            ["at", "tier", "reason"],
-            [[h["at"][:19], h["tier"], h["reason"] or "-"] for h in data["tier_history"][-10:]],
+            ["at (UTC)", "tier", "reason"],
+            [[utc(h["at"]), h["tier"], h["reason"] or "-"] for h in data["tier_history"][-10:]],
         )
 
 
+@api_command
 def revoke(gateway: str) -> None:
     """Revoke a gateway: its link closes at once and its certificates are refused."""
-    data = _call(client_from_env().post, f"/api/v1/gateways/{gateway}/revoke")
-    console.print(f"gateway [bold]{data['id']}[/bold] revoked")
+    data = client_from_env().post(api_path("gateways", gateway, "revoke"))
+    console.print(f"gateway [bold]{escape(str(data['id']))}[/bold] revoked", highlight=False)
 
 
 def _parse_args(pairs: list[str]) -> dict[str, Any]:
@@ -115,6 +135,7 @@ def _parse_args(pairs: list[str]) -> dict[str, Any]:
 
 
 @command_app.command("send")
+@api_command
 def command_send(
     gateway: str,
     kind: str,
@@ -125,18 +146,20 @@ def command_send(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Queue a command; with --wait, follow it to its outcome."""
-    client = client_from_env()
     body: dict[str, Any] = {"kind": kind, "args": _parse_args(arg)}
     if ttl is not None:
-        body["ttl_seconds"] = ttl
-    command = _call(client.post, f"/api/v1/gateways/{gateway}/commands", body)
+        body["ttl_seconds"] = within("--ttl", ttl, MAX_TTL)
+    within("--timeout", timeout, MAX_TTL)
+    client = client_from_env()
+    command = client.post(api_path("gateways", gateway, "commands"), body)
     if wait:
         deadline = time.monotonic() + timeout
-        with console.status(f"{kind} on {gateway}: {command['state']}", spinner="dots") as status:
+        what = escape(f"{kind} on {gateway}")
+        with console.status(f"{what}: {escape(command['state'])}", spinner="dots") as status:
             while command["state"] not in _FINAL and time.monotonic() < deadline:
                 time.sleep(0.2)
-                command = _call(client.get, f"/api/v1/commands/{command['id']}")
-                status.update(f"{kind} on {gateway}: {command['state']}")
+                command = client.get(api_path("commands", command["id"]))
+                status.update(f"{what}: {escape(command['state'])}")
     if as_json:
         print_json(command)
     else:
@@ -149,24 +172,26 @@ def command_send(
 
 def _show_command(c: dict[str, Any]) -> None:
     color = {"succeeded": "green", "failed": "red", "expired": "yellow"}.get(c["state"], "cyan")
-    console.print(f"command [bold]{c['id']}[/bold] {c['kind']} → [{color}]{c['state']}[/{color}]")
+    line = Text.assemble(
+        "command ", (str(c["id"]), "bold"), f" {c['kind']} → ", (str(c["state"]), color)
+    )
+    console.print(line, highlight=False, soft_wrap=True)
     if c.get("error"):
-        console.print(f"  error: {c['error']}")
+        console.print(Text(f"  error: {c['error']}"), highlight=False, soft_wrap=True)
     if c.get("result") is not None:
         console.print_json(json.dumps(c["result"]))
 
 
 @command_app.command("list")
+@api_command
 def command_list(
     gateway: str | None = typer.Option(None, "--gateway", help="Only this gateway's."),
     state: str | None = typer.Option(None, "--state", help="Only in this state."),
-    limit: int = typer.Option(50, "--limit"),
+    limit: int = typer.Option(50, "--limit", min=1, max=MAX_COMMANDS, help="At most this many."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Recent commands, newest first."""
-    data = _call(
-        client_from_env().get, "/api/v1/commands", gateway=gateway, state=state, limit=limit
-    )
+    data = client_from_env().get(api_path("commands"), gateway=gateway, state=state, limit=limit)
     if as_json:
         print_json(data)
         return
@@ -189,11 +214,12 @@ def command_list(
 
 
 @command_app.command("show")
+@api_command
 def command_show(
     command_id: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 ) -> None:
     """One command with its result."""
-    data = _call(client_from_env().get, f"/api/v1/commands/{command_id}")
+    data = client_from_env().get(api_path("commands", command_id))
     if as_json:
         print_json(data)
     else:
@@ -201,6 +227,7 @@ def command_show(
 
 
 @token_app.command("create")
+@api_command
 def token_create(
     name: str | None = typer.Option(None, "--name", help="Name the gateway will get."),
     ttl: float | None = typer.Option(None, "--ttl", help="Seconds the token stays valid."),
@@ -209,34 +236,52 @@ def token_create(
     """Create a one-time enrollment token; prints the code for `tether gateway enroll`."""
     body: dict[str, Any] = {"name": name}
     if ttl is not None:
-        body["ttl_seconds"] = ttl
-    data = _call(client_from_env().post, "/api/v1/enrollment-tokens", body)
+        body["ttl_seconds"] = within("--ttl", ttl, MAX_TTL)
+    data = client_from_env().post(api_path("enrollment-tokens"), body)
     if as_json:
         print_json(data)
         return
-    console.print(f"enrollment token {data['token_id']} (expires {data['expires_at']}):")
-    console.print(data["enrollment_code"], soft_wrap=True, highlight=False)
-    console.print("\non the gateway: [bold]tether gateway enroll CODE[/bold]")
+    console.print(
+        Text(f"enrollment token {data['token_id']} (expires {utc(data['expires_at'])} UTC):"),
+        highlight=False,
+    )
+    console.print(data["enrollment_code"], soft_wrap=True, highlight=False, markup=False)
+    console.print("\non the gateway: [bold]tether gateway enroll -[/bold] (the code on stdin)")
 
 
 @token_app.command("list")
+@api_command
 def token_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Enrollment tokens and whether they were used."""
-    data = _call(client_from_env().get, "/api/v1/enrollment-tokens")
+    """Enrollment tokens and whether they were used or revoked."""
+    data = client_from_env().get(api_path("enrollment-tokens"))
     if as_json:
         print_json(data)
         return
     table(
         f"{len(data)} tokens",
-        ["id", "name", "created", "expires", "used"],
+        ["id", "name", "created", "expires (UTC)", "used", "revoked"],
         [
             [
                 t["token_id"],
                 t["name"],
                 age(t["created_at"]),
-                t["expires_at"][:19],
+                utc(t["expires_at"]),
                 age(t["used_at"]),
+                age(t.get("revoked_at")),
             ]
             for t in data
         ],
     )
+
+
+@token_app.command("revoke")
+@api_command
+def token_revoke(
+    token_id: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
+) -> None:
+    """Revoke an enrollment token nobody has used yet: its code no longer enrolls."""
+    data = client_from_env().post(api_path("enrollment-tokens", token_id, "revoke"))
+    if as_json:
+        print_json(data)
+        return
+    console.print(Text(f"enrollment token {data['token_id']} revoked"), highlight=False)

@@ -1,4 +1,12 @@
-"""Shared output helpers: Rich tables for people, JSON for machines."""
+"""Shared output helpers: Rich tables for people, JSON for machines, errors on stderr.
+
+Every value shown in a table comes from the cloud (names gateways and users chose), so cells are
+plain text, never Rich markup. When stdout is not a terminal, tables keep each row on one line
+(``tether command list | grep GW`` finds what it shows); on a terminal they fit its width.
+
+Errors go to stderr as ``error: MESSAGE``, or, once :func:`json_errors` is on (the commands'
+``--json``), as one JSON object ``{"error": MESSAGE, "status": HTTP_STATUS_OR_NULL}``.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +18,55 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     import typer
 
-__all__ = ["age", "console", "err", "error", "fail", "print_json", "table"]
+__all__ = [
+    "age",
+    "console",
+    "err",
+    "error",
+    "fail",
+    "json_errors",
+    "print_json",
+    "table",
+    "utc",
+]
 
 console = Console()
 err = Console(stderr=True)
 
+#: The width tables get when stdout is a pipe or a file: rows are never wrapped or cut there.
+PIPE_WIDTH = 1_000_000
 
-def error(message: str) -> None:
-    """Say *message* on stderr as an error."""
-    err.print(f"[red]error:[/red] {message}")
+_errors_as_json = False
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
+def json_errors(enabled: bool) -> None:
+    """Say errors from now on as JSON objects on stderr (*enabled*) or as ``error:`` lines."""
+    global _errors_as_json
+    _errors_as_json = enabled
+
+
+def error(message: str, status: int | None = None) -> None:
+    """Say *message* on stderr as an error (with the HTTP *status* it came with, if any)."""
+    if _errors_as_json:
+        sys.stderr.write(json.dumps({"error": message, "status": status}) + "\n")
+        sys.stderr.flush()
+        return
+    line = Text.assemble(("error:", "red"), " ", message)
+    if status:
+        line.append(f" (HTTP {status})")
+    err.print(line, soft_wrap=True, highlight=False)
+
+
+def fail(message: str, code: int = 1, status: int | None = None) -> typer.Exit:
     """Say *message* on stderr as an error; the exit (with *code*) for the caller to raise."""
     import typer  # (the agent's process says its errors with error() and loads no Typer)
 
-    error(message)
+    error(message, status)
     return typer.Exit(code)
 
 
@@ -37,12 +74,16 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def _parse(iso: str) -> datetime:
+    then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return then if then.tzinfo is not None else then.replace(tzinfo=UTC)
+
+
 def age(iso: str | None) -> str:
     """'3 s ago', '5 min ago'… from an ISO timestamp; '-' for none."""
     if not iso:
         return "-"
-    then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    seconds = (datetime.now(UTC) - then).total_seconds()
+    seconds = (datetime.now(UTC) - _parse(iso)).total_seconds()
     if seconds < 0:
         return f"in {int(-seconds)} s"
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
@@ -51,10 +92,29 @@ def age(iso: str | None) -> str:
     return f"{int(seconds)} s ago"
 
 
+def utc(when: str | float | None, *, seconds: bool = True) -> str:
+    """An ISO timestamp or a Unix time as ``YYYY-MM-DD HH:MM[:SS]`` in UTC; '-' for none.
+
+    Tables that show these say "(UTC)" in the column's header.
+    """
+    if when is None or when == "":
+        return "-"
+    at = datetime.fromtimestamp(when, UTC) if isinstance(when, float | int) else _parse(when)
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+def _cell(value: Any) -> Text:
+    return Text("-" if value is None else str(value))
+
+
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    t = Table(title=title, title_justify="left")
+    """Print a table; every cell and the title as plain text (no markup)."""
+    t = Table(title=Text(title), title_justify="left")
     for column in columns:
         t.add_column(column, no_wrap=column == "id", overflow="fold")
     for row in rows:
-        t.add_row(*("-" if v is None else str(v) for v in row))
-    console.print(t)
+        t.add_row(*(_cell(v) for v in row))
+    if console.is_terminal:
+        console.print(t)
+    else:
+        Console(width=PIPE_WIDTH, file=console.file).print(t)

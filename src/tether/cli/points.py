@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 import time
 import tomllib
@@ -14,53 +15,86 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from tether.cli.client import client_from_env
-from tether.cli.ops import _call
-from tether.cli.output import age, console, fail, print_json, table
+from tether.cli.client import api_command, api_path, client_from_env
+from tether.cli.ops import within
+from tether.cli.output import age, console, fail, print_json, table, utc
 
 points_app = typer.Typer(help="Discovered points and their observations.", no_args_is_help=True)
 config_app = typer.Typer(help="Gateway configuration pushed from the cloud.", no_args_is_help=True)
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+#: The levels ``tether logs --level`` takes, lowest first (the agent's and the cloud's).
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: ``tether logs --limit`` and ``tether points query --limit``: what the cloud answers at most.
+MAX_LOGS = 5000
+MAX_OBSERVATIONS = 100_000
+#: Longest pause between polls (``--interval``).
+MAX_INTERVAL = 3600.0
+
+_TIME_HELP = "Unix time or ISO 8601; a time without an offset is in this computer's time zone."
+
+
+def _iso_utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def instant(option: str, value: str) -> str:
+    """*value* as the cloud should read it: a Unix time as given, an ISO 8601 time with its
+    offset (one without is this computer's local time, made explicit), never left to the
+    cloud's own time zone."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds):
+            raise fail(f"{option} takes a Unix time or an ISO 8601 time, got {value!r}", 2)
+        return value
+    try:
+        at = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise fail(f"{option} takes a Unix time or an ISO 8601 time, got {value!r}", 2) from None
+    if at.tzinfo is None:
+        at = at.astimezone()  # this computer's time zone, as people read their own clock
+    return at.isoformat()
 
 
 @points_app.command("list")
+@api_command
 def points_list(
     gateway: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 ) -> None:
     """Points a gateway discovered, with their latest value."""
-    data = _call(client_from_env().get, f"/api/v1/gateways/{gateway}/points")
+    data = client_from_env().get(api_path("gateways", gateway, "points"))
     if as_json:
         print_json(data)
         return
     table(
         f"{len(data)} points of {gateway}",
-        ["point", "name", "unit", "last value", "at"],
-        [[p["point_id"], p["name"], p["unit"], p["last_value"], _when(p["last_ts"])] for p in data],
+        ["point", "name", "unit", "last value", "at (UTC)"],
+        [[p["point_id"], p["name"], p["unit"], p["last_value"], utc(p["last_ts"])] for p in data],
     )
 
 
 @points_app.command("query")
+@api_command
 def points_query(
     gateway: str,
     point: str,
-    since: str | None = typer.Option(None, "--since", help="Unix time or ISO 8601."),
-    until: str | None = typer.Option(None, "--until", help="Unix time or ISO 8601."),
-    limit: int = typer.Option(10_000, "--limit"),
+    since: str | None = typer.Option(None, "--since", help=f"From this time: {_TIME_HELP}"),
+    until: str | None = typer.Option(None, "--until", help=f"Before this time: {_TIME_HELP}"),
+    limit: int = typer.Option(
+        10_000, "--limit", min=1, max=MAX_OBSERVATIONS, help="At most this many."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV (times in UTC, ISO 8601)."),
 ) -> None:
     """Observations of one point, oldest first."""
-    data = _call(
-        client_from_env().get,
-        f"/api/v1/gateways/{gateway}/observations",
+    data = client_from_env().get(
+        api_path("gateways", gateway, "observations"),
         point=point,
-        since=since,
-        until=until,
+        since=None if since is None else instant("--since", since),
+        until=None if until is None else instant("--until", until),
         limit=limit,
     )
     if as_json:
@@ -69,43 +103,39 @@ def points_query(
         writer = csv.writer(sys.stdout)
         writer.writerow(["time", "ts", "point_id", "value", "quality"])
         for o in data:
-            writer.writerow([_when(o["ts"]), o["ts"], o["point_id"], o["value"], o["quality"]])
+            writer.writerow([_iso_utc(o["ts"]), o["ts"], o["point_id"], o["value"], o["quality"]])
     else:
         table(
             f"{len(data)} observations of {point}",
-            ["time", "value", "quality"],
-            [[_when(o["ts"]), o["value"], o["quality"]] for o in data],
+            ["time (UTC)", "value", "quality"],
+            [[utc(o["ts"]), o["value"], o["quality"]] for o in data],
         )
 
 
 @points_app.command("tail")
+@api_command
 def points_tail(
     gateway: str,
     point: str | None = typer.Option(None, "--point", help="Only this point."),
     interval: float = typer.Option(1.0, "--interval", help="Seconds between polls."),
-    count: int | None = typer.Option(None, "--count", help="Stop after this many rows."),
+    count: int | None = typer.Option(None, "--count", min=1, help="Stop after this many rows."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
-    """Follow new observations as they arrive (Ctrl-C stops)."""
+    """Follow new observations as they arrive (Ctrl-C stops); times in UTC."""
+    within("--interval", interval, MAX_INTERVAL)
     client = client_from_env()
+    path = api_path("gateways", gateway, "observations")
     cursor = time.time() - 60
     shown = 0
     try:
         while count is None or shown < count:
-            rows = _call(
-                client.get,
-                f"/api/v1/gateways/{gateway}/observations",
-                point=point,
-                after=repr(cursor),
-                limit=1000,
-            )
+            rows = client.get(path, point=point, after=repr(cursor), limit=1000)
             for o in rows:
                 if as_json:
                     sys.stdout.write(json.dumps(o) + "\n")
                 else:
-                    console.print(
-                        f"{_when(o['ts'])}  {o['point_id']:<40} {o['value']}", highlight=False
-                    )
+                    line = f"{utc(o['ts'])}Z  {o['point_id']:<40} {o['value']}"
+                    console.print(Text(line), highlight=False, soft_wrap=True)
                 cursor = max(cursor, o["ts"])
                 shown += 1
                 if count is not None and shown >= count:
@@ -129,6 +159,7 @@ def _load_document(path: Path) -> dict[str, Any]:
 
 
 @config_app.command("set")
+@api_command
 def config_set(
     gateway: str,
     section: str,
@@ -136,24 +167,21 @@ def config_set(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Set a configuration section (e.g. ``connectors``); the gateway applies it at once."""
-    data = _call(
-        client_from_env().request,
-        "PUT",
-        f"/api/v1/gateways/{gateway}/config/{section}",
-        _load_document(document),
-    )
+    body = _load_document(document)
+    data = client_from_env().request("PUT", api_path("gateways", gateway, "config", section), body)
     if as_json:
         print_json(data)
     else:
-        console.print(f"{section} v{data['version']} stored; pushed to {gateway}")
+        console.print(Text(f"{section} v{data['version']} stored; pushed to {gateway}"))
 
 
 @config_app.command("show")
+@api_command
 def config_show(
     gateway: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 ) -> None:
     """Configuration sections and the version the gateway applied."""
-    data = _call(client_from_env().get, f"/api/v1/gateways/{gateway}/config")
+    data = client_from_env().get(api_path("gateways", gateway, "config"))
     if as_json:
         print_json(data)
         return
@@ -173,24 +201,38 @@ def config_show(
     )
 
 
+def _level(level: str | None) -> str | None:
+    if level is None:
+        return None
+    name = level.strip().lower()
+    if name not in LOG_LEVELS:
+        raise fail(f"--level takes one of {', '.join(LOG_LEVELS)}; got {level!r}", 2)
+    return name
+
+
+@api_command
 def logs(
     gateway: str,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records."),
-    level: str | None = typer.Option(None, "--level", help="This level and above."),
-    limit: int = typer.Option(200, "--limit"),
+    level: str | None = typer.Option(
+        None, "--level", help=f"This level and above: {', '.join(LOG_LEVELS)}."
+    ),
+    limit: int = typer.Option(200, "--limit", min=1, max=MAX_LOGS, help="At most this many."),
     interval: float = typer.Option(2.0, "--interval", help="Seconds between polls (--follow)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
-    """A gateway's logs (its agent, and OS logs it was told to ship)."""
+    """A gateway's logs (its agent, and OS logs it was told to ship); times in UTC."""
+    wanted = _level(level)
+    within("--interval", interval, MAX_INTERVAL)
     client = client_from_env()
+    path = api_path("gateways", gateway, "logs")
     cursor: float | None = None
     colors = {"warning": "yellow", "error": "red", "critical": "bold red", "debug": "dim"}
     try:
         while True:
-            rows = _call(
-                client.get,
-                f"/api/v1/gateways/{gateway}/logs",
-                level=level,
+            rows = client.get(
+                path,
+                level=wanted,
                 limit=limit,
                 after=repr(cursor) if cursor is not None else None,
             )
@@ -199,8 +241,8 @@ def logs(
                     sys.stdout.write(json.dumps(r) + "\n")
                 else:
                     color = colors.get(r["level"], "")
-                    line = f"{_when(r['ts'])} {r['level']:<8} {r['source']}: {r['message']}"
-                    console.print(Text(line, style=color), highlight=False)
+                    line = f"{utc(r['ts'])}Z {r['level']:<8} {r['source']}: {r['message']}"
+                    console.print(Text(line, style=color), highlight=False, soft_wrap=True)
                 cursor = max(cursor or 0.0, r["ts"])
             sys.stdout.flush()
             if not follow:

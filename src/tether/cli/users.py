@@ -6,15 +6,20 @@ change is checked against the caller's role and audited like any other.
 
 from __future__ import annotations
 
+import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
+from rich.markup import escape
+from rich.text import Text
 
-from tether.cli.client import ApiError, client_from_env
-from tether.cli.output import age, console, fail, print_json, table
+from tether.cli.client import api_command, api_path, client_from_env
+from tether.cli.ops import within
+from tether.cli.output import age, console, fail, print_json, table, utc
+from tether.cli.points import instant
 
 user_app = typer.Typer(help="Operator accounts (admin only).", no_args_is_help=True)
 token_app = typer.Typer(help="A user's API tokens.", no_args_is_help=True)
@@ -22,12 +27,8 @@ user_app.add_typer(token_app, name="token")
 
 _ROLES = "admin, operator, viewer or support"
 
-
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except ApiError as exc:
-        raise fail(str(exc)) from None
+#: The cloud keeps an API token at most this many days.
+MAX_TOKEN_DAYS = 400.0
 
 
 def _read_password(from_stdin: bool) -> str | None:
@@ -40,11 +41,16 @@ def _read_password(from_stdin: bool) -> str | None:
 
 
 def _show_secret(label: str, secret: str) -> None:
-    console.print(f"{label} (shown once):", highlight=False)
+    console.print(f"{label} (shown once):", highlight=False, markup=False)
     console.print(secret, soft_wrap=True, highlight=False, markup=False)
 
 
+def _user(name: Any) -> str:
+    return f"[bold]{escape(str(name))}[/bold]"
+
+
 @user_app.command("create")
+@api_command
 def user_create(
     username: str,
     role: str = typer.Option("viewer", "--role", "-r", help=f"One of {_ROLES}."),
@@ -55,20 +61,24 @@ def user_create(
 ) -> None:
     """Create a user; prints the generated password unless one is given on stdin."""
     body = {"username": username, "role": role, "password": _read_password(password_stdin)}
-    data = _call(client_from_env().post, "/api/v1/users", body)
+    data = client_from_env().post(api_path("users"), body)
     if as_json:
         print_json(data)
         return
     user = data["user"]
-    console.print(f"user [bold]{user['username']}[/bold] created with role {user['role']}")
+    console.print(
+        f"user {_user(user['username'])} created with role {escape(str(user['role']))}",
+        highlight=False,
+    )
     if data.get("password"):
         _show_secret("password", data["password"])
 
 
 @user_app.command("list")
+@api_command
 def user_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Users, their roles and when they last logged in."""
-    data = _call(client_from_env().get, "/api/v1/users")
+    data = client_from_env().get(api_path("users"))
     if as_json:
         print_json(data)
         return
@@ -90,27 +100,33 @@ def user_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
 
 
 @user_app.command("disable")
+@api_command
 def user_disable(username: str) -> None:
     """Disable a user: their sessions end and their API tokens are revoked."""
-    _call(client_from_env().post, f"/api/v1/users/{username}/disable")
-    console.print(f"user [bold]{username}[/bold] disabled")
+    client_from_env().post(api_path("users", username, "disable"))
+    console.print(f"user {_user(username)} disabled", highlight=False)
 
 
 @user_app.command("enable")
+@api_command
 def user_enable(username: str) -> None:
     """Let a disabled user log in again (revoked tokens stay revoked)."""
-    _call(client_from_env().post, f"/api/v1/users/{username}/enable")
-    console.print(f"user [bold]{username}[/bold] enabled")
+    client_from_env().post(api_path("users", username, "enable"))
+    console.print(f"user {_user(username)} enabled", highlight=False)
 
 
 @user_app.command("role")
+@api_command
 def user_role(username: str, role: str = typer.Argument(..., help=f"One of {_ROLES}.")) -> None:
     """Change a user's role (their API tokens take the new role too)."""
-    data = _call(client_from_env().post, f"/api/v1/users/{username}/role", {"role": role})
-    console.print(f"user [bold]{data['username']}[/bold] is now {data['role']}")
+    data = client_from_env().post(api_path("users", username, "role"), {"role": role})
+    console.print(
+        f"user {_user(data['username'])} is now {escape(str(data['role']))}", highlight=False
+    )
 
 
 @user_app.command("passwd")
+@api_command
 def user_passwd(
     username: str,
     password_stdin: bool = typer.Option(
@@ -119,13 +135,14 @@ def user_passwd(
 ) -> None:
     """Set a user's password (generated unless given on stdin); their sessions end."""
     body = {"password": _read_password(password_stdin)}
-    data = _call(client_from_env().post, f"/api/v1/users/{username}/password", body)
-    console.print(f"password of [bold]{username}[/bold] changed; their sessions ended")
+    data = client_from_env().post(api_path("users", username, "password"), body)
+    console.print(f"password of {_user(username)} changed; their sessions ended", highlight=False)
     if data.get("password"):
         _show_secret("password", data["password"])
 
 
 @token_app.command("create")
+@api_command
 def token_create(
     username: str,
     label: str = typer.Option("cli", "--label", "-l", help="What the token is for."),
@@ -137,35 +154,38 @@ def token_create(
     """Create an API token for a user, with their role; prints the secret once."""
     body: dict[str, Any] = {"label": label}
     if days is not None:
-        body["ttl_seconds"] = days * 86400
-    data = _call(client_from_env().post, f"/api/v1/users/{username}/tokens", body)
+        body["ttl_seconds"] = within("--days", days, MAX_TOKEN_DAYS) * 86400
+    data = client_from_env().post(api_path("users", username, "tokens"), body)
     if as_json:
         print_json(data)
         return
     token = data["token"]
-    console.print(f"API token {token['token_id']} for {username} ({token['role']})")
+    console.print(
+        Text(f"API token {token['token_id']} for {username} ({token['role']})"), highlight=False
+    )
     _show_secret("TETHER_TOKEN", data["secret"])
 
 
 @token_app.command("list")
+@api_command
 def token_list(
     username: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 ) -> None:
     """A user's API tokens."""
-    data = _call(client_from_env().get, f"/api/v1/users/{username}/tokens")
+    data = client_from_env().get(api_path("users", username, "tokens"))
     if as_json:
         print_json(data)
         return
     table(
         f"{len(data)} tokens of {username}",
-        ["id", "label", "role", "created", "expires", "last used", "revoked"],
+        ["id", "label", "role", "created", "expires (UTC)", "last used", "revoked"],
         [
             [
                 t["token_id"],
                 t["label"],
                 t["role"],
                 age(t["created_at"]),
-                (t["expires_at"] or "never")[:19],
+                utc(t["expires_at"]) if t["expires_at"] else "never",
                 age(t["last_used_at"]),
                 age(t["revoked_at"]) if t["revoked_at"] else "",
             ]
@@ -175,30 +195,45 @@ def token_list(
 
 
 @token_app.command("revoke")
+@api_command
 def token_revoke(token_id: str) -> None:
     """Revoke an API token (any user's, or a bootstrap token)."""
-    _call(client_from_env().post, f"/api/v1/api-tokens/{token_id}/revoke")
-    console.print(f"API token {token_id} revoked")
+    client_from_env().post(api_path("api-tokens", token_id, "revoke"))
+    console.print(Text(f"API token {token_id} revoked"), highlight=False)
 
 
+def _check_writable(output: Path) -> None:
+    """Refuse an --output the export could not be written to, before asking the cloud."""
+    folder = output.parent
+    if output.is_dir():
+        raise fail(f"{output}: is a directory", 2)
+    if not folder.is_dir():
+        raise fail(f"{output}: no directory {folder}", 2)
+    if not os.access(output if output.exists() else folder, os.W_OK):
+        raise fail(f"{output}: not writable", 2)
+
+
+@api_command
 def audit(
     fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl or csv."),
-    since: str | None = typer.Option(None, "--since", help="From this time (ISO 8601)."),
+    since: str | None = typer.Option(
+        None,
+        "--since",
+        help="From this time (ISO 8601; without an offset, this computer's time zone).",
+    ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file."),
 ) -> None:
     """Export the audit log (admin only), oldest first, as JSON lines or CSV."""
     if fmt not in ("jsonl", "csv"):
         raise fail("--format takes jsonl or csv", 2)
+    params = {"format": fmt}
+    if since is not None:
+        params["since"] = _since(since)
+    if output is not None:
+        _check_writable(output)
     client = client_from_env()
-    params = {"format": fmt, **({"since": since} if since else {})}
     try:
-        with (
-            client._client() as http,
-            http.stream("GET", "/api/v1/audit/export", params=params) as response,
-        ):
-            if response.status_code >= 400:
-                response.read()
-                raise fail(f"{response.status_code}: {response.text.strip()}")
+        with client.stream(api_path("audit", "export"), params) as response:
             if output is None:
                 for chunk in response.iter_bytes():
                     sys.stdout.buffer.write(chunk)
@@ -207,7 +242,15 @@ def audit(
                 with output.open("wb") as fh:
                     for chunk in response.iter_bytes():
                         fh.write(chunk)
-    except httpx.HTTPError as exc:
-        raise fail(f"request to {client.url} failed: {exc}") from None
     except OSError as exc:
-        raise fail(f"{output}: {exc.strerror or exc}") from None
+        raise fail(f"{output or 'stdout'}: {exc.strerror or exc}") from None
+
+
+def _since(value: str) -> str:
+    """The export takes ISO 8601 only: a Unix time is made one (in UTC)."""
+    given = instant("--since", value)
+    try:
+        seconds = float(given)
+    except ValueError:
+        return given
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
