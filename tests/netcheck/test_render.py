@@ -124,3 +124,15 @@ def test_hint_when_no_format_named() -> None:
     out = io.StringIO()
     print_report(report(FAIL_TCP), Console(file=out, width=200), formats_hint=("fqdn", "squid"))
     assert "--firewall-format FORMAT" in out.getvalue()
+
+
+def test_nftables_fix_adds_to_the_sites_rules_and_replaces_nothing() -> None:
+    fix = firewall_fix(MANIFEST, report(PASS_TLS, FAIL_TCP), "nftables")
+    assert fix is not None
+    commands = [line for line in fix.file(".nft").splitlines() if line and not line.startswith("#")]
+    assert not any(line.startswith(("delete", "flush")) for line in commands)
+    inserted = [line for line in commands if line.startswith("insert rule inet tether forward ")]
+    assert inserted
+    assert all(line.endswith("tcp dport 443 accept") for line in inserted)
+    # No drop rule of its own: the site's full ruleset keeps restricting everything else.
+    assert not any(line.strip().endswith("drop") for line in commands)

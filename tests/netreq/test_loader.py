@@ -136,3 +136,60 @@ def test_change_documents() -> None:
         parse_changes(text.replace("2026010101", "26"), source="c.toml", fmt="toml")
     with pytest.raises(ManifestError, match="one non-empty list"):
         parse_changes("extra = 1\n" + text, source="c.toml", fmt="toml")
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "entry", "field", "shown"),
+    [
+        (
+            'version = "2026010101"\npublisher = "p"\nproduct = "Acme\\nflush ruleset\\n#"\n',
+            GOOD,
+            "manifest",
+            "product",
+            "U+000A",
+        ),
+        (
+            HEAD,
+            GOOD.replace('purpose = "p"', 'purpose = "a\\rb"'),
+            "endpoint 'api'",
+            "purpose",
+            "U+000D",
+        ),
+        (
+            HEAD,
+            GOOD.replace('area = "control"', 'area = "ar\\"ea"'),
+            "endpoint 'api'",
+            "area",
+            "U+0022",
+        ),
+        (HEAD, GOOD + 'probe = { note = "x\\u2028y" }\n', "endpoint 'api'", "probe.note", "U+2028"),
+        (HEAD, GOOD + 'notes = "evil \\u202e txt"\n', "endpoint 'api'", "notes", "U+202E"),
+        (
+            HEAD + 'notes = ["ok", "a\\u0000b"]\n',
+            GOOD,
+            "manifest",
+            "notes[1]",
+            "U+0000",
+        ),
+        (
+            HEAD,
+            GOOD + CHANGE.replace('summary = "s"', 'summary = "s\\n"'),
+            "change 1",
+            "summary",
+            "U+000A",
+        ),
+    ],
+)
+def test_control_and_markup_characters_are_refused(
+    head: str, body: str, entry: str, field: str, shown: str
+) -> None:
+    error = _error(head + body)
+    assert (error.entry, error.field) == (entry, field)
+    assert shown in str(error)
+
+
+def test_ordinary_punctuation_in_free_text_is_kept() -> None:
+    text = HEAD.replace('product = "g"', 'product = "O\'Brien & Sons gateway (v2)"') + GOOD
+    text = text.replace('purpose = "p"', 'purpose = "<b>a</b> \\"b\\" | c"')
+    manifest = parse_manifest(text, source="s", fmt="toml")
+    assert manifest.product == "O'Brien & Sons gateway (v2)"

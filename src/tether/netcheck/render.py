@@ -33,6 +33,9 @@ _STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red", 
 def firewall_fix(manifest: Manifest, report: CheckReport, fmt: str) -> RuleOutput | None:
     """Allow rules, in ``fmt``, for just the endpoints whose fix is a firewall rule.
 
+    They are additions to the rules the site runs (``RuleOptions.additive``): an nftables fix
+    inserts accept rules and never replaces the table, its chain or the site's gateway sets.
+
     Raises ``tether.netreq.render.UnknownFormat`` for an unknown format.
     """
     blocked = set(report.blocked_endpoints())
@@ -45,7 +48,9 @@ def firewall_fix(manifest: Manifest, report: CheckReport, fmt: str) -> RuleOutpu
         time=TimePolicy(),  # its references may point at endpoints left out
         changes=(),
     )
-    return build_rules(subset, fmt, RuleOptions(include_legacy=True, include_optional=True))
+    # Additive: the site already runs the full rules; the fix must not replace them.
+    options = RuleOptions(include_legacy=True, include_optional=True, additive=True)
+    return build_rules(subset, fmt, options)
 
 
 def report_json(report: CheckReport, fix: RuleOutput | None = None) -> bytes:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
+import unicodedata
 from collections.abc import Iterator
 
 import msgspec
@@ -66,6 +67,7 @@ __all__ = [
     "is_valid_hostname",
     "is_valid_version",
     "problems",
+    "unsafe_character",
 ]
 
 SCHEMA = 1
@@ -370,6 +372,48 @@ class Problem(msgspec.Struct, frozen=True):
         return f"{self.entry}: field '{self.field}': {self.message}"
 
 
+# Characters that end a line or change how text is shown: a newline in a product name would
+# become a live command in a firewall configuration that quotes the name in a comment.
+_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Name-like fields (publisher, product, area) appear in object names, comments and quoted
+# strings of every firewall format: they hold none of the characters those syntaxes give meaning.
+_NAME_UNSAFE = frozenset('"`\\<>{};|$')
+_NAME_FIELDS = frozenset({"publisher", "product", "area"})
+
+
+def unsafe_character(text: str, *, name_like: bool = False) -> str | None:
+    """The first character of ``text`` a manifest may not hold, shown as ``U+000A``; else None.
+
+    Every text field is one line without control, line-separator or bidirectional-override
+    characters; ``name_like`` fields also exclude quotes, backslash, ``<>{};|$`` and backticks.
+    """
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category in ("Cc", "Zl", "Zp") or ch in _BIDI or (name_like and ch in _NAME_UNSAFE):
+            return f"U+{ord(ch):04X}" + (f" {ch!r}" if ch.isprintable() else "")
+    return None
+
+
+def _text_problems(entry: str, struct: msgspec.Struct, prefix: str = "") -> Iterator[Problem]:
+    """Every string field of ``struct`` (nested structs and tuples too) checked for safety."""
+    for name in struct.__struct_fields__:
+        if prefix == "" and name in ("endpoints", "changes", "dns", "time"):
+            continue  # each is checked as its own entry
+        value = getattr(struct, name)
+        path = f"{prefix}{name}"
+        if isinstance(value, msgspec.Struct):
+            yield from _text_problems(entry, value, f"{path}.")
+            continue
+        items = value if isinstance(value, tuple) else (value,)
+        for j, item in enumerate(items):
+            if not isinstance(item, str):
+                continue
+            bad = unsafe_character(item, name_like=prefix == "" and name in _NAME_FIELDS)
+            if bad is not None:
+                where = f"{path}[{j}]" if isinstance(value, tuple) else path
+                yield Problem(entry, where, f"contains the character {bad}, not allowed here")
+
+
 def problems(m: Manifest) -> list[Problem]:
     """Every semantic problem in ``m`` (empty when it is valid), in document order."""
     return list(_problems(m))
@@ -378,6 +422,11 @@ def problems(m: Manifest) -> list[Problem]:
 def _problems(m: Manifest) -> Iterator[Problem]:
     if m.schema != SCHEMA:
         yield Problem("manifest", "schema", f"unsupported schema {m.schema} (this is {SCHEMA})")
+    yield from _text_problems("manifest", m)
+    yield from _text_problems("dns", m.dns)
+    yield from _text_problems("time", m.time)
+    for i, ch in enumerate(m.changes):
+        yield from _text_problems(f"change {i + 1}", ch)
     if not is_valid_version(m.version):
         yield Problem("manifest", "version", f"{m.version!r} is not YYYYMMDDNN")
     if not m.endpoints:
@@ -431,6 +480,7 @@ def _has_port(ep: Endpoint, number: int, transport: Transport) -> bool:
 
 
 def _endpoint_problems(entry: str, ep: Endpoint) -> Iterator[Problem]:
+    yield from _text_problems(entry, ep)
     if not _ID.match(ep.id):
         yield Problem(entry, "id", "use lowercase letters, digits, '-' and '.' (max 63)")
     if not ep.area:

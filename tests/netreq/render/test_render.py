@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 from tests.support.netreq import own_single
 
@@ -75,3 +76,43 @@ def test_several_files_are_shown_one_after_another() -> None:
     text = render_rules(_manifest("tether"), "nftables")
     assert text.startswith("==> tether.nft <==\n")
     assert "\n==> tether-dnsmasq.conf <==\n" in text
+
+
+def _hostile() -> Manifest:
+    """A manifest built in code (no loader) with line breaks in every free-text field."""
+    base = own_single()
+    evil = "Acme gateway\nflush ruleset\n#"
+    return msgspec.structs.replace(
+        base,
+        product=evil,
+        publisher="pub\n}\ntable inet x {",
+        description=evil,
+        endpoints=tuple(
+            msgspec.structs.replace(e, purpose=evil, area="ar\rea\nx", notes=evil)
+            for e in base.endpoints
+        ),
+    )
+
+
+@pytest.mark.parametrize("fmt", RULE_FORMATS)
+def test_free_text_never_starts_a_line_of_configuration(fmt: str) -> None:
+    """Renderers keep manifest text on its comment line even when the loader was bypassed."""
+    out = build_rules(_hostile(), fmt)
+    for _, content in out.files:
+        lines = [line.strip() for line in content.splitlines()]
+        assert "flush ruleset" not in lines
+        assert not any(line.startswith(("table inet x", "}")) and "{" in line for line in lines)
+        assert not any("Acme" in line and "flush" not in line for line in lines)
+
+
+def test_cisco_asa_permits_dns_ntp_and_ipv6_like_the_other_formats() -> None:
+    manifest = own_single()
+    text = build_rules(manifest, "cisco-asa").text
+    acl = [line for line in text.splitlines() if line.startswith("access-list ")]
+    assert "access-list tether-out extended permit udp any any eq domain" in acl
+    assert "access-list tether-out extended permit tcp any any eq domain" in acl
+    assert 42 in manifest.time.dhcp_options
+    assert "access-list tether-out extended permit udp any any eq ntp" in acl
+    for host in {e.host for e in manifest.endpoints}:
+        assert f" fqdn v4 {host}" in text
+        assert f" fqdn v6 {host}" in text

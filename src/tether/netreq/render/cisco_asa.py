@@ -9,8 +9,14 @@ configuration mode) and its FTD note "Troubleshoot FQDN objects with base domain
 * A wildcard endpoint can only be approximated by the concrete names the manifest knows for it
   (``examples``); without them it is reported as a gap (use URL filtering on FTD instead).
 
+* ``fqdn v4`` resolves A records only and ``fqdn v6`` AAAA records only: every name gets one
+  object of each, so IPv6 is admitted exactly as the other formats admit it.
+
 Objects are grouped into one ``object-group network`` per port set and permitted by an
-``access-list`` to apply on the interface facing the gateways.
+``access-list`` to apply on the interface facing the gateways. An access-list ends in an implicit
+deny, so it also permits what the gateway needs besides the manifest's names: DNS (TCP and UDP 53)
+and, when the manifest honours DHCP-advertised NTP servers (option 42), NTP (UDP 123) to
+``any``, whose addresses the manifest cannot know; narrow ``any`` to the site's own servers.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from tether.netreq.render.plan import (
     Target,
     group_by_ports,
     header,
+    one_line,
     plan,
     prefix_for,
 )
@@ -38,7 +45,9 @@ _SEMANTICS = [
     "Each FQDN object is one exact name, resolved by the ASA's DNS server; ASA and FTD FQDN",
     "objects take no wildcards and a domain does not cover its subdomains. Configure",
     "'dns domain-lookup' and a 'dns server-group' first, then apply the access-list to the",
-    "interface facing the gateways (access-group ... in interface <name>).",
+    "interface facing the gateways (access-group ... in interface <name>). 'fqdn v4' and",
+    "'fqdn v6' objects admit each name over IPv4 and IPv6. The access-list ends in an implicit",
+    "deny, so it also permits DNS (and NTP from DHCP) to 'any': narrow it to your own servers.",
 ]
 
 
@@ -66,14 +75,15 @@ def render(m: Manifest, options: RuleOptions) -> RuleOutput:
             if gap is not None:
                 gaps.append(gap)
             for host in names:
-                obj = _name(f"{prefix}-{host}")
-                if obj not in members:
-                    members.append(obj)
-                    objects += [
-                        f"object network {obj}",
-                        f" fqdn v4 {host}",
-                        f" description {_describe(t)}",
-                    ]
+                for family in ("v4", "v6"):
+                    obj = _name(f"{prefix}-{host}-{family}")
+                    if obj not in members:
+                        members.append(obj)
+                        objects += [
+                            f"object network {obj}",
+                            f" fqdn {family} {host}",
+                            f" description {_describe(t)}",
+                        ]
         if not members:
             continue
         group_name = _name(f"{prefix}-{key}")
@@ -85,9 +95,27 @@ def render(m: Manifest, options: RuleOptions) -> RuleOutput:
                 f"access-list {prefix}-out extended permit {proto} any "
                 f"object-group {group_name} eq {p.port}"
             )
+    acl += _site_services(m, f"{prefix}-out")
     lines = [f"! {line}".rstrip() for line in header(m, "Cisco ASA objects", _SEMANTICS, gaps)]
     text = "\n".join(lines + objects + groups + acl) + "\n"
     return RuleOutput("cisco-asa", (("asa.conf", text),), tuple(gaps))
+
+
+def _site_services(m: Manifest, acl: str) -> list[str]:
+    """Permits for the site services the gateway needs whose addresses no manifest can name."""
+    out = [
+        f"access-list {acl} remark DNS: the gateway resolves every name above; narrow 'any' "
+        "to the site's resolvers",
+        f"access-list {acl} extended permit udp any any eq domain",
+        f"access-list {acl} extended permit tcp any any eq domain",
+    ]
+    if 42 in m.time.dhcp_options:
+        out += [
+            f"access-list {acl} remark NTP: servers the site's DHCP advertises (option 42); "
+            "narrow 'any' to them",
+            f"access-list {acl} extended permit udp any any eq ntp",
+        ]
+    return out
 
 
 def _name(name: str) -> str:
@@ -98,4 +126,4 @@ def _name(name: str) -> str:
 
 
 def _describe(t: Target) -> str:
-    return (", ".join(t.ids) + (" (legacy)" if t.legacy else ""))[:200]
+    return one_line(", ".join(t.ids) + (" (legacy)" if t.legacy else ""))[:200]

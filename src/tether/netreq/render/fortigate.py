@@ -26,6 +26,7 @@ from tether.netreq.render.plan import (
     Target,
     group_by_ports,
     header,
+    one_line,
     plan,
     prefix_for,
 )
@@ -117,4 +118,4 @@ def _name(name: str) -> str:
 
 def _comment(t: Target) -> str:
     text = ", ".join(t.ids) + (" (legacy)" if t.legacy else "")
-    return text.replace('"', "'")[:255]
+    return one_line(text).replace("\\", "/").replace('"', "'")[:255]

@@ -16,6 +16,13 @@ source (the set lookup in ``forward.c``, "similar algorithm to search_servers"):
   too, and a subdomains-only endpoint admits its apex. Both are reported as gaps.
 * An address enters a set only when a gateway resolves the name through this dnsmasq: point the
   gateways' DNS at it (DHCP option 6). Set elements time out and are refreshed by new lookups.
+
+Reloading is safe: the file never deletes or flushes the table or its sets, so the gateway
+addresses the site put into ``gateways4`` / ``gateways6`` (and the addresses dnsmasq learnt)
+survive ``nft -f``; only the forward chain's rules are flushed and written again, in the same
+transaction, so there is no moment in which a listed gateway is unrestricted. With
+``RuleOptions.additive`` (the preflight's fixes) nothing is flushed at all: the sets are declared
+if missing and the allow rules are inserted ahead of the existing drop rules.
 """
 
 from __future__ import annotations
@@ -38,7 +45,14 @@ _SEMANTICS = [
     "dnsmasq adds the addresses it resolves for each listed domain (and every name under it) to",
     "the sets below; the forward chain lets the gateways' addresses reach only those sets.",
     "Add the gateways' addresses to the 'gateways4'/'gateways6' sets and point their DNS at",
-    "this dnsmasq. Load with 'nft -f'; the table is replaced as a whole.",
+    "this dnsmasq. Load with 'nft -f'. Reloading keeps the sets' elements (the gateways you",
+    "added stay restricted); only the forward chain's rules are replaced, atomically.",
+]
+
+_SEMANTICS_ADDITIVE = [
+    "Additional allow rules: they add sets and insert accept rules ahead of the existing",
+    "drop rules, and change nothing else. Load with 'nft -f' on a firewall that already runs",
+    "the full ruleset from 'tether net rules -f nftables'.",
 ]
 
 _TIMEOUT = "1h"
@@ -56,12 +70,10 @@ def render(m: Manifest, options: RuleOptions) -> RuleOutput:
         elif t.match is MatchMode.SUBDOMAINS:
             gaps.append(t.gap(GapKind.OVER_ADMITS_APEX, "dnsmasq also admits the domain itself"))
     groups = group_by_ports(targets)
-    nft = [f"# {line}".rstrip() for line in header(m, "nftables ruleset", _SEMANTICS, gaps)]
-    nft += [
-        "",
-        f"table inet {table}",
-        f"delete table inet {table}",
-        f"table inet {table} {{",
+    semantics = _SEMANTICS_ADDITIVE if options.additive else _SEMANTICS
+    nft = [f"# {line}".rstrip() for line in header(m, "nftables ruleset", semantics, gaps)]
+    # Declaring a table, set or chain that exists changes nothing and keeps its elements.
+    declarations = [
         "\tset gateways4 {",
         "\t\ttype ipv4_addr",
         "\t\tflags interval",
@@ -79,7 +91,7 @@ def render(m: Manifest, options: RuleOptions) -> RuleOutput:
     for key, group in groups.items():
         name = key.replace("-", "_")
         for family, kind in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
-            nft += [
+            declarations += [
                 f"\tset {name}_v{family} {{",
                 f"\t\ttype {kind}",
                 "\t\tflags timeout",
@@ -89,24 +101,30 @@ def render(m: Manifest, options: RuleOptions) -> RuleOutput:
             ]
         for p in group[0].ports:
             l4 = "tcp" if p.transport is Transport.TCP else "udp"
-            rules.append(f"\t\tip saddr @gateways4 ip daddr @{name}_v4 {l4} dport {p.port} accept")
-            rules.append(
-                f"\t\tip6 saddr @gateways6 ip6 daddr @{name}_v6 {l4} dport {p.port} accept"
-            )
+            rules.append(f"ip saddr @gateways4 ip daddr @{name}_v4 {l4} dport {p.port} accept")
+            rules.append(f"ip6 saddr @gateways6 ip6 daddr @{name}_v6 {l4} dport {p.port} accept")
         for t in group:
             sets_of[t.host] = (*sets_of.get(t.host, ()), name)
             if t.match is not MatchMode.EXACT:
                 wildcard_sets[t.host] = (*wildcard_sets.get(t.host, ()), name)
-    nft += [
-        "\tchain forward {",
-        "\t\ttype filter hook forward priority filter; policy accept;",
-        "\t\tct state established,related accept",
-        *rules,
-        "\t\tip saddr @gateways4 drop",
-        "\t\tip6 saddr @gateways6 drop",
-        "\t}",
-        "}",
-    ]
+    chain = "\t\ttype filter hook forward priority filter; policy accept;"
+    nft += ["", f"table inet {table} {{", *declarations, "\tchain forward {", chain, "\t}", "}"]
+    if options.additive:
+        # 'insert' puts each rule at the head of the chain, before the drop rules.
+        nft += [f"insert rule inet {table} forward {rule}" for rule in reversed(rules)]
+    else:
+        nft += [
+            f"flush chain inet {table} forward",
+            f"table inet {table} {{",
+            "\tchain forward {",
+            chain,
+            "\t\tct state established,related accept",
+            *(f"\t\t{rule}" for rule in rules),
+            "\t\tip saddr @gateways4 drop",
+            "\t\tip6 saddr @gateways6 drop",
+            "\t}",
+            "}",
+        ]
     dns = [f"# {line}".rstrip() for line in header(m, "dnsmasq nftset lines", [], ())]
     dns.append(f"# Sets live in table 'inet {table}' (see the nftables file).")
     for host in sorted(sets_of, key=lambda h: tuple(reversed(h.split(".")))):

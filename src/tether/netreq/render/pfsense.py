@@ -25,6 +25,7 @@ from tether.netreq.render.plan import (
     RuleOutput,
     group_by_ports,
     header,
+    one_line,
     plan,
     prefix_for,
 )
@@ -85,7 +86,7 @@ def _alias(name: str, kind: str, entries: list[str], details: list[str], descr: 
         f"\t\t<name>{escape(name)}</name>",
         f"\t\t<type>{kind}</type>",
         f"\t\t<address>{escape(' '.join(entries))}</address>",
-        f"\t\t<descr>{escape(descr)}</descr>",
-        f"\t\t<detail>{escape('||'.join(details))}</detail>",
+        f"\t\t<descr>{escape(one_line(descr))}</descr>",
+        f"\t\t<detail>{escape(one_line('||'.join(details)))}</detail>",
         "\t</alias>",
     ]
