@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+from aiohttp.helpers import get_env_proxy_for_url
 from tests.support.testbed.squid import Squid
+from yarl import URL
 
 from tether.netcheck.proxy import (
     ProxyAuthRequired,
@@ -47,46 +49,90 @@ def test_password_never_appears_in_text() -> None:
 
 
 def test_environment_precedence() -> None:
-    env = {"HTTPS_PROXY": "http://upper:1", "https_proxy": "http://lower:2", "ALL_PROXY": "x:3"}
+    env = {"HTTPS_PROXY": "http://upper:1", "https_proxy": "http://lower:2"}
     assert ProxySettings.from_environ(env).https_proxy == ProxyURL("lower", 2)
-    assert ProxySettings.from_environ({"ALL_PROXY": "x:3"}).https_proxy == ProxyURL("x", 3)
     assert ProxySettings.from_environ({}).https_proxy is None
-    # http_proxy is for plain HTTP and must not be used for HTTPS targets
+    # The agent's client takes neither ALL_PROXY nor http_proxy for its https:// URLs.
+    assert ProxySettings.from_environ({"ALL_PROXY": "http://x:3"}).https_proxy is None
     assert ProxySettings.from_environ({"http_proxy": "http://p:1"}).https_proxy is None
+    # An empty lowercase variable removes the uppercase one, as urllib reads them.
+    assert ProxySettings.from_environ({"HTTPS_PROXY": "http://u:1", "https_proxy": ""}) == (
+        ProxySettings()
+    )
+
+
+def test_a_proxy_the_agent_cannot_use_is_an_error_or_ignored() -> None:
+    with pytest.raises(ValueError, match="no scheme"):
+        ProxySettings.from_environ({"HTTPS_PROXY": "proxy.site.test:3128"})
+    ignored = ProxySettings.from_environ({"HTTPS_PROXY": "https://bob:pw@proxy.site.test:3128"})
+    assert ignored.https_proxy is None
+    assert "connects directly" in ignored.ignored
+    assert "pw" not in ignored.ignored
 
 
 @pytest.mark.parametrize(
-    ("no_proxy", "host", "port", "bypass"),
+    ("no_proxy", "host", "bypass"),
     [
-        ("example.com", "example.com", 443, True),
-        ("example.com", "api.example.com", 443, True),
-        ("example.com", "badexample.com", 443, False),
-        (".example.com", "example.com", 443, True),
-        ("*.example.com", "a.b.example.com", 443, True),
-        ("example.com:8443", "example.com", 443, False),
-        ("example.com:8443", "example.com", 8443, True),
-        ("10.0.0.0/8", "10.1.2.3", 443, True),
-        ("10.0.0.0/8", "11.1.2.3", 443, False),
-        ("10.0.0.0/8", "ten.example", 443, False),
-        ("::1", "::1", 443, True),
-        ("[::1]:443", "::1", 443, True),
-        ("*", "anything.test", 443, True),
-        ("a.test, b.test  c.test", "c.test", 443, True),
-        ("EXAMPLE.COM", "Api.Example.Com", 443, True),
-        ("", "example.com", 443, False),
+        ("example.com", "example.com", True),
+        ("example.com", "api.example.com", True),
+        ("example.com", "badexample.com", False),
+        (".example.com", "example.com", True),
+        # The agent's client compares entries with the host name as they are written:
+        ("*.example.com", "a.b.example.com", False),
+        ("*.localhost", "localhost", False),
+        ("localhost:28443", "localhost", False),
+        ("10.0.0.0/8", "10.1.2.3", False),
+        ("::1", "::1", True),
+        ("*", "anything.test", True),
+        ("a.test, b.test,c.test", "c.test", True),
+        ("EXAMPLE.COM", "Api.Example.Com", True),
+        ("", "example.com", False),
     ],
 )
-def test_no_proxy(no_proxy: str, host: str, port: int, bypass: bool) -> None:
+def test_no_proxy(no_proxy: str, host: str, bypass: bool) -> None:
     settings = ProxySettings(https_proxy=ProxyURL("proxy", 3128), no_proxy=no_proxy)
-    assert settings.bypasses(host, port) is bypass
-    assert (settings.proxy_for(host, port) is None) is bypass
+    assert settings.bypasses(host, 443) is bypass
+    assert (settings.proxy_for(host, 443) is None) is bypass
 
 
 def test_no_proxy_lowercase_wins() -> None:
-    env = {"https_proxy": "p:1", "no_proxy": "a.test", "NO_PROXY": "b.test"}
+    env = {"https_proxy": "http://p:1", "no_proxy": "a.test", "NO_PROXY": "b.test"}
     settings = ProxySettings.from_environ(env)
     assert settings.bypasses("a.test", 443)
     assert not settings.bypasses("b.test", 443)
+
+
+ENVIRONMENTS = [
+    {"HTTPS_PROXY": "http://proxy.test:3128"},
+    {"HTTPS_PROXY": "http://proxy.test:3128", "NO_PROXY": "*.localhost"},
+    {"HTTPS_PROXY": "http://proxy.test:3128", "NO_PROXY": "localhost:28443"},
+    {"HTTPS_PROXY": "http://proxy.test:3128", "NO_PROXY": "localhost"},
+    {"HTTPS_PROXY": "http://proxy.test:3128", "no_proxy": ".site.test, other.test"},
+    {"HTTPS_PROXY": "http://proxy.test:3128", "NO_PROXY": "*"},
+    {"https_proxy": "http://a.test:1", "HTTPS_PROXY": "http://b.test:2"},
+    {"HTTPS_PROXY": "https://proxy.test:3128"},
+    {"ALL_PROXY": "http://proxy.test:3128"},
+    {"HTTP_PROXY": "http://proxy.test:3128"},
+    {},
+]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+@pytest.mark.parametrize("host", ["localhost", "tether.site.test", "other.test", "a.other.test"])
+def test_decisions_match_the_agents_http_client(
+    env: dict[str, str], host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What aiohttp (the agent, trust_env) picks for https://host/ is what the check picks."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        url, _ = get_env_proxy_for_url(URL(f"https://{host}:28443/link"))
+        agent: str | None = f"{url.host}:{url.port}"
+    except LookupError:
+        agent = None
+    settings = ProxySettings.from_environ(env)
+    ours = settings.proxy_for(host, 28443)
+    assert (f"{ours.host}:{ours.port}" if ours else None) == agent
 
 
 async def _connect(proxy: ProxyURL, host: str, port: int) -> None:

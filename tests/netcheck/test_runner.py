@@ -6,6 +6,7 @@ for the test deployment (hostname and port of the test application server).
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tests.support.testbed.squid import Squid
 
 import tether
 from tether.netcheck.dns import Resolver
+from tether.netcheck.proxy import ProxySettings, parse_proxy_url
 from tether.netcheck.report import Check, CheckReport, CheckResult, Status, encode_report
 from tether.netcheck.runner import CheckOptions, ProgressEvent, run_checks
 from tether.netcheck.tls import TrustAnchors
@@ -246,7 +248,70 @@ async def test_no_proxy_goes_direct(
     )
     assert not_passing(report) == []
     assert statuses(find(report, Check.TCP, "control")) == {Status.PASS}
-    assert [r.status for r in find(report, Check.PROXY)] == [Status.PASS]  # just reachability
+    [proxy] = find(report, Check.PROXY)  # no endpoint uses it: not checked, not a failure
+    assert proxy.status is Status.SKIP
+    assert "no endpoint uses the proxy" in proxy.finding
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again: nothing listens there
+
+
+async def test_unused_dead_proxy_is_no_failure(
+    app: AppServer, dns: DNSServer, test_ca: TestCA
+) -> None:
+    env = {"NO_PROXY": "*", "HTTPS_PROXY": f"http://127.0.0.1:{_dead_port()}"}
+    report = await run_checks(
+        own_manifest(app.port), options(dns, test_ca, environ=env, endpoint_ids=("control",))
+    )
+    assert not_passing(report) == []
+    assert report.exit_code == 0
+    assert statuses(find(report, Check.PROXY)) == {Status.SKIP}
+
+
+@pytest.mark.parametrize("no_proxy", ["*.site.test", f"{HOST}:443", "127.0.0.0/8"])
+async def test_no_proxy_entries_the_agent_ignores_do_not_send_the_check_direct(
+    app: AppServer, dns: DNSServer, test_ca: TestCA, no_proxy: str
+) -> None:
+    """The agent's client would use the (dead) proxy for these: so must the check, and fail."""
+    env = {"NO_PROXY": no_proxy, "HTTPS_PROXY": f"http://127.0.0.1:{_dead_port()}"}
+    report = await run_checks(
+        own_manifest(app.port), options(dns, test_ca, environ=env, endpoint_ids=("control",))
+    )
+    assert find(report, Check.TCP, "control") == []  # never went direct
+    assert Status.FAIL in statuses(find(report, Check.PROXY, "control"))
+    assert report.exit_code == 2
+
+
+async def test_https_proxy_in_the_environment_is_ignored_like_the_agent_does(
+    app: AppServer, dns: DNSServer, squid_factory: Callable[..., Squid], test_ca: TestCA
+) -> None:
+    squid = squid_factory(hosts={HOST: "127.0.0.1"})
+    env = {"HTTPS_PROXY": f"https://127.0.0.1:{squid.port}"}
+    report = await run_checks(
+        own_manifest(app.port), options(dns, test_ca, environ=env, endpoint_ids=("control",))
+    )
+    [proxy] = find(report, Check.PROXY)
+    assert proxy.status is Status.WARN
+    assert "connects directly" in proxy.finding
+    assert statuses(find(report, Check.TCP, "control")) == {Status.PASS}  # direct, as the agent
+
+
+async def test_configured_https_proxy_is_spoken_to_over_tls(
+    app: AppServer, dns: DNSServer, squid_factory: Callable[..., Squid], test_ca: TestCA
+) -> None:
+    """The agent's own proxy setting https://… means TLS to the proxy: a plain squid fails."""
+    squid = squid_factory(hosts={HOST: "127.0.0.1"})
+    settings = ProxySettings(https_proxy=parse_proxy_url(f"https://127.0.0.1:{squid.port}"))
+    report = await run_checks(
+        own_manifest(app.port), options(dns, test_ca, proxy=settings, endpoint_ids=("control",))
+    )
+    [tunnel] = find(report, Check.PROXY, "control")
+    assert tunnel.status is Status.FAIL
+    assert "TLS to the https:// proxy" in tunnel.finding
+    assert "http://" in tunnel.finding
 
 
 async def test_mitmproxy_interception(

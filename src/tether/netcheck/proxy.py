@@ -1,13 +1,19 @@
-"""HTTP proxies: ``HTTPS_PROXY`` / ``NO_PROXY`` semantics, CONNECT tunnels, and their failures.
+"""HTTP proxies: which one the agent uses for a target, CONNECT tunnels, and their failures.
 
-Environment semantics (curl's, which most gateway software follows):
+The decision is the agent's own, so the preflight never proves a path the agent does not take.
+The agent's HTTP client (aiohttp with ``trust_env``) reads the environment through
+:mod:`urllib.request`, and so does this module:
 
-* the proxy for ``https`` targets comes from ``https_proxy``, then ``HTTPS_PROXY``, then
-  ``all_proxy`` / ``ALL_PROXY``; a value without a scheme means ``http://``;
-* ``no_proxy`` / ``NO_PROXY`` is a comma- (or space-) separated list: ``*`` bypasses the proxy
-  for every host; a name bypasses it for itself and every name under it (a leading ``.`` or
-  ``*.`` is ignored); an IP address or CIDR block bypasses matching address literals; an entry
-  with ``:port`` applies to that port only.
+* the proxy for the agent's ``https://`` URLs is ``https_proxy`` (``HTTPS_PROXY`` when the
+  lowercase name is absent); ``all_proxy`` and ``http_proxy`` are not used for them;
+* a value without a scheme is no proxy URL to the agent (aiohttp raises ``InvalidURL``), and an
+  ``https://`` proxy from the environment is ignored by it (it warns and connects directly);
+* ``no_proxy`` / ``NO_PROXY`` is :func:`urllib.request.proxy_bypass_environment`'s: ``*`` alone
+  bypasses everything; otherwise each comma-separated entry (leading dots ignored) bypasses that
+  name and the names under it. It is compared with the host name only: ``*.example.com``,
+  ``host:port`` entries and CIDR blocks match nothing.
+* a proxy the agent is *configured* with (its ``proxy`` setting) is used for every target, and an
+  ``https://`` one is spoken to over TLS before the CONNECT.
 
 Passwords never leave this module unredacted: :meth:`ProxyURL.redacted` is what reports show.
 """
@@ -16,9 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import urllib.parse
-from collections.abc import Mapping
+import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tether.netcheck.http import HttpProtocolError, read_head
@@ -32,6 +38,7 @@ __all__ = [
     "ProxyURL",
     "ProxyUpstreamFailed",
     "connect_tunnel",
+    "environ_proxies",
     "parse_proxy_url",
 ]
 
@@ -121,80 +128,74 @@ def parse_proxy_url(value: str) -> ProxyURL:
     )
 
 
-@dataclass(frozen=True)
-class _Bypass:
-    host: str | None = None  # a name (suffix match) …
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None  # … or addresses
-    port: int | None = None
-    everything: bool = False
-
-    def matches(self, host: str, port: int) -> bool:
-        if self.everything:
-            return True
-        if self.port is not None and self.port != port:
-            return False
-        if self.network is not None:
-            try:
-                return ipaddress.ip_address(host) in self.network
-            except ValueError:
-                return False
-        if self.host is None:
-            return False
-        name = host.lower().rstrip(".")
-        return name == self.host or name.endswith("." + self.host)
+# What the agent's client calls (aiohttp: ``urllib.request.proxy_bypass``, which is this function
+# on Linux); the stubs do not declare it.
+_proxy_bypass_environment: Callable[[str, dict[str, str]], object] = (
+    urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+)
 
 
-def _parse_no_proxy(value: str) -> tuple[_Bypass, ...]:
-    entries: list[_Bypass] = []
-    for raw in value.replace(" ", ",").split(","):
-        item = raw.strip().lower()
-        if not item:
-            continue
-        if item == "*":
-            entries.append(_Bypass(everything=True))
-            continue
-        port: int | None = None
-        if item.startswith("["):  # [v6]:port
-            addr, _, rest = item[1:].partition("]")
-            if rest.startswith(":") and rest[1:].isdigit():
-                port = int(rest[1:])
-            item = addr
-        elif item.count(":") == 1:
-            name, _, port_text = item.partition(":")
-            if port_text.isdigit():
-                item, port = name, int(port_text)
-        try:
-            network = ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            item = item.removeprefix("*").removeprefix(".").rstrip(".")
-            if item:
-                entries.append(_Bypass(host=item, port=port))
-        else:
-            entries.append(_Bypass(network=network, port=port))
-    return tuple(entries)
+def environ_proxies(environ: Mapping[str, str]) -> dict[str, str]:
+    """:func:`urllib.request.getproxies_environment` for ``environ`` instead of ``os.environ``.
+
+    ``{"https": "http://proxy:3128", "no": "localhost", …}``: every ``<scheme>_proxy`` variable,
+    the lowercase name winning over the uppercase one, an empty lowercase one removing it.
+    """
+    proxies: dict[str, str] = {}
+    for name, value in environ.items():
+        key = name.lower()
+        if value and key.endswith("_proxy"):
+            proxies[key[:-6]] = value
+    if "REQUEST_METHOD" in environ:  # CVE-2016-1000110, as urllib does
+        proxies.pop("http", None)
+    for name, value in environ.items():
+        if name.endswith("_proxy"):
+            key = name.lower()[:-6]
+            if value:
+                proxies[key] = value
+            else:
+                proxies.pop(key, None)
+    return proxies
 
 
 @dataclass(frozen=True)
 class ProxySettings:
-    """Which proxy an HTTPS connection to a given host uses (``None``: go direct)."""
+    """Which proxy an HTTPS connection to a given host uses (``None``: go direct).
+
+    ``ignored`` says why a proxy variable that is set is not used (an ``https://`` proxy in the
+    environment), for the report.
+    """
 
     https_proxy: ProxyURL | None = None
     no_proxy: str = ""
+    ignored: str = ""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> ProxySettings:
-        """Read ``https_proxy`` & co. from ``environ``; raises ValueError on a bad URL."""
-        value = ""
-        for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-            value = environ.get(name, "").strip()
-            if value:
-                break
-        no_proxy = environ.get("no_proxy", "") or environ.get("NO_PROXY", "")
-        return cls(https_proxy=parse_proxy_url(value) if value else None, no_proxy=no_proxy)
+        """The agent's proxy from ``environ``; raises ValueError for one it cannot use."""
+        proxies = environ_proxies(environ)
+        no_proxy = proxies.get("no", "")
+        value = proxies.get("https", "").strip()
+        if not value:
+            return cls(no_proxy=no_proxy)
+        if "://" not in value:
+            raise ValueError(
+                f"{value!r} has no scheme, and the agent's HTTP client rejects it as an invalid URL"
+            )
+        if value.split("://", 1)[0].lower() in ("https", "wss"):
+            shown = parse_proxy_url(value).redacted()
+            return cls(
+                no_proxy=no_proxy,
+                ignored=f"HTTPS_PROXY={shown} is an https:// proxy, which the agent ignores "
+                "(it takes only http:// proxies from the environment): it connects directly",
+            )
+        return cls(https_proxy=parse_proxy_url(value), no_proxy=no_proxy)
 
     def bypasses(self, host: str, port: int) -> bool:
-        """Whether ``NO_PROXY`` sends ``host:port`` direct."""
-        return any(b.matches(host, port) for b in _parse_no_proxy(self.no_proxy))
+        """Whether ``NO_PROXY`` sends ``host`` direct (``port`` plays no part, as for the agent)."""
+        if not self.no_proxy:
+            return False
+        return bool(_proxy_bypass_environment(host, {"no": self.no_proxy}))
 
     def proxy_for(self, host: str, port: int) -> ProxyURL | None:
         if self.https_proxy is None or self.bypasses(host, port):

@@ -289,7 +289,8 @@ class _Run:
             self._tick(f"NTP {server[0]}")
             return result
 
-        proxy_task = asyncio.create_task(self._check_proxy())
+        proxy_users = [u.label for u in units if not u.results and self._proxy_for(u)]
+        proxy_task = asyncio.create_task(self._check_proxy(proxy_users))
         captive_task = asyncio.create_task(self._check_captive_api())
         ntp_tasks = [asyncio.create_task(bounded_ntp(s)) for s in extra_ntp]
         await asyncio.gather(*(bounded_unit(u) for u in units))
@@ -320,7 +321,8 @@ class _Run:
 
     # --- proxy -------------------------------------------------------------------------------
 
-    async def _check_proxy(self) -> list[CheckResult]:
+    async def _check_proxy(self, users: Sequence[str]) -> list[CheckResult]:
+        """The proxy itself, when some endpoint would use it (``users``: their labels)."""
         if self.proxy_error is not None:
             return [
                 CheckResult(
@@ -329,6 +331,17 @@ class _Run:
                     status=Status.FAIL,
                     finding=f"the proxy setting cannot be used: {self.proxy_error}",
                     fix="set HTTPS_PROXY to http://[user:password@]proxy-host:port",
+                )
+            ]
+        if self.proxy.ignored:
+            return [
+                CheckResult(
+                    check=Check.PROXY,
+                    target="HTTPS_PROXY",
+                    status=Status.WARN,
+                    finding=self.proxy.ignored,
+                    fix="to use that proxy, set HTTPS_PROXY to http://proxy-host:port (the "
+                    "agent opens CONNECT tunnels to it in plain HTTP); else unset it",
                 )
             ]
         proxy = self.proxy.https_proxy
@@ -344,6 +357,19 @@ class _Run:
         started = time.monotonic()
         target = proxy.redacted()
         details = {"no_proxy": self.proxy.no_proxy} if self.proxy.no_proxy else {}
+        if not users:
+            why = f"NO_PROXY={self.proxy.no_proxy}" if self.proxy.no_proxy else "no endpoint"
+            return [
+                CheckResult(
+                    check=Check.PROXY,
+                    target=target,
+                    status=Status.SKIP,
+                    finding=f"no endpoint uses the proxy ({why} or not proxy-capable): "
+                    "connections go direct, so the proxy was not checked",
+                    details=details,
+                )
+            ]
+        details["used_for"] = ", ".join(users)
         try:
             async with asyncio.timeout(self.options.timeout):
                 _, writer = await asyncio.open_connection(proxy.host, proxy.port)

@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import enum
 import errno
+import ssl
 from dataclasses import dataclass
 
-from tether.netcheck.proxy import ProxyURL, connect_tunnel
+from tether.netcheck.proxy import ProxyProtocolError, ProxyURL, connect_tunnel
 
 __all__ = [
     "ConnectError",
@@ -157,6 +158,8 @@ async def open_path(
     reader, writer = await _bounded_tcp(proxy.host, proxy.port, proxy_target, timeout, True)
     try:
         async with asyncio.timeout(timeout):
+            if proxy.scheme == "https":
+                await _tls_to_proxy(writer, proxy)
             await connect_tunnel(reader, writer, proxy, host, port)
     except TimeoutError:
         await close(writer)
@@ -170,6 +173,22 @@ async def open_path(
         await close(writer)
         raise
     return Connection(reader, writer, host, port, None, proxy)
+
+
+async def _tls_to_proxy(writer: asyncio.StreamWriter, proxy: ProxyURL) -> None:
+    """An ``https://`` proxy is spoken to over TLS (verified like any server), as the agent does."""
+    context = ssl.create_default_context()
+    try:
+        await writer.start_tls(context, server_hostname=proxy.host)
+    except ssl.SSLError as exc:
+        raise ProxyProtocolError(
+            f"TLS to the https:// proxy {proxy.redacted()} failed ({exc.reason or exc}): if it "
+            "is a plain HTTP proxy, write its URL with http://"
+        ) from None
+    except (ConnectionError, EOFError) as exc:
+        raise ProxyProtocolError(
+            f"the https:// proxy {proxy.redacted()} closed the TLS handshake ({exc})"
+        ) from None
 
 
 async def _bounded_tcp(
