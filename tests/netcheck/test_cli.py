@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import http.server
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tests.support.testbed.appserver import AppServer
+import pytest
+from tests.support.testbed.appserver import AppServer, server_context
+from tests.support.testbed.certs import TestCA
 from tests.support.testbed.dnsserver import DNSServer
 from typer.testing import CliRunner
 
 from tether.cli import app as cli
-from tether.netcheck.report import decode_report
+from tether.netcheck.report import Status, decode_report
+from tether.netcheck.runner import CheckOptions, run_checks
+from tether.netcheck.tls import TrustAnchors, spki_sha256
 from tether.netreq.loader import manifest_to_json
 from tether.netreq.own import DeploymentSettings, build_own_manifest
+from tether.netreq.serve import MANIFEST_PATH
 
 HOST = "tether.site.test"
 
@@ -40,6 +48,8 @@ def _common(tmp_path: Path, dns: DNSServer, ca_file: Path) -> list[str]:
         str(tmp_path),
         "--timeout",
         "3",
+        "--long-poll-hold",
+        "1",
     ]
 
 
@@ -109,3 +119,81 @@ def test_unusable_options_exit_3(tmp_path: Path, ca_file: Path) -> None:
     assert code == 3
     code, _ = _run(["-m", str(tmp_path / "missing.toml")])
     assert code == 3
+
+
+def test_long_poll_hold_defaults_to_the_agents_and_can_be_shortened(tmp_path: Path) -> None:
+    from tether.gateway.settings import AgentSettings
+    from tether.netcheck.command import CheckCommand, UsageError, _options
+
+    agent = AgentSettings(data_dir=tmp_path)
+    assert _options(CheckCommand()).long_poll_wait == agent.longpoll_wait == 25.0
+    assert _options(CheckCommand(long_poll_hold=3.0)).long_poll_wait == 3.0
+    with pytest.raises(UsageError, match="--long-poll-hold"):
+        _options(CheckCommand(long_poll_hold=0))
+
+
+@pytest.fixture
+def manifest_url(tmp_path: Path, test_ca: TestCA) -> Iterator[str]:
+    """An HTTPS server (certificate from the test CA) serving a manifest, as the cloud does."""
+    body = manifest_to_json(build_own_manifest(DeploymentSettings(hostname=HOST)))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = server_context(test_ca, ["127.0.0.1"], tmp_path)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}{MANIFEST_PATH}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_manifest_url_is_verified_with_the_ca_given(
+    tmp_path: Path, manifest_url: str, ca_file: Path
+) -> None:
+    from tether.cli.net import _Failed, _read
+
+    manifest = _read(manifest_url, "unused", ca_file)
+    assert manifest.endpoint("control").host == HOST
+    with pytest.raises(_Failed, match="CERTIFICATE_VERIFY_FAILED"):
+        _read(manifest_url, "unused")  # the system trust store does not know the test CA
+
+
+async def test_a_ca_the_manifest_does_not_pin_is_a_failure(tmp_path: Path) -> None:
+    other = TestCA("Some other CA")
+    pinned = TestCA("Deployment CA")
+    manifest = build_own_manifest(
+        DeploymentSettings(hostname=HOST, ca_spki_sha256=spki_sha256(pinned.cert))
+    )
+    base = CheckOptions(
+        resolvers=(),
+        environ={},
+        lease_root=tmp_path,
+        endpoint_ids=("control",),
+        timeout=0.5,
+    )
+    wrong = await run_checks(
+        manifest, dataclasses.replace(base, anchors=TrustAnchors((other.cert,)))
+    )
+    [row] = [r for r in wrong.results if r.target == "--ca"]
+    assert row.status is Status.FAIL
+    assert "Some other CA" in row.finding
+    assert spki_sha256(pinned.cert)[:16] in row.finding
+
+    right = await run_checks(
+        manifest, dataclasses.replace(base, anchors=TrustAnchors((pinned.cert,)))
+    )
+    assert [r for r in right.results if r.target == "--ca"] == []

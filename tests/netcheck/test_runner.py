@@ -515,3 +515,29 @@ async def test_portal_answering_for_the_service(
     [captive] = find(report, Check.CAPTIVE)
     assert captive.status is Status.FAIL
     assert "portal or block page answers" in captive.finding
+
+
+async def test_long_poll_held_as_long_as_asked_and_cut_by_a_proxy_timeout(
+    app: AppServer, dns: DNSServer, squid_factory: Callable[..., Squid], test_ca: TestCA
+) -> None:
+    """A proxy that cuts held requests after 2 s passes a short hold and fails a longer one."""
+    squid = squid_factory(hosts={HOST: "127.0.0.1"}, read_timeout=2)
+    env = {"HTTPS_PROXY": squid.url}
+    manifest = own_manifest(app.port)
+
+    short = await run_checks(
+        manifest, options(dns, test_ca, environ=env, endpoint_ids=("control",))
+    )
+    [ok] = find(short, Check.LONG_POLL, "control")
+    assert ok.status is Status.PASS
+    assert "held 0.5 s" in ok.finding
+
+    held = await run_checks(
+        manifest,
+        options(dns, test_ca, environ=env, endpoint_ids=("control",), long_poll_wait=4.0),
+    )
+    [cut] = find(held, Check.LONG_POLL, "control")
+    assert cut.status is Status.FAIL
+    assert "to be held 4 s was cut after" in cut.finding
+    assert "above 4 s" in cut.fix
+    assert cut.firewall

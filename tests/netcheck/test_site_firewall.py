@@ -86,6 +86,8 @@ def test_generated_nftables_admit_exactly_the_manifest(
             str(tmp_path / "root"),
             "--timeout",
             "3",
+            "--long-poll-hold",
+            "1",
             "--firewall-format",
             "nftables",
             "--json",

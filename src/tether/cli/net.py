@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import ssl
 import sys
 from pathlib import Path
 
@@ -55,22 +56,29 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _fetch(url: str) -> Manifest:
+def _fetch(url: str, ca: Path | None = None) -> Manifest:
+    """The manifest served at ``url``, its TLS verified by ``ca`` when given (else the system)."""
+    verify: ssl.SSLContext | bool = True
+    if ca is not None:
+        try:
+            verify = ssl.create_default_context(cafile=str(ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise _Failed(f"--ca {ca}: not a readable PEM certificate file ({exc})") from exc
     try:
-        response = httpx.get(url, timeout=_FETCH_TIMEOUT, follow_redirects=True)
+        response = httpx.get(url, timeout=_FETCH_TIMEOUT, follow_redirects=True, verify=verify)
         response.raise_for_status()
     except httpx.HTTPError as exc:
         raise _Failed(f"{url}: {exc}") from exc
     return parse_manifest(response.content, source=url, fmt="json")
 
 
-def _read(ref: str | None, hostname: str) -> Manifest:
+def _read(ref: str | None, hostname: str, ca: Path | None = None) -> Manifest:
     """A manifest from a file, a URL, a reference name, or tether's own (``ref`` is None)."""
     try:
         if ref is None:
             return _build_own(DeploymentSettings(hostname=hostname.lower()))
         if ref.startswith(("https://", "http://")):
-            return _fetch(ref)
+            return _fetch(ref, ca)
         path = Path(ref)
         if not path.exists() and ref in REFERENCE_MANIFESTS:
             return load_reference(ref)
@@ -208,8 +216,16 @@ def check(
         Path("/"), "--lease-root", help="Read DHCP leases under this directory."
     ),
     legacy: bool = typer.Option(False, "--legacy", help="Also probe legacy endpoints."),
+    long_poll_hold: float | None = typer.Option(
+        None,
+        "--long-poll-hold",
+        help="Seconds the long-poll probe is held (default 25: as long as the agent holds).",
+    ),
 ) -> None:
     """Preflight from this network: can a gateway here reach everything the manifest lists?
+
+    With --ca, a manifest fetched from an https:// URL is verified with that CA, and the CA must
+    be the one the manifest pins (when it publishes the digest): a mismatch is a failure.
 
     Exit code 0 pass, 1 warnings, 2 failures, 3 the check could not run.
     """
@@ -224,9 +240,10 @@ def check(
         idle_survival=idle_survival,
         lease_root=lease_root,
         include_legacy=legacy,
+        long_poll_hold=long_poll_hold,
     )
     try:
-        code = run_command(_read(manifest, hostname), command)
+        code = run_command(_read(manifest, hostname, ca), command)
     except (_Failed, UsageError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_UNUSABLE) from None

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from tether.netcheck.dns import Resolver, parse_resolver
 from tether.netcheck.render import firewall_fix, print_report, progress_display, report_json
-from tether.netcheck.runner import CheckOptions, run_checks
+from tether.netcheck.runner import LONG_POLL_HOLD, CheckOptions, run_checks
 from tether.netcheck.tls import TrustAnchors
 from tether.netreq.model import Manifest
 from tether.netreq.render import RULE_FORMATS, UnknownFormat
@@ -37,6 +37,7 @@ class CheckCommand:
     idle_survival: float = 0.0
     lease_root: Path = Path("/")
     include_legacy: bool = False
+    long_poll_hold: float | None = None  # None: as long as the agent holds (LONG_POLL_HOLD)
 
 
 def _options(cmd: CheckCommand) -> CheckOptions:
@@ -64,6 +65,9 @@ def _options(cmd: CheckCommand) -> CheckOptions:
         raise UsageError("--timeout must be positive")
     if cmd.idle_survival < 0:
         raise UsageError("--idle-survival must not be negative")
+    hold = LONG_POLL_HOLD if cmd.long_poll_hold is None else cmd.long_poll_hold
+    if hold <= 0:
+        raise UsageError("--long-poll-hold must be positive")
     return CheckOptions(
         resolvers=resolvers,
         anchors=anchors,
@@ -71,6 +75,7 @@ def _options(cmd: CheckCommand) -> CheckOptions:
         idle_survival=cmd.idle_survival,
         lease_root=cmd.lease_root,
         include_legacy=cmd.include_legacy,
+        long_poll_wait=hold,
     )
 
 

@@ -68,7 +68,15 @@ from tether.netcheck.report import Check, CheckReport, CheckResult, Status
 from tether.netcheck.route import family, route_source
 from tether.netcheck.tcp import ConnectError, Connection, classify, close, describe, open_path
 from tether.netcheck.timecheck import MAX_OFFSET, NtpAnswer, NtpError, parse_http_date, sntp_query
-from tether.netcheck.tls import TlsError, TlsSession, TrustAnchors, evaluate, start_tls
+from tether.netcheck.tls import (
+    TlsError,
+    TlsSession,
+    TrustAnchors,
+    evaluate,
+    issuer_label,
+    spki_sha256,
+    start_tls,
+)
 from tether.netreq.model import (
     AppProtocol,
     Endpoint,
@@ -81,11 +89,14 @@ from tether.netreq.model import (
     Transport,
 )
 
-__all__ = ["EST_CACERTS_PATH", "CheckOptions", "ProgressEvent", "run_checks"]
+__all__ = ["EST_CACERTS_PATH", "LONG_POLL_HOLD", "CheckOptions", "ProgressEvent", "run_checks"]
 
 EST_CACERTS_PATH = "/.well-known/est/cacerts"  # RFC 7030 §4.1, served without authentication
 
 log = logging.getLogger(__name__)
+
+LONG_POLL_HOLD = 25.0
+"""How long the agent holds a long-poll (its ``longpoll_wait`` setting's default)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,9 @@ class CheckOptions:
     timeout: float = 5.0  # seconds per probe
     concurrency: int = 8
     idle_survival: float = 0.0  # seconds to hold an idle link open; 0: skip
-    long_poll_wait: float = 1.0  # seconds the long-poll probe asks the server to hold
+    # Seconds the long-poll probe asks the server to hold: as long as the agent holds its
+    # long-polls by default, so a proxy or firewall that cuts held requests sooner is caught.
+    long_poll_wait: float = LONG_POLL_HOLD
     include_legacy: bool = False
     include_optional: bool = True
     endpoint_ids: tuple[str, ...] | None = None  # only these endpoints
@@ -300,7 +313,7 @@ class _Run:
         self._tick("captive portal")
         ntp_results = list(await asyncio.gather(*ntp_tasks))
 
-        results: list[CheckResult] = [*proxy_results]
+        results: list[CheckResult] = [*self._anchors_agree(units), *proxy_results]
         for unit in units:
             results += unit.results
         results += self._captive_summary(captive_results)
@@ -318,6 +331,40 @@ class _Run:
             resolvers=tuple(r.label for r in self.resolvers),
             results=tuple(results),
         )
+
+    # --- pinned CA ---------------------------------------------------------------------------
+
+    def _anchors_agree(self, units: Sequence[_Unit]) -> list[CheckResult]:
+        """``--ca`` and the manifest's pins must name the same CA; a mismatch is a failure.
+
+        Chains are judged against both (either may be the one a site has right), so without
+        this row a wrong ``--ca`` would go unnoticed whenever the pins match.
+        """
+        cas = self.options.anchors.cas
+        pins = {
+            digest
+            for u in units
+            if u.endpoint.tls is not None and u.endpoint.tls.pin is PinKind.CA
+            for digest in u.endpoint.tls.pin_sha256
+        }
+        if not cas or not pins:
+            return []
+        digests = {spki_sha256(c): c for c in cas}
+        if digests.keys() & pins:
+            return []
+        given = ", ".join(f"'{issuer_label(c.subject)}' ({d[:16]}…)" for d, c in digests.items())
+        return [
+            CheckResult(
+                check=Check.TLS,
+                target="--ca",
+                status=Status.FAIL,
+                finding=f"the CA given with --ca, {given}, is not the CA the manifest pins "
+                f"(SPKI SHA-256 {', '.join(sorted(p[:16] + '…' for p in pins))}): one of the "
+                "two is wrong",
+                fix="pass the platform CA of this deployment with --ca (its key digest is the "
+                "manifest's pin), or use the manifest this deployment serves",
+            )
+        ]
 
     # --- proxy -------------------------------------------------------------------------------
 
@@ -997,6 +1044,7 @@ class _Run:
                 started=started,
             )
             return False
+        sent = time.monotonic()
         try:
             async with asyncio.timeout(wait + self.options.timeout):
                 response = await long_poll(conn.reader, conn.writer, host, wait=wait)
@@ -1004,33 +1052,56 @@ class _Run:
             unit.add(
                 Check.LONG_POLL,
                 Status.FAIL,
-                f"a request held {wait:g} s was cut: {_reason(exc)}",
-                f"raise the proxy/firewall response timeout for {unit.name} above 60 s",
+                f"a request to be held {wait:g} s was cut after {time.monotonic() - sent:.1f} s: "
+                f"{_reason(exc)}",
+                f"raise the proxy/firewall response (read/idle) timeout for {unit.name} above "
+                f"{wait:g} s: the agent holds its long-polls that long",
                 target=target,
                 firewall=True,
                 started=started,
+                details={"asked_s": f"{wait:g}"},
             )
             return False
         finally:
             await conn.close()
-        if 200 <= response.status < 300:
+        held = time.monotonic() - sent
+        details = {"asked_s": f"{wait:g}", "held_s": f"{held:.1f}"}
+        if not 200 <= response.status < 300:
             unit.add(
                 Check.LONG_POLL,
-                Status.PASS,
-                f"a request held {wait:g} s was answered ({response.status_line})",
+                Status.FAIL,
+                f"the long-poll answered {response.status_line}",
+                f"check that requests to {unit.name}/link/poll reach the tether cloud",
                 target=target,
                 started=started,
+                details=details,
+            )
+            return False
+        if held < wait - 1:
+            # The server answered early (the cloud caps how long it holds the probe): paths
+            # that cut held requests between the two durations are not proven either way.
+            unit.add(
+                Check.LONG_POLL,
+                Status.WARN,
+                f"a request held {held:.1f} s was answered ({response.status_line}), but the "
+                f"server answered before the {wait:g} s asked for, so holds up to {wait:g} s "
+                "(the agent's) are not proven",
+                "update the cloud so its long-poll probe holds as long as asked, or shorten the "
+                "agent's longpoll_wait (and --long-poll-hold) to what was proven",
+                target=target,
+                started=started,
+                details=details,
             )
             return True
         unit.add(
             Check.LONG_POLL,
-            Status.FAIL,
-            f"the long-poll answered {response.status_line}",
-            f"check that requests to {unit.name}/link/poll reach the tether cloud",
+            Status.PASS,
+            f"a request held {held:.1f} s was answered ({response.status_line})",
             target=target,
             started=started,
+            details=details,
         )
-        return False
+        return True
 
     async def _idle(self, unit: _Unit, proxy: ProxyURL | None, address: str | None) -> None:
         idle = self.options.idle_survival
