@@ -10,7 +10,7 @@ import pytest
 from tests.support.netreq import endpoint, tricky_manifest
 
 from tether.netreq.diff import diff_manifests, render_diff
-from tether.netreq.model import Change, ChangeKind, DnsPolicy, Port, Transport
+from tether.netreq.model import Change, ChangeKind, DnsPolicy, Port, Requirement, Transport
 
 
 def _new():  # type: ignore[no-untyped-def]
@@ -83,3 +83,37 @@ def test_removing_only_needs_no_action() -> None:
     assert not d.action_required
     assert [str(r) for r in d.revoke] == ["*.legacy.example.com TCP 443"]
     assert Transport.TCP is d.revoke[0].transport
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"proxy_ok": False}, "no longer works through an HTTP proxy: allow it directly"),
+        ({"requirement": Requirement.REQUIRED}, "is now required"),
+    ],
+)
+def test_changes_a_site_must_act_on_without_a_new_name(
+    change: dict[str, object], expected: str
+) -> None:
+    old = tricky_manifest()
+    before = {
+        "exact": msgspec.structs.replace(
+            old.endpoint("exact"), proxy_ok=True, requirement=Requirement.OPTIONAL
+        )
+    }
+    old = msgspec.structs.replace(old, endpoints=tuple(before.get(e.id, e) for e in old.endpoints))
+    new = msgspec.structs.replace(
+        old,
+        version="2026020101",
+        endpoints=tuple(
+            msgspec.structs.replace(e, **change) if e.id == "exact" else e for e in old.endpoints
+        ),
+    )
+    d = diff_manifests(old, new)
+    assert d.allow == ()
+    assert d.action_required
+    assert any(expected in a and "api.example.com" in a for a in d.actions)
+    text = render_diff(d)
+    assert "No new rule is needed" not in text
+    assert expected in text
+    assert json.loads(render_diff(d, "json"))["action_required"] is True

@@ -12,7 +12,15 @@ from collections.abc import Iterator
 
 import msgspec
 
-from tether.netreq.model import Change, Endpoint, Manifest, MatchMode, Transport
+from tether.netreq.model import (
+    Change,
+    Endpoint,
+    Lifecycle,
+    Manifest,
+    MatchMode,
+    Requirement,
+    Transport,
+)
 
 __all__ = [
     "DIFF_FORMATS",
@@ -60,6 +68,8 @@ class ManifestDiff(msgspec.Struct, frozen=True):
     revoke: tuple[RuleChange, ...]  # the site may remove these
     policy: tuple[FieldChange, ...]  # DNS and time policy
     changelog: tuple[Change, ...]  # the new manifest's entries newer than the old version
+    # What a site must do about changed endpoints besides new rules (direct access, exemptions)
+    actions: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -67,8 +77,8 @@ class ManifestDiff(msgspec.Struct, frozen=True):
 
     @property
     def action_required(self) -> bool:
-        """True when the site must allow something new."""
-        return bool(self.allow)
+        """True when the site must allow something new or change how it allows something."""
+        return bool(self.allow or self.actions)
 
 
 # Fields compared per endpoint, in the order they are reported.
@@ -116,7 +126,27 @@ def diff_manifests(old: Manifest, new: Manifest) -> ManifestDiff:
         revoke=tuple(sorted(old_rules - new_rules)),
         policy=policy,
         changelog=new.changes_since(old.version),
+        actions=tuple(
+            a for e in new.endpoints if e.id in old_ids for a in _actions(old_ids[e.id], e)
+        ),
     )
+
+
+def _actions(old: Endpoint, new: Endpoint) -> Iterator[str]:
+    """What a site that allowed ``old`` as it was must now change for ``new``."""
+    name = new.pattern
+    if old.proxy_ok and not new.proxy_ok:
+        yield (
+            f"{name} ({new.id}) no longer works through an HTTP proxy: allow it directly "
+            f"({', '.join(str(p) for p in new.ports)})"
+        )
+    if old.requirement is Requirement.OPTIONAL and new.requirement is Requirement.REQUIRED:
+        yield f"{name} ({new.id}) is now required: allow it if it was left blocked as optional"
+    if old.lifecycle is Lifecycle.LEGACY and new.lifecycle is Lifecycle.CURRENT:
+        yield f"{name} ({new.id}) is current again: allow it if it was removed as legacy"
+    was = old.tls.interception_tolerated if old.tls else True
+    if was and new.tls is not None and not new.tls.interception_tolerated:
+        yield f"{name} ({new.id}) no longer tolerates TLS interception: exempt it from decryption"
 
 
 def _pattern(host: str, match: MatchMode) -> str:
@@ -182,11 +212,13 @@ def render_diff(d: ManifestDiff, fmt: str = "text") -> str:
         out.append("Nothing a site needs to change.")
         return "\n".join(out) + "\n"
     out.append(
-        "Action required: allow the names below before the change takes effect."
+        "Action required: make the changes below before the change takes effect."
         if d.action_required
         else "No new rule is needed."
     )
     out.append("")
+    if d.actions:
+        out += [f"{head}Change", ""] + [f"{item}{a}" for a in d.actions] + [""]
     if d.allow:
         out += [f"{head}Allow", ""] + [f"{item}{r}" for r in d.allow] + [""]
     if d.revoke:
