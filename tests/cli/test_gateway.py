@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.support.cloudproc import tether_script
+from tests.cli.stub import tether_on
+from tests.support.cloudproc import create_token, running_cloud, tether_script
 from typer.testing import CliRunner
 
 from tether.cli import AGENT_COMMANDS, app
@@ -149,3 +150,63 @@ def test_a_failed_hand_over_says_so_and_leaves_the_agent_to_this_process(
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
     service.hand_over(tmp_path / "gateway", "info", "text")  # returns: nothing was replaced
     assert "the agent runs in this process" in capsys.readouterr().err
+
+
+async def test_enroll_reads_the_code_from_stdin_a_file_or_the_environment(
+    tmp_path: Path,
+) -> None:
+    """Never only on the command line, where every user of the machine can read it (ps)."""
+    async with running_cloud(tmp_path / "cloud") as cloud, cloud.api() as api:
+
+        async def code() -> str:
+            return str((await create_token(api))["enrollment_code"])
+
+        def data_dir(name: str) -> str:
+            return str(tmp_path / name)
+
+        on_stdin = await tether_on(
+            cloud, "gateway", "enroll", "-", "--data-dir", data_dir("a"), stdin=await code() + "\n"
+        )
+        assert on_stdin.returncode == 0, on_stdin.stderr
+        assert on_stdin.stdout.startswith("enrolled as ")
+
+        secret = tmp_path / "code.txt"
+        secret.write_text(await code())
+        secret.chmod(0o644)
+        shared = await tether_on(
+            cloud, "gateway", "enroll", "--code-file", str(secret), "--data-dir", data_dir("b")
+        )
+        assert shared.returncode == 2
+        assert "every user of this machine can read it" in shared.stderr
+        secret.chmod(0o600)
+        from_file = await tether_on(
+            cloud, "gateway", "enroll", "--code-file", str(secret), "--data-dir", data_dir("b")
+        )
+        assert from_file.returncode == 0, from_file.stderr
+
+        from_env = await tether_on(
+            cloud,
+            "gateway",
+            "enroll",
+            "--data-dir",
+            data_dir("c"),
+            TETHER_ENROLLMENT_CODE=await code(),
+        )
+        assert from_env.returncode == 0, from_env.stderr
+
+        positional = await code()
+        given = await tether_on(cloud, "gateway", "enroll", positional, "--data-dir", data_dir("d"))
+        assert given.returncode == 0, given.stderr
+
+        gateways = json.loads((await tether_on(cloud, "gateways", "list", "--json")).stdout)
+        assert len(gateways) == 4
+
+        for args, stdin in (
+            (("gateway", "enroll", "-", "--code-file", str(secret)), None),
+            (("gateway", "enroll", "-"), ""),
+            (("gateway", "enroll", "--code-file", str(tmp_path / "missing")), None),
+            (("gateway", "enroll"), None),
+        ):
+            refused = await tether_on(cloud, *args, "--data-dir", data_dir("e"), stdin=stdin)
+            assert refused.returncode == 2, args
+            assert refused.stderr.startswith("error: "), refused.stderr

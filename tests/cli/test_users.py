@@ -7,8 +7,10 @@ import csv
 import io
 import json
 import subprocess
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from tests.cli.stub import Stub, invoke
 from tests.support.cloudproc import Cloud, running_cloud, tether_script
 from tests.support.console import console_client, console_login
 
@@ -111,3 +113,44 @@ async def test_the_audit_log_exports_as_json_lines_and_csv(tmp_path: Path) -> No
         refused = await _tether(cloud, "audit", token=token)
         assert refused.returncode == 1
         assert "403" in refused.stderr
+
+
+async def test_audit_since_a_local_time_without_offset(tmp_path: Path) -> None:
+    """The cloud reads a bare time in no zone of its own: the CLI sends this computer's."""
+    async with running_cloud(tmp_path / "cloud") as cloud:
+        await _tether(cloud, "user", "create", "olga")
+        local = timezone(timedelta(hours=5))  # TZ="XXX-5" below: five hours ahead of UTC
+        an_hour_ago = (datetime.now(local) - timedelta(hours=1)).replace(tzinfo=None)
+        in_an_hour = an_hour_ago + timedelta(hours=2)
+        env = {**cloud.cli_env(), "TZ": "XXX-5"}
+        recent = await _tether_env(env, "audit", "--since", an_hour_ago.isoformat())
+        assert recent.returncode == 0, recent.stderr
+        assert "user.create" in recent.stdout
+        later = await _tether_env(env, "audit", "--since", in_an_hour.isoformat())
+        assert (later.returncode, later.stdout) == (0, "")
+
+
+async def _tether_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [str(tether_script()), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+
+
+def test_audit_checks_its_output_path_before_asking(stub: Stub, tmp_path: Path) -> None:
+    for output in (tmp_path / "nonexistent" / "x", tmp_path):
+        done = invoke("audit", "-o", str(output), env=stub.env())
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"error: {output}: ")
+    assert stub.seen == []
+    stub.answer(200, b'{"id": 1}\n', "application/x-ndjson")
+    out = tmp_path / "audit.jsonl"
+    done = invoke("audit", "-o", str(out), "--since", "1790000000", env=stub.env())
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == b'{"id": 1}\n'
+    assert "since=2026-09-21T14%3A13%3A20%2B00%3A00" in stub.seen[0]
