@@ -71,6 +71,12 @@ class World:
         )
         return record.command_id
 
+    async def enrollment_token(self) -> str:
+        record, _secret = await self.store.create_enrollment_token(
+            gateway_name=_fresh("site-"), ttl=timedelta(hours=1), created_by="matrix", now=_now()
+        )
+        return record.token_id
+
     async def user(self) -> str:
         username = _fresh("target")
         await create_user(self.admin, username, "viewer", PASSWORD)
@@ -98,6 +104,7 @@ async def _path(
         "command_id": world.command,
         "username": world.user,
         "token_id": lambda: world.own_token(role or "admin"),
+        "enrollment_token_id": world.enrollment_token,
     }
     path = route_path
     while "{" in path:

@@ -12,6 +12,7 @@ from tests.support.cloudproc import (
     enroll_gateway,
     run_command,
     running_agent,
+    running_cloud,
     send_command,
     wait_command,
     wait_for,
@@ -90,9 +91,28 @@ async def test_a_failing_command_is_reported_failed_with_its_reason(
     refused = await run_command(api, gw.gateway_id, "reboot")
     assert refused["state"] == "failed"
     assert "no reboot hook is configured" in refused["error"]
-    unknown = await run_command(api, gw.gateway_id, "no-such-kind")
-    assert unknown["state"] == "failed"
-    assert "unknown command kind 'no-such-kind'" in unknown["error"]
+    # A kind outside the table is refused by the cloud before it is queued.
+    before = (await api.get("/api/v1/commands")).json()
+    unknown = await api.post(
+        f"/api/v1/gateways/{gw.gateway_id}/commands", json={"kind": "no-such-kind"}
+    )
+    assert unknown.status_code == 400
+    assert "unknown command kind 'no-such-kind'" in unknown.json()["error"]
+    assert "ping" in unknown.json()["error"]  # the known kinds are named
+    assert (await api.get("/api/v1/commands")).json() == before
+
+
+async def test_a_kind_the_cloud_allows_but_the_agent_lacks_fails_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    cloud = running_cloud(tmp_path / "cloud", extra_command_kinds=("custom",))
+    async with cloud as running, running.api() as api:
+        code = (await create_token(api, name="building-1"))["enrollment_code"]
+        gateway_id = (await enroll_gateway(code, tmp_path / "gw")).gateway_id
+        async with running_agent(tmp_path / "gw"):
+            done = await run_command(api, gateway_id, "custom")
+    assert done["state"] == "failed"
+    assert "unknown command kind 'custom'" in done["error"]
 
 
 async def test_commands_reach_only_their_own_gateway(
@@ -142,5 +162,5 @@ async def test_a_pushed_command_is_answered_delivered_with_its_timing(
     assert done["delivered_at"] == sent["delivered_at"]
     audit = (await api.get("/api/v1/audit")).json()
     [entry] = [a for a in audit if a["action"] == "command.send" and a["target"] == sent["id"]]
-    assert entry["detail"] == {"gateway": gw.gateway_id, "kind": "ping"}
+    assert entry["detail"] == {"gateway": gw.gateway_id, "kind": "ping", "args": {}}
     assert entry["source"] == "127.0.0.1"

@@ -53,6 +53,10 @@ async def test_openapi_document_describes_every_route(cloud: Cloud) -> None:
             assert op is not None, f"{route.method} {route.path} missing"
             assert op["x-tether-permission"] == route.permission
             assert op["security"] == [{"bearer": []}]
+            errors = {code for code in op["responses"] if code.startswith(("4", "5"))}
+            assert {"400", "401", "403", "404", "500"} <= errors
+            assert ("409" in errors) is (route.method != "GET"), route.path
+            assert ("413" in errors) is (route.request is not None), route.path
             success = op["responses"][str(route.status)]
             schema = success["content"]["application/json"]["schema"]
             assert schema, f"{route.method} {route.path}: empty response schema"

@@ -262,6 +262,62 @@ async def test_enrollment_token_is_single_use(tmp_path: Path, api: httpx.AsyncCl
     assert tokens[0]["used_at"] is not None
 
 
+async def test_a_revoked_enrollment_token_is_refused_and_its_revocation_audited(
+    tmp_path: Path, api: httpx.AsyncClient
+) -> None:
+    token = await create_token(api, name="leaked")
+    revoked = await api.post(f"/api/v1/enrollment-tokens/{token['token_id']}/revoke")
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["revoked_at"] is not None
+    assert revoked.json()["used_at"] is None
+    with pytest.raises(EnrollmentRefused) as refused:
+        await enroll_gateway(token["enrollment_code"], tmp_path / "gw")
+    assert refused.value.status == 401
+    assert "revoked" in refused.value.reason
+    assert (await api.get("/api/v1/gateways")).json() == []
+    # Again: refused, saying when, and audited once.
+    again = await api.post(f"/api/v1/enrollment-tokens/{token['token_id']}/revoke")
+    assert again.status_code == 409
+    assert "already revoked" in again.json()["error"]
+    audit = (await api.get("/api/v1/audit")).json()
+    entries = [e for e in audit if e["action"] == "token.revoke"]
+    assert [(e["target"], e["detail"]) for e in entries] == [
+        (token["token_id"], {"name": "leaked"})
+    ]
+    unknown = await api.post("/api/v1/enrollment-tokens/nope/revoke")
+    assert unknown.status_code == 404
+    assert unknown.json() == {"error": "no enrollment token 'nope'"}
+
+
+async def test_a_used_enrollment_token_cannot_be_revoked(
+    tmp_path: Path, api: httpx.AsyncClient
+) -> None:
+    token = await create_token(api, name="used")
+    await enroll_gateway(token["enrollment_code"], tmp_path / "gw")
+    answer = await api.post(f"/api/v1/enrollment-tokens/{token['token_id']}/revoke")
+    assert answer.status_code == 409
+    assert "already used" in answer.json()["error"]
+    assert "revoke the gateway" in answer.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("two\nlines", "control characters"),
+        ("tab\there", "control characters"),
+        ("x" * 129, "at most 128"),
+        ("   ", "must not be empty"),
+    ],
+)
+async def test_an_enrollment_token_name_must_be_one_printable_line(
+    api: httpx.AsyncClient, name: str, words: str
+) -> None:
+    answer = await api.post("/api/v1/enrollment-tokens", json={"name": name})
+    assert answer.status_code == 400
+    assert words in answer.json()["error"]
+    assert (await api.get("/api/v1/enrollment-tokens")).json() == []
+
+
 async def test_unknown_enrollment_token_is_refused(
     tmp_path: Path, cloud: Cloud, api: httpx.AsyncClient
 ) -> None:
@@ -275,6 +331,69 @@ async def test_unknown_enrollment_token_is_refused(
 
 
 # --- the operator API -----------------------------------------------------------------------
+
+
+async def test_every_error_under_the_api_is_json_saying_what_was_wrong(
+    cloud: Cloud, api: httpx.AsyncClient
+) -> None:
+    missing = await api.get("/api/v1/no-such-thing")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/json")
+    assert missing.json() == {
+        "error": "no such API path: /api/v1/no-such-thing (see /api/v1/openapi.json)"
+    }
+    wrong = await api.delete("/api/v1/gateways")
+    assert wrong.status_code == 405
+    assert wrong.json() == {
+        "error": "DELETE is not allowed on /api/v1/gateways (allowed: GET, HEAD)"
+    }
+    assert set(wrong.headers["Allow"].split(",")) == {"GET", "HEAD"}
+    huge = await api.post(
+        "/api/v1/enrollment-tokens", content=b"{" + b" " * (2 * cloud.settings.max_frame) + b"}"
+    )
+    assert huge.status_code == 413
+    assert huge.json()["error"].startswith("request body too large (at most ")
+    cancel = await api.post("/api/v1/commands/nope/cancel")
+    assert cancel.status_code == 404
+    assert cancel.json() == {"error": "no command 'nope'"}
+    for path, words in [
+        ("/api/v1/commands?limit=abc", "limit must be a whole number, not 'abc'"),
+        ("/api/v1/commands?state=done", "state must be one of queued, delivered"),
+        ("/api/v1/audit?limit=0", "limit must be within 1..10000"),
+    ]:
+        answer = await api.get(path)
+        assert answer.status_code == 400, path
+        assert words in answer.json()["error"], (path, answer.text)
+    # Outside the API, aiohttp's own answers are left as they are.
+    assert (await api.get("/no-such-page")).status_code == 404
+
+
+async def test_log_queries_take_level_names_in_any_case_and_refuse_others(
+    api: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    gw = await start_agent("building-1")
+    path = f"/api/v1/gateways/{gw.gateway_id}/logs"
+    assert (await api.get(path, params={"level": "WARNING"})).status_code == 200
+    bogus = await api.get(path, params={"level": "bogus"})
+    assert bogus.status_code == 400
+    assert bogus.json() == {"error": "level must be one of debug, info, warning, error, critical"}
+    for limit in ("0", "5001"):
+        refused = await api.get(path, params={"limit": limit})
+        assert refused.status_code == 400
+        assert refused.json() == {"error": "limit must be within 1..5000"}
+
+
+async def test_revoking_a_gateway_twice_says_so_and_audits_once(
+    api: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    gw = await start_agent("building-1")
+    first = await api.post(f"/api/v1/gateways/{gw.gateway_id}/revoke")
+    assert first.status_code == 200
+    again = await api.post(f"/api/v1/gateways/{gw.gateway_id}/revoke")
+    assert again.status_code == 409
+    assert again.json()["error"].startswith(f"gateway '{gw.gateway_id}' was already revoked at ")
+    audit = (await api.get("/api/v1/audit")).json()
+    assert [e["target"] for e in audit if e["action"] == "gateway.revoke"] == [gw.gateway_id]
 
 
 async def _api_token(cloud: Cloud, role: str) -> str:
@@ -329,7 +448,7 @@ async def test_roles_limit_what_a_token_may_do(
         assert sent.status_code == 201
         revoke = await operator.post(f"/api/v1/gateways/{gw.gateway_id}/revoke")
         assert revoke.status_code == 403
-        assert revoke.json() == {"error": "role 'operator' may not revoke"}
+        assert revoke.json() == {"error": "role 'operator' may not revoke gateways"}
     # Only the operator's command exists, and the gateway was not revoked.
     commands = (await api.get("/api/v1/commands")).json()
     assert [c["id"] for c in commands] == [sent.json()["id"]]

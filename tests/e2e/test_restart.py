@@ -21,6 +21,7 @@ from tests.support.cloudproc import (
     enroll_gateway,
     get_gateway,
     running_agent,
+    running_cloud,
     send_command,
     start_agent,
     wait_command,
@@ -63,9 +64,20 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     return rec
 
 
+#: The kinds the ``recorder`` adds to the agent: the cloud is told it may send them.
+EXTRA_KINDS = ("count", "hold")
+
+
+@pytest.fixture
+async def cloud(tmp_path: Path) -> AsyncIterator[Cloud]:
+    async with running_cloud(tmp_path / "cloud", extra_command_kinds=EXTRA_KINDS) as running:
+        yield running
+
+
 @pytest.fixture
 async def cloud_process(tmp_path: Path) -> AsyncIterator[CloudProcess]:
-    process = CloudProcess(tmp_path / "cloud")
+    settings = f"extra_command_kinds = {list(EXTRA_KINDS)}\n"
+    process = CloudProcess(tmp_path / "cloud", config=settings)
     await process.start()
     try:
         yield process

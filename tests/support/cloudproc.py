@@ -230,10 +230,22 @@ async def running_cloud(data_dir: Path, **overrides: Any) -> AsyncIterator[Cloud
 class CloudProcess:
     """``tether cloud serve`` as a child process, to be killed and restarted on the same port."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        log: Path | None = None,
+        config: str | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.log = log or data_dir.with_name(data_dir.name + ".log")
+        #: A settings file (TOML) the process is started with, when given.
+        self.config = None if config is None else data_dir.with_name(data_dir.name + ".toml")
+        if self.config is not None and config is not None:
+            self.config.parent.mkdir(parents=True, exist_ok=True)
+            self.config.write_text(config)
         self.process: subprocess.Popen[bytes] | None = None
         self.cloud = Cloud(cloud_settings(data_dir, port=self.port))
 
@@ -253,6 +265,7 @@ class CloudProcess:
             "127.0.0.1",
             "--database-url",
             self.cloud.database,
+            *(["--config", str(self.config)] if self.config is not None else []),
         ]
 
     def log_tail(self, lines: int = 40) -> str:

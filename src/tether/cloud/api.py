@@ -17,6 +17,7 @@ in this process: ``auth``, then the route's own steps, then ``total``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 import weakref
@@ -33,9 +34,25 @@ from tether import __version__
 from tether.cloud import accounts
 from tether.cloud.state import STATE_KEY, CloudState
 from tether.cloud.store import Store
-from tether.cloud.store.errors import GatewayRevoked, GatewayUnknown
-from tether.cloud.store.records import ApiTokenRecord, CommandRecord, GatewayRecord
-from tether.protocol.commands import CommandEvent, CommandState, IllegalTransition
+from tether.cloud.store.errors import (
+    CommandNotFound,
+    GatewayRevoked,
+    GatewayUnknown,
+    TokenUnknown,
+)
+from tether.cloud.store.health import LOG_LEVELS
+from tether.cloud.store.records import (
+    ApiTokenRecord,
+    CommandRecord,
+    EnrollmentTokenRecord,
+    GatewayRecord,
+)
+from tether.protocol.commands import (
+    COMMAND_KINDS,
+    CommandEvent,
+    CommandState,
+    IllegalTransition,
+)
 from tether.protocol.enrollment import encode_code
 from tether.protocol.messages import CloseCode
 
@@ -50,6 +67,18 @@ __all__ = [
 ]
 
 # --- roles ----------------------------------------------------------------------------------
+
+log = logging.getLogger(__name__)
+
+#: What each permission lets a role do, as an error message says it ("may not ...").
+PERMISSION_WORDS: Final[dict[str, str]] = {
+    "read": "read the fleet",
+    "command": "send or cancel commands and change configuration",
+    "enroll": "create or revoke enrollment tokens",
+    "revoke": "revoke gateways",
+    "audit": "read the audit log",
+    "users": "manage users and their tokens",
+}
 
 PERMISSIONS: dict[str, frozenset[str]] = {
     "read": frozenset({"admin", "operator", "viewer", "support"}),
@@ -309,6 +338,52 @@ async def _decode(request: web.Request, kind: type[Any]) -> Any:
         raise _error(400, f"invalid request body: {exc}") from None
 
 
+def _plain_error(request: web.Request, exc: web.HTTPException) -> str:
+    """What an error aiohttp raised by itself (no route, wrong method, body too large) says,
+    in the words of this API."""
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
+    if isinstance(exc, web.HTTPNotFound):
+        return f"no such API path: {request.path} (see /api/v1/openapi.json)"
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        state: CloudState | None = request.app.get(STATE_KEY)
+        limit = f" (at most {2 * state.settings.max_frame} bytes)" if state is not None else ""
+        return f"request body too large{limit}"
+    return exc.reason
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Under ``/api/``, every error answer is ``{"error": ...}``: the ones aiohttp raises by
+    itself too, and a failure of a handler (logged with its traceback, answered 500)."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        response = web.Response(
+            body=msgspec.json.encode(ErrorOut(error=_plain_error(request, exc))),
+            status=exc.status,
+            content_type="application/json",
+        )
+        for name in ("Allow", "WWW-Authenticate"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
+    except Exception:
+        log.exception("API %s %s failed", request.method, request.path)
+        return web.Response(
+            body=msgspec.json.encode(ErrorOut(error="internal error; the cloud's log has details")),
+            status=500,
+            content_type="application/json",
+        )
+
+
 #: How long an accepted API token is believed without asking the store (see the module doc).
 TOKEN_CACHE_SECONDS: Final = 1.0
 _TOKEN_CACHE_SIZE: Final = 4096
@@ -409,7 +484,8 @@ def _wrap(route: ApiRoute) -> Callable[[web.Request], Awaitable[web.StreamRespon
         state: CloudState = request.app[STATE_KEY]
         principal = await authenticate(request, state)
         if principal.role not in PERMISSIONS[route.permission]:
-            raise _error(403, f"role {principal.role!r} may not {route.permission}")
+            words = PERMISSION_WORDS.get(route.permission, route.permission)
+            raise _error(403, f"role {principal.role!r} may not {words}")
         _step("auth", started)
         try:
             result = await route.handler(request, state, principal)
@@ -479,6 +555,10 @@ async def get_gateway(request: web.Request, state: CloudState, p: Principal) -> 
 
 async def revoke_gateway(request: web.Request, state: CloudState, p: Principal) -> GatewayOut:
     gateway_id = request.match_info["gateway_id"]
+    before = await _gateway(state, gateway_id)
+    if before.revoked_at is not None:
+        at = _iso(before.revoked_at)
+        raise _error(409, f"gateway {gateway_id!r} was already revoked at {at}")
     try:
         record = await state.store.revoke_gateway(gateway_id, now=datetime.now(UTC))
     except GatewayUnknown:
@@ -501,6 +581,9 @@ async def send_command(request: web.Request, state: CloudState, p: Principal) ->
     body: CommandIn = await _decode(request, CommandIn)
     if not _KIND.fullmatch(body.kind):
         raise _error(400, f"command kind {body.kind!r} is not a valid name")
+    if body.kind not in COMMAND_KINDS and body.kind not in state.settings.extra_command_kinds:
+        known = ", ".join(sorted({*COMMAND_KINDS, *state.settings.extra_command_kinds}))
+        raise _error(400, f"unknown command kind {body.kind!r} (known: {known})")
     ttl = state.settings.command_ttl
     if body.ttl_seconds is not None:
         if not 0 < body.ttl_seconds <= 30 * 86400:
@@ -544,11 +627,12 @@ async def send_command(request: web.Request, state: CloudState, p: Principal) ->
 async def list_commands(request: web.Request, state: CloudState, p: Principal) -> list[CommandOut]:
     gateway = request.query.get("gateway")
     state_name = request.query.get("state")
+    limit = _int_param(request, "limit", 100)
     try:
-        limit = int(request.query.get("limit", "100"))
         command_state = CommandState(state_name) if state_name else None
-    except ValueError as exc:
-        raise _error(400, str(exc)) from None
+    except ValueError:
+        states = ", ".join(s.value for s in CommandState)
+        raise _error(400, f"state must be one of {states}") from None
     if not 1 <= limit <= 1000:
         raise _error(400, "limit must be within 1..1000")
     records = await state.store.list_commands(gateway_id=gateway, state=command_state, limit=limit)
@@ -570,14 +654,32 @@ async def cancel_command(request: web.Request, state: CloudState, p: Principal) 
         )
     except IllegalTransition as exc:
         raise _error(409, str(exc)) from None
-    except LookupError:
-        raise _error(404, "no such command") from None
+    except (CommandNotFound, LookupError):
+        raise _error(404, f"no command {command_id!r}") from None
     await _audit(request, state, p, "command.cancel", command_id)
     return _command_out(record)
 
 
+#: A gateway name: printable, no control characters, at most this long.
+NAME_MAX = 128
+
+
+def _check_name(name: str | None) -> str | None:
+    if name is None:
+        return None
+    name = name.strip()
+    if not name:
+        raise _error(400, "name must not be empty (leave it out for a generated one)")
+    if len(name) > NAME_MAX:
+        raise _error(400, f"name must be at most {NAME_MAX} characters, not {len(name)}")
+    if not name.isprintable():
+        raise _error(400, "name must not contain control characters or line breaks")
+    return name
+
+
 async def create_token(request: web.Request, state: CloudState, p: Principal) -> TokenOut:
     body: TokenIn = await _decode(request, TokenIn)
+    body.name = _check_name(body.name)
     ttl = state.settings.enrollment_token_ttl
     if body.ttl_seconds is not None:
         if not 0 < body.ttl_seconds <= 30 * 86400:
@@ -598,26 +700,49 @@ async def create_token(request: web.Request, state: CloudState, p: Principal) ->
     )
 
 
+def _token_info(t: EnrollmentTokenRecord) -> TokenInfo:
+    return TokenInfo(
+        token_id=t.token_id,
+        name=t.gateway_name,
+        created_at=t.created_at,
+        created_by=t.created_by,
+        expires_at=t.expires_at,
+        used_at=t.used_at,
+        revoked_at=t.revoked_at,
+    )
+
+
 async def list_tokens(request: web.Request, state: CloudState, p: Principal) -> list[TokenInfo]:
-    return [
-        TokenInfo(
-            token_id=t.token_id,
-            name=t.gateway_name,
-            created_at=t.created_at,
-            created_by=t.created_by,
-            expires_at=t.expires_at,
-            used_at=t.used_at,
-            revoked_at=t.revoked_at,
+    return [_token_info(t) for t in await state.store.list_enrollment_tokens()]
+
+
+async def revoke_token(request: web.Request, state: CloudState, p: Principal) -> TokenInfo:
+    """Withdraw an enrollment token that was not used: no gateway can enroll with it after."""
+    token_id = request.match_info["enrollment_token_id"]
+    found = {t.token_id: t for t in await state.store.list_enrollment_tokens()}.get(token_id)
+    if found is None:
+        raise _error(404, f"no enrollment token {token_id!r}")
+    if found.revoked_at is not None:
+        at = _iso(found.revoked_at)
+        raise _error(409, f"enrollment token {token_id} was already revoked at {at}")
+    if found.used_at is not None:
+        raise _error(
+            409,
+            f"enrollment token {token_id} was already used at {_iso(found.used_at)}; "
+            "revoke the gateway it enrolled instead",
         )
-        for t in await state.store.list_enrollment_tokens()
-    ]
+    try:
+        record = await state.store.revoke_enrollment_token(token_id, now=datetime.now(UTC))
+    except TokenUnknown:
+        raise _error(404, f"no enrollment token {token_id!r}") from None
+    await _audit(request, state, p, "token.revoke", token_id, {"name": record.gateway_name})
+    return _token_info(record)
 
 
 async def list_audit(request: web.Request, state: CloudState, p: Principal) -> list[AuditOut]:
-    try:
-        limit = int(request.query.get("limit", "200"))
-    except ValueError:
-        raise _error(400, "limit must be a number") from None
+    limit = _int_param(request, "limit", 200)
+    if not 1 <= limit <= 10_000:
+        raise _error(400, "limit must be within 1..10000")
     return [
         AuditOut(
             id=a.audit_id,
@@ -628,7 +753,7 @@ async def list_audit(request: web.Request, state: CloudState, p: Principal) -> l
             detail=a.detail,
             source=a.source,
         )
-        for a in await state.store.list_audit(limit=max(1, min(limit, 10_000)))
+        for a in await state.store.list_audit(limit=limit)
     ]
 
 
@@ -705,6 +830,21 @@ async def list_devices(request: web.Request, state: CloudState, p: Principal) ->
     ]
 
 
+def _iso(at: datetime) -> str:
+    """A time as this API writes it: ISO 8601 in UTC, to the second."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _int_param(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise _error(400, f"{name} must be a whole number, not {raw[:40]!r}") from None
+
+
 def _float_param(request: web.Request, name: str) -> float | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
@@ -723,10 +863,7 @@ async def query_observations(
 ) -> list[ObservationOut]:
     gateway_id = request.match_info["gateway_id"]
     await _gateway(state, gateway_id)
-    try:
-        limit = int(request.query.get("limit", "10000"))
-    except ValueError:
-        raise _error(400, "limit must be a number") from None
+    limit = _int_param(request, "limit", 10_000)
     if not 1 <= limit <= 100_000:
         raise _error(400, "limit must be within 1..100000")
     rows = await state.telemetry.query(
@@ -774,14 +911,18 @@ async def get_health(request: web.Request, state: CloudState, p: Principal) -> H
 async def get_logs(request: web.Request, state: CloudState, p: Principal) -> list[LogOut]:
     gateway_id = request.match_info["gateway_id"]
     await _gateway(state, gateway_id)
-    try:
-        limit = max(1, min(int(request.query.get("limit", "200")), 5000))
-    except ValueError:
-        raise _error(400, "limit must be a number") from None
+    limit = _int_param(request, "limit", 200)
+    if not 1 <= limit <= 5000:
+        raise _error(400, "limit must be within 1..5000")
+    level = request.query.get("level") or None
+    if level is not None:
+        level = level.lower()
+        if level not in LOG_LEVELS:
+            raise _error(400, f"level must be one of {', '.join(LOG_LEVELS)}")
     rows = await state.health.store.logs(
         gateway_id,
         after=_float_param(request, "after"),
-        level=request.query.get("level"),
+        level=level,
         limit=limit,
         include_customer_data=p.role != "support",
     )
@@ -866,6 +1007,15 @@ ROUTES: tuple[ApiRoute, ...] = (
         TokenIn,
         TokenOut,
         201,
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/enrollment-tokens/{enrollment_token_id}/revoke",
+        revoke_token,
+        "enroll",
+        "Revoke an enrollment token that was not used",
+        None,
+        TokenInfo,
     ),
     ApiRoute(
         "GET",
@@ -1004,6 +1154,7 @@ def openapi_document() -> dict[str, Any]:
             }
             for name, desc in route.query
         ]
+        changes = route.method != "GET"
         op: dict[str, Any] = {
             "summary": route.summary,
             "operationId": route.handler.__name__,
@@ -1026,6 +1177,9 @@ def openapi_document() -> dict[str, Any]:
                         ("401", "No valid token"),
                         ("403", "Role not allowed"),
                         ("404", "Not found"),
+                        *([("409", "Conflicts with the current state")] if changes else []),
+                        *([("413", "Request body too large")] if route.request else []),
+                        ("500", "Internal error (the cloud's log has details)"),
                     )
                 },
             },

@@ -391,7 +391,7 @@ async def _catch_up(state: CloudState) -> None:
 
 
 def build_app(settings: CloudSettings) -> web.Application:
-    app = web.Application(client_max_size=2 * settings.max_frame)
+    app = web.Application(client_max_size=2 * settings.max_frame, middlewares=[api.json_errors])
     app[SETTINGS_KEY] = settings
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:

@@ -75,6 +75,9 @@ class CloudSettings:
     #: this often).
     last_seen_interval: float = 300.0
     command_ttl: timedelta = timedelta(hours=1)
+    #: Command kinds this fleet's agents run beyond the built-in table (handlers a deployment
+    #: added to its agents); the API refuses any other kind.
+    extra_command_kinds: tuple[str, ...] = ()
     certificate_lifetime: timedelta = timedelta(days=90)
     enrollment_token_ttl: timedelta = timedelta(hours=24)
     max_frame: int = 1 << 20

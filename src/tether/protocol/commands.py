@@ -26,6 +26,7 @@ import enum
 from collections.abc import Mapping
 
 __all__ = [
+    "COMMAND_KINDS",
     "FINAL_STATES",
     "TRANSITIONS",
     "CommandEvent",
@@ -34,6 +35,12 @@ __all__ = [
     "is_final",
     "transition",
 ]
+
+
+#: The command kinds an agent runs: its handler table has exactly these (the cloud refuses others).
+COMMAND_KINDS: frozenset[str] = frozenset(
+    {"ping", "metrics", "reboot", "shutdown", "restart-service", "set-config"}
+)
 
 
 class CommandState(enum.StrEnum):

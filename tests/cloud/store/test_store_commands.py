@@ -346,6 +346,38 @@ async def test_commands_of_a_revoked_gateway_are_kept(gateway_store: Store) -> N
     assert await gateway_store.get_command(record.command_id) == record
 
 
+async def test_the_audit_entry_of_a_command_keeps_its_arguments_without_secrets(
+    gateway_store: Store,
+) -> None:
+    args = {
+        "log_level": "debug",
+        "Password": "hunter2",
+        "proxy": {"url": "http://proxy:3128", "api_key": "k-123", "Secret_Token": "t"},
+        "servers": ["a", "b"],
+    }
+    record = await gateway_store.create_command(
+        gateway_id="gw-1",
+        kind="set-config",
+        args=args,
+        expires_at=NOW + HOUR,
+        created_by="alice (operator)",
+        now=NOW,
+    )
+    [entry] = await gateway_store.list_audit()
+    assert entry.detail is not None
+    assert entry.detail["args"] == {
+        "log_level": "debug",
+        "Password": "[redacted]",
+        "proxy": {
+            "url": "http://proxy:3128",
+            "api_key": "[redacted]",
+            "Secret_Token": "[redacted]",
+        },
+        "servers": ["a", "b"],
+    }
+    assert record.args == args  # the command itself carries them whole to its gateway
+
+
 async def test_a_queued_command_and_its_audit_entry_commit_together(gateway_store: Store) -> None:
     record = await gateway_store.create_command(
         gateway_id="gw-1",
@@ -363,7 +395,7 @@ async def test_a_queued_command_and_its_audit_entry_commit_together(gateway_stor
         "alice (operator)",
     )
     assert (entry.at, entry.source) == (NOW, "198.51.100.7")
-    assert entry.detail == {"gateway": "gw-1", "kind": "ping"}
+    assert entry.detail == {"gateway": "gw-1", "kind": "ping", "args": {}}
     # A refused command leaves neither a command nor an audit entry behind.
     with pytest.raises(GatewayUnknown):
         await _command(gateway_store, "gw-nope")
@@ -422,7 +454,11 @@ async def test_on_a_sqlite_file_a_command_is_stored_as_sqlalchemy_stores_it(
             actor="alice",
             action="command.send",
             target="f" * 32,
-            detail={"gateway": "gw-1", "kind": "set-config"},
+            detail={
+                "gateway": "gw-1",
+                "kind": "set-config",
+                "args": {"section": "ntp", "servers": ["a", "b"], "on": True, "n": None, "é": 1.5},
+            },
             source="198.51.100.7",
             now=at,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 
@@ -19,6 +19,7 @@ from tether.cloud.store.store import write_transaction
 
 __all__ = [
     "HEALTH_FIGURES",
+    "LOG_LEVELS",
     "HealthPoint",
     "HealthStore",
     "LogRow",
@@ -331,5 +332,6 @@ class HealthStore:
         return sorted(out, key=lambda r: r.ts)
 
 
-_ORDER = ("debug", "info", "warning", "error", "critical")
-_LEVELS_FROM = {lvl: _ORDER[i:] for i, lvl in enumerate(_ORDER)}
+#: Log levels, lowest first: a query for one level finds it and every level above it.
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+_LEVELS_FROM = {lvl: LOG_LEVELS[i:] for i, lvl in enumerate(LOG_LEVELS)}

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import secrets
 import sqlite3
 import uuid
@@ -491,6 +492,24 @@ class _SqliteWriter:
         self._thread.shutdown(wait=True)
 
 
+#: Argument names whose values the audit log never holds (matched case-insensitively, in part).
+_SECRET_ARG = re.compile(r"pass|secret|token|credential|private|key", re.IGNORECASE)
+
+
+def redacted_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """A command's arguments as the audit log keeps them: the values of secret-looking names
+    (passwords, tokens, keys) replaced, in nested mappings too."""
+    out: dict[str, Any] = {}
+    for name, value in args.items():
+        if _SECRET_ARG.search(str(name)):
+            out[name] = "[redacted]"
+        elif isinstance(value, Mapping):
+            out[name] = redacted_args(value)
+        else:
+            out[name] = value
+    return out
+
+
 class Store:
     """The cloud store. Open with :meth:`open`, close with :meth:`close`."""
 
@@ -950,7 +969,7 @@ class Store:
             "actor": created_by,
             "action": "command.send",
             "target": command_id,
-            "detail": {"gateway": gateway_id, "kind": kind},
+            "detail": {"gateway": gateway_id, "kind": kind, "args": redacted_args(args)},
             "source": source,
         }
 
