@@ -7,10 +7,21 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import dns.message
+import dns.rcode
+import dns.rdatatype
 import pytest
 from tests.support.testbed.dnsserver import DNSServer
 
-from tether.netcheck.dns import Outcome, Resolver, dedupe, parse_resolver, resolve, system_resolvers
+from tether.netcheck.dns import (
+    Outcome,
+    Resolver,
+    dedupe,
+    hosts_file_addresses,
+    parse_resolver,
+    resolve,
+    system_resolvers,
+)
 
 
 @pytest.mark.parametrize(
@@ -86,3 +97,42 @@ async def test_resolver_port_closed() -> None:
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.5):
             await resolve("api.site.test", Resolver("127.0.0.1", port))
+
+
+class _RefusesAAAA(DNSServer):
+    """Answers A, refuses AAAA: some filtering resolvers do exactly that."""
+
+    def _answer(self, data: bytes) -> bytes | None:
+        query = dns.message.from_wire(data)
+        if query.question and query.question[0].rdtype == dns.rdatatype.AAAA:
+            response = dns.message.make_response(query)
+            response.set_rcode(dns.rcode.REFUSED)
+            return bytes(response.to_wire())
+        return super()._answer(data)
+
+
+async def test_an_a_answer_is_kept_when_aaaa_is_refused() -> None:
+    server = _RefusesAAAA(
+        records={"tether.site.test": ["127.0.0.1"]}, nxdomain=set(), silent=set()
+    ).start()
+    try:
+        async with asyncio.timeout(10):
+            answer = await resolve("tether.site.test", Resolver("127.0.0.1", server.port))
+    finally:
+        server.stop()
+    assert answer.outcome is Outcome.OK
+    assert answer.addresses == ("127.0.0.1",)
+    assert "AAAA query: REFUSED" in answer.detail
+
+
+def test_hosts_file(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text(
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost # loopback\n"
+        "10.0.0.5 Tether.Site.Test tether\n# 10.9.9.9 commented.test\nbogus line.test\n"
+    )
+    assert hosts_file_addresses("localhost", hosts) == ("127.0.0.1", "::1")
+    assert hosts_file_addresses("tether.site.test", hosts) == ("10.0.0.5",)
+    assert hosts_file_addresses("commented.test", hosts) == ()
+    assert hosts_file_addresses("line.test", hosts) == ()
+    assert hosts_file_addresses("x.test", tmp_path / "missing") == ()

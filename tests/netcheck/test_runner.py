@@ -50,6 +50,7 @@ def options(dns: DNSServer | list[DNSServer], test_ca: TestCA, **kw: Any) -> Che
         "timeout": 3.0,
         "long_poll_wait": 0.5,
         "lease_root": Path("/nonexistent-lease-root"),
+        "hosts_file": Path("/nonexistent-hosts"),
     }
     defaults.update(kw)
     return CheckOptions(**defaults)
@@ -541,3 +542,36 @@ async def test_long_poll_held_as_long_as_asked_and_cut_by_a_proxy_timeout(
     assert "to be held 4 s was cut after" in cut.finding
     assert "above 4 s" in cut.fix
     assert cut.firewall
+
+
+async def test_a_dead_second_resolver_is_a_warning_naming_it(
+    app: AppServer, dns: DNSServer, test_ca: TestCA
+) -> None:
+    dead = Resolver("127.0.0.1", _dead_port(), "dead one")
+    base = options(dns, test_ca, endpoint_ids=("control",), timeout=1.0)
+    resolvers = (*base.resolvers, dead) if base.resolvers else (dead,)
+    report = await run_checks(
+        own_manifest(app.port),
+        options(dns, test_ca, endpoint_ids=("control",), resolvers=resolvers),
+    )
+    rows = find(report, Check.DNS, "control")
+    assert [r.status for r in rows] == [Status.PASS, Status.WARN]
+    assert "dead one" in rows[1].target
+    assert "answered, so the gateway resolves through it" in rows[1].finding
+    assert report.exit_code == 1
+
+
+async def test_hosts_file_is_read_before_dns(
+    app: AppServer, dns_factory: Callable[..., DNSServer], test_ca: TestCA, tmp_path: Path
+) -> None:
+    empty = dns_factory({}, nxdomain=[HOST])  # DNS does not know the name at all
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"127.0.0.1 {HOST}\n")
+    report = await run_checks(
+        own_manifest(app.port),
+        options(empty, test_ca, endpoint_ids=("control",), hosts_file=hosts),
+    )
+    [row] = find(report, Check.DNS, "control")
+    assert row.status is Status.PASS
+    assert str(hosts) in row.target
+    assert statuses(find(report, Check.TLS, "control")) == {Status.PASS}

@@ -25,6 +25,7 @@ __all__ = [
     "Answer",
     "Outcome",
     "Resolver",
+    "hosts_file_addresses",
     "parse_resolver",
     "resolve",
     "system_resolvers",
@@ -176,15 +177,45 @@ async def resolve(name: str, resolver: Resolver) -> Answer:
         return Answer(name, resolver, Outcome.ERROR, detail=str(exc) or type(exc).__name__)
     addresses: list[str] = []
     aliases: list[str] = []
+    failed: Answer | None = None  # the first query that got an error code
+    notes: list[str] = []
     for response, rdtype in zip(responses, ("A", "AAAA"), strict=True):
         rcode = response.rcode()
-        if rcode in _RCODES:
-            return Answer(name, resolver, _RCODES[rcode], detail=dns.rcode.to_text(rcode))
         if rcode != dns.rcode.NOERROR:
-            return Answer(name, resolver, Outcome.ERROR, detail=dns.rcode.to_text(rcode))
+            text = dns.rcode.to_text(rcode)
+            notes.append(f"{rdtype} query: {text}")
+            if failed is None:
+                failed = Answer(name, resolver, _RCODES.get(rcode, Outcome.ERROR), detail=text)
+            continue
         found, cnames = _addresses(response, rdtype)
         addresses += found
         aliases += [c for c in cnames if c not in aliases]
-    if not addresses:
-        return Answer(name, resolver, Outcome.NODATA, cname=tuple(aliases))
-    return Answer(name, resolver, Outcome.OK, tuple(addresses), cname=tuple(aliases))
+    if addresses:
+        # One family answered: the gateway uses it (getaddrinfo keeps what it got).
+        detail = "; ".join(notes)
+        return Answer(name, resolver, Outcome.OK, tuple(addresses), detail, cname=tuple(aliases))
+    if failed is not None:
+        return failed
+    return Answer(name, resolver, Outcome.NODATA, cname=tuple(aliases))
+
+
+def hosts_file_addresses(name: str, path: Path = Path("/etc/hosts")) -> tuple[str, ...]:
+    """The addresses ``path`` (the hosts file getaddrinfo reads before DNS) gives ``name``."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ()
+    wanted = name.lower().rstrip(".")
+    found: list[str] = []
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2 or wanted not in (f.lower().rstrip(".") for f in fields[1:]):
+            continue
+        address = fields[0].split("%", 1)[0]
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            continue
+        if address not in found:
+            found.append(address)
+    return tuple(found)

@@ -37,7 +37,15 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 import tether
 from tether.netcheck import captive as captive_mod
 from tether.netcheck import dhcp
-from tether.netcheck.dns import Answer, Outcome, Resolver, dedupe, parse_resolver, resolve
+from tether.netcheck.dns import (
+    Answer,
+    Outcome,
+    Resolver,
+    dedupe,
+    hosts_file_addresses,
+    parse_resolver,
+    resolve,
+)
 from tether.netcheck.dns import system_resolvers as read_resolv_conf
 from tether.netcheck.http import (
     HELLO_PATH,
@@ -128,6 +136,7 @@ class CheckOptions:
     endpoint_ids: tuple[str, ...] | None = None  # only these endpoints
     lease_root: Path = Path("/")  # where DHCP lease files are looked for
     resolv_conf: Path = Path("/etc/resolv.conf")
+    hosts_file: Path = Path("/etc/hosts")  # read before DNS, as the agent's getaddrinfo does
     build_time: int = tether.BUILD_TIME
     clock: Callable[[], float] = time.time
     progress: Callable[[ProgressEvent], None] | None = None
@@ -460,6 +469,17 @@ class _Run:
 
     async def _resolve_all(self, unit: _Unit, *, proxied: bool) -> list[str]:
         """DNS through every resolver; returns the addresses the gateway would use."""
+        pinned = hosts_file_addresses(unit.name, self.options.hosts_file)
+        if pinned:
+            unit.add(
+                Check.DNS,
+                Status.PASS,
+                f"{unit.name} → {', '.join(pinned)} from {self.options.hosts_file}, which the "
+                "gateway's resolver reads before asking DNS",
+                target=f"{unit.name} @ {self.options.hosts_file}",
+                details={"addresses": " ".join(pinned)},
+            )
+            return list(pinned)
         if not self.resolvers:
             unit.add(
                 Check.DNS,
@@ -480,9 +500,16 @@ class _Run:
             return answer, started
 
         answers = await asyncio.gather(*(one(r) for r in self.resolvers))
+        working = [a.resolver.label for a, _ in answers if a.outcome is Outcome.OK]
         chosen: list[str] = []
         for answer, started in answers:
             status, finding, fix = _judge_dns(answer, self.options.timeout)
+            if status is Status.FAIL and working and answer.outcome in _NEXT_SERVER:
+                # The resolver library moves on to the next server: slower, not broken.
+                status = Status.WARN
+                finding += (
+                    f"; {working[0]} answered, so the gateway resolves through it after a delay"
+                )
             if proxied and status is Status.FAIL:
                 status = Status.WARN
                 finding += " (the proxy resolves names for proxied connections)"
@@ -1391,10 +1418,16 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+# Outcomes after which the system resolver asks the next configured server (glibc: no answer,
+# SERVFAIL, REFUSED); NXDOMAIN and NODATA are answers and end the lookup.
+_NEXT_SERVER = frozenset({Outcome.TIMEOUT, Outcome.ERROR, Outcome.SERVFAIL, Outcome.REFUSED})
+
+
 def _judge_dns(answer: Answer, timeout: float) -> tuple[Status, str, str]:
     name, resolver = answer.name, answer.resolver.label
     if answer.outcome is Outcome.OK:
-        return Status.PASS, f"{name} → {', '.join(answer.addresses)}", ""
+        note = f" ({answer.detail})" if answer.detail else ""
+        return Status.PASS, f"{name} → {', '.join(answer.addresses)}{note}", ""
     if answer.outcome is Outcome.NXDOMAIN:
         return (
             Status.FAIL,
