@@ -18,7 +18,7 @@ import os
 import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec
 from urllib.parse import quote
 
@@ -84,7 +84,7 @@ def _error_text(response: httpx.Response) -> str:
 @dataclass
 class ApiClient:
     url: str
-    token: str
+    token: str = field(repr=False)
     verify: ssl.SSLContext | bool = True
     timeout: float = 30.0
 
