@@ -202,7 +202,17 @@ def build_own_manifest(settings: DeploymentSettings) -> Manifest:
         "Mutual TLS cannot pass a TLS-inspecting proxy: exempt the hostnames above from "
         "decryption. The gateway pins the platform CA and reports interception by name.",
         "The gateway honours the HTTPS proxy the site configures (HTTP CONNECT); a direct route "
-        "is not required.",
+        "is not required. Proxy authentication: Basic only (credentials in the proxy URL); "
+        "NTLM, Kerberos and Negotiate are not supported.",
+        "IPv4 and IPv6 are both used when the site offers them: the gateway connects to the "
+        "addresses DNS returns (AAAA and A), so allow both or give the gateway no IPv6 route.",
+        "Place the gateway in a segment whose outbound traffic passes the firewall or proxy "
+        "configured from this document; it needs DHCP (or static settings), DNS and the "
+        "connections listed here, and nothing inbound.",
+        "Long-lived connections: the WebSocket link stays open for hours and carries a "
+        "heartbeat every 30 s; the HTTPS long-poll fallback holds each request up to 25 s. "
+        "Firewall and proxy idle and response timeouts for these names must exceed 30 s "
+        "(60 s or more recommended); shorter ones cut the link and force slower tiers.",
     ]
     if len(hosts) == 1:
         notes.append(

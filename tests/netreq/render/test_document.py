@@ -7,9 +7,11 @@ import io
 from html.parser import HTMLParser
 
 import msgspec
+import pytest
 from tests.support.netreq import own_single
 
 from tether.netreq.catalog import load_reference
+from tether.netreq.model import Manifest
 from tether.netreq.render import render_document
 from tether.netreq.render.csv_table import COLUMNS
 
@@ -79,3 +81,33 @@ def test_csv_has_one_row_per_endpoint() -> None:
     assert ntp["pattern"] == "*.resinio.pool.ntp.org"
     assert ntp["ports"] == "UDP 123"
     assert ntp["tls_min_version"] == ""
+
+
+def _with_purpose(purpose: str) -> Manifest:
+    base = own_single()
+    return msgspec.structs.replace(
+        base,
+        endpoints=tuple(msgspec.structs.replace(e, purpose=purpose) for e in base.endpoints),
+    )
+
+
+def test_csv_cells_cannot_start_a_formula() -> None:
+    text = render_document(_with_purpose('=HYPERLINK("http://evil/","click")'), "csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows
+    assert all(r["purpose"] == '\'=HYPERLINK("http://evil/","click")' for r in rows)
+    assert not any(cell[:1] in "=+-@" for r in rows for cell in r.values() if cell)
+
+
+@pytest.mark.parametrize("fmt", ["md", "html"])
+def test_raw_html_from_the_manifest_is_escaped(fmt: str) -> None:
+    text = render_document(_with_purpose("Evil <script>alert(1)</script>"), fmt)
+    assert "<script>" not in text
+    assert "&lt;script&gt;" in text
+
+
+def test_own_document_states_ipv6_placement_proxy_auth_and_timeouts() -> None:
+    text = render_document(own_single(), "md")
+    for phrase in ("IPv6", "Place the gateway", "Basic only", "every 30 s", "up to 25 s"):
+        assert phrase in text
+    assert "| Area | Hostname | TLS |" in text

@@ -41,7 +41,8 @@ def render(m: Manifest) -> str:
     writer.writerow(COLUMNS)
     for e in m.endpoints:
         writer.writerow(
-            (
+            _cell(value)
+            for value in (
                 e.id,
                 e.area,
                 e.host,
@@ -66,6 +67,11 @@ def render(m: Manifest) -> str:
             )
         )
     return buf.getvalue()
+
+
+def _cell(value: str) -> str:
+    """A cell a spreadsheet shows as text: a leading = + - @ (or tab, CR) would start a formula."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 def _yes(flag: bool) -> str:

@@ -134,6 +134,7 @@ def build_document(m: Manifest) -> Document:
     )
     tls_rows = tuple(
         (
+            e.area,
             _host(e),
             f"{e.tls.min_version}+" if e.tls else "no TLS",
             ("yes" if e.tls.mutual else "no") if e.tls else "",
@@ -149,6 +150,7 @@ def build_document(m: Manifest) -> Document:
             "",
             Table(
                 (
+                    "Area",
                     "Hostname",
                     "TLS",
                     "Client certificate",

@@ -32,4 +32,6 @@ def _table(table: Table) -> list[str]:
 
 
 def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
+    """One line of inline text: raw HTML from a manifest is escaped, Markdown markers too."""
+    text = " ".join(text.split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
