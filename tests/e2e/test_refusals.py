@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -381,6 +382,47 @@ async def test_log_queries_take_level_names_in_any_case_and_refuse_others(
         refused = await api.get(path, params={"limit": limit})
         assert refused.status_code == 400
         assert refused.json() == {"error": "limit must be within 1..5000"}
+
+
+@pytest.mark.parametrize(
+    ("section", "data", "words"),
+    [
+        ("firmware", {"x": 1}, "unknown configuration section 'firmware'"),
+        ("agent", {"health_interval": 1}, "health_interval must be within 5..86400"),
+        ("logs", {"level": "loud"}, "log level must be one of"),
+        ("connectors", {"instances": {"a b": {"connector": "x"}}}, "instance 'a b': name must"),
+        ("connectors", {"instances": {"sim": {}}}, "connectors configuration"),
+        ("connectors", {"instance": {}}, "connectors configuration"),
+        (
+            "connectors",
+            {"instances": {"sim": {"connector": "simulated-building", "config": {"seed": "x"}}}},
+            "instance 'sim' (simulated-building)",
+        ),
+    ],
+)
+async def test_a_configuration_no_agent_would_apply_is_refused_before_it_is_stored(
+    api: httpx.AsyncClient, start_agent: StartAgent, section: str, data: Any, words: str
+) -> None:
+    gw = await start_agent("building-1")
+    path = f"/api/v1/gateways/{gw.gateway_id}/config"
+    answer = await api.put(f"{path}/{section}", json=data)
+    assert answer.status_code == 400
+    assert words in answer.json()["error"], answer.text
+    assert (await api.get(path)).json() == []
+    audit = (await api.get("/api/v1/audit")).json()
+    assert not [e for e in audit if e["action"] == "config.set"]
+
+
+async def test_a_revoked_gateway_takes_no_configuration(
+    api: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    gw = await start_agent("building-1")
+    assert (await api.post(f"/api/v1/gateways/{gw.gateway_id}/revoke")).status_code == 200
+    answer = await api.put(
+        f"/api/v1/gateways/{gw.gateway_id}/config/agent", json={"health_interval": 30}
+    )
+    assert answer.status_code == 409
+    assert answer.json() == {"error": f"gateway {gw.gateway_id!r} is revoked"}
 
 
 async def test_revoking_a_gateway_twice_says_so_and_audits_once(

@@ -45,6 +45,7 @@ def loopback_options(tmp_path: Path, dns: DNSServer) -> CheckOptions:
         resolvers=(parse_resolver(dns.address),),
         lease_root=tmp_path / "no-leases",
         resolv_conf=tmp_path / "no-resolv.conf",
+        hosts_file=tmp_path / "no-hosts",
         environ={},
     )
 
@@ -131,6 +132,7 @@ async def test_the_checks_take_the_agents_proxy_not_the_environments(
         resolvers=(parse_resolver(dns.address),),
         lease_root=tmp_path / "no-leases",
         resolv_conf=tmp_path / "no-resolv.conf",
+        hosts_file=tmp_path / "no-hosts",
     )
     direct = Preflight(
         cloud_url=cloud.url, ca_path=str(cloud.ca_path), trust_env=False, options=base

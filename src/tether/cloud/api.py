@@ -32,6 +32,7 @@ from aiohttp import web
 
 from tether import __version__
 from tether.cloud import accounts
+from tether.cloud.configcheck import check_section
 from tether.cloud.state import STATE_KEY, CloudState
 from tether.cloud.store import Store
 from tether.cloud.store.errors import (
@@ -53,6 +54,7 @@ from tether.protocol.commands import (
     CommandState,
     IllegalTransition,
 )
+from tether.protocol.config import ConfigInvalid
 from tether.protocol.enrollment import encode_code
 from tether.protocol.messages import CloseCode
 
@@ -765,8 +767,14 @@ async def put_config(request: web.Request, state: CloudState, p: Principal) -> C
     section = request.match_info["section"]
     if not _SECTION.fullmatch(section):
         raise _error(400, f"configuration section {section!r} is not a valid name")
-    await _gateway(state, gateway_id)
+    gateway = await _gateway(state, gateway_id)
+    if gateway.revoked_at is not None:
+        raise _error(409, f"gateway {gateway_id!r} is revoked")
     body = await _decode(request, dict[str, Any])
+    try:
+        check_section(section, body)
+    except ConfigInvalid as exc:
+        raise _error(400, str(exc)) from None
     record = await state.service.config.put(gateway_id, section, body, by=p.actor)
     await _audit(
         request, state, p, "config.set", gateway_id, {"section": section, "version": record.version}

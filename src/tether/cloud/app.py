@@ -191,10 +191,11 @@ async def link_probe(request: web.Request) -> web.StreamResponse:
 
 
 async def long_poll_probe(request: web.Request) -> web.Response:
-    """Hold a request ``wait`` seconds (at most 10), then answer 204: shows middleboxes that
-    cut held requests. No certificate needed; nothing is disclosed."""
+    """Hold a request ``wait`` seconds (at most as long as a long-poll exchange is held), then
+    answer 204: shows middleboxes that cut held requests. No certificate needed; nothing is
+    disclosed."""
     try:
-        wait = min(10.0, max(0.0, float(request.query.get("wait", "2"))))
+        wait = min(poll.MAX_WAIT, max(0.0, float(request.query.get("wait", "2"))))
     except ValueError:
         raise web.HTTPBadRequest(text="wait must be a number of seconds\n") from None
     await asyncio.sleep(wait)

@@ -50,6 +50,7 @@ from tether.gateway.spool import AsyncSpool
 from tether.gateway.uploader import Uploader
 from tether.pki.errors import EstError
 from tether.protocol.backoff import backoff_delays
+from tether.protocol.config import agent_section
 from tether.protocol.messages import (
     CloseCode,
     CommandRequest,
@@ -130,6 +131,7 @@ class Agent:
             interval=settings.preflight_interval,
             proxy=settings.proxy,
             trust_env=settings.trust_env,
+            long_poll_wait=settings.longpoll_wait,
         )
         self._preflight_unsent: dict[str, Any] | None = None
         self._preflight_task: asyncio.Task[None] | None = None
@@ -262,9 +264,7 @@ class Agent:
             if section == "logs":
                 await self.logs.configure(data)
             else:
-                interval = float(data.get("health_interval", self.health_interval))
-                if not 5 <= interval <= 86400:
-                    raise ValueError("health_interval must be within 5..86400 seconds")
+                interval = agent_section(data, default_interval=self.health_interval)
                 self.apply_runtime_config({"health_interval": interval})
         except (ValueError, TypeError) as exc:
             return ConfigAck(section=section, version=version, ok=False, error=str(exc))

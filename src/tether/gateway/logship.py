@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tether.aio import cancel_and_wait
+from tether.protocol.config import logs_section
 from tether.protocol.messages import LogBatch, LogBatchAck, LogRecord, Message
 
 __all__ = ["LogShipper", "redact"]
@@ -126,15 +127,7 @@ class LogShipper:
 
     async def configure(self, data: dict[str, Any]) -> None:
         """``{"level": "info", "sources": ["agent", "journald:ssh.service"]}``."""
-        level = str(data.get("level", "info")).lower()
-        if level not in _LEVELS:
-            raise ValueError(f"log level must be one of {sorted(_LEVELS)}")
-        sources = data.get("sources", ["agent"])
-        if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
-            raise ValueError("log sources must be a list of strings")
-        for source in sources:
-            if source != "agent" and not source.startswith("journald"):
-                raise ValueError(f"unknown log source {source!r} (agent, journald[:UNIT])")
+        level, sources = logs_section(data)  # raises ConfigInvalid, a ValueError
         self.level = _LEVELS[level]
         self.sources = set(sources)
         self._open_level()

@@ -42,16 +42,19 @@ class Preflight:
         interval: float = 600.0,
         proxy: str | None = None,
         trust_env: bool = True,
+        long_poll_wait: float | None = None,
         options: CheckOptions | None = None,
     ) -> None:
         """*proxy* and *trust_env* are the agent's own: the checks take the path its link
-        takes. *options* may set what else the checks use (resolvers, lease files…); the
-        pinned CA always comes from *ca_path*."""
+        takes, and *long_poll_wait* is how long its long-poll requests are held (the check
+        holds one as long). *options* may set what else the checks use (resolvers, lease
+        files…); the pinned CA always comes from *ca_path*."""
         self.cloud_url = cloud_url.rstrip("/")
         self.ca_path = ca_path
         self.interval = interval
         self.proxy = proxy
         self.trust_env = trust_env
+        self.long_poll_wait = long_poll_wait
         self.options = options  # None: the checks' defaults
         self.last_run: float | None = None
         self.last_report: dict[str, Any] | None = None
@@ -101,6 +104,8 @@ class Preflight:
         options = dataclasses.replace(self.options or CheckOptions(), anchors=anchors)
         if options.proxy is None:
             options = dataclasses.replace(options, proxy=self._proxy_settings())
+        if self.long_poll_wait is not None:
+            options = dataclasses.replace(options, long_poll_wait=self.long_poll_wait)
         report: CheckReport = await run_checks(manifest, options)
         document: dict[str, Any] = msgspec.to_builtins(report)
         document["status"] = report.status.value
