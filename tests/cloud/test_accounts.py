@@ -548,8 +548,13 @@ async def test_a_users_api_token_has_their_role_and_dies_with_the_account(tmp_pa
             assert refused.status_code == 403
             assert (await api.post("/api/v1/users/olga/disable")).status_code == 200
             assert (await olga.get("/api/v1/whoami")).status_code == 401
-        bootstrap = await api.get("/api/v1/me/tokens")  # the bootstrap token is nobody's
-        assert bootstrap.status_code == 409
+        # The first start's token (admin.token) is admin's, listed as such.
+        mine = (await api.get("/api/v1/me/tokens")).json()
+        assert [(t["username"], t["label"]) for t in mine] == [
+            ("admin", "first start (admin.token)")
+        ]
+        who = (await api.get("/api/v1/whoami")).json()
+        assert (who["name"], who["role"]) == ("bootstrap token", "admin")
 
 
 async def test_login_throttling_answers_429_over_http(tmp_path: Path) -> None:

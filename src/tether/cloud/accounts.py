@@ -89,6 +89,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+BOOTSTRAP_TOKEN_LABEL: Final = "first start (admin.token)"  # noqa: S105 (a label)
 ADMIN_PASSWORD_FILE: Final = "admin.password"  # noqa: S105 (a file name, not a secret)
 #: ``__Host-``: the browser keeps it only if Secure, for this host and path ``/``.
 SESSION_COOKIE: Final = "__Host-tether-session"
@@ -526,7 +527,7 @@ class Accounts:
 
         password = new_password()
         try:
-            await self.users.create_user(
+            admin = await self.users.create_user(
                 username="admin",
                 password_hash=await self.hash_password(password),
                 role="admin",
@@ -535,6 +536,13 @@ class Accounts:
             )
         except UserExists:
             return None  # another worker process was first
+        # The first start's API token (admin.token) is admin's: listed and revocable as theirs.
+        for token in await self.store.list_api_tokens():
+            if (
+                token.created_by == "bootstrap"
+                and await self.users.token_owner(token.token_id) is None
+            ):
+                await self.users.own_token(token.token_id, admin.user_id, BOOTSTRAP_TOKEN_LABEL)
         path = data_dir / ADMIN_PASSWORD_FILE
         write_secret_file(path, password + "\n")
         await self.audit(actor="bootstrap", action="user.create", target="admin", source=None)

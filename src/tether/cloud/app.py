@@ -104,7 +104,7 @@ async def _bootstrap_admin(settings: CloudSettings, store: Store) -> None:
     if await store.list_api_tokens():
         return
     _, secret = await store.create_api_token(
-        name="admin", role="admin", created_by="bootstrap", now=datetime.now(UTC)
+        name="bootstrap token", role="admin", created_by="bootstrap", now=datetime.now(UTC)
     )
     path = settings.data_dir / ADMIN_TOKEN_FILE
     write_secret_file(path, secret + "\n")
@@ -396,7 +396,7 @@ def build_app(settings: CloudSettings) -> web.Application:
     app[SETTINGS_KEY] = settings
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         ca = CertificateAuthority.load_or_create(settings.pki_dir)
         store = await Store.open(
             settings.database, connections=connections_per_worker(settings, settings.workers)
@@ -500,7 +500,7 @@ def tune_collector() -> None:
 async def prepare(settings: CloudSettings) -> None:
     """First-start work done once before worker processes start: the CA and server
     credentials, the schema migrations, the bootstrap admin token."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca = CertificateAuthority.load_or_create(settings.pki_dir)
     server_context(settings, ca)
     store = await Store.open(settings.database)
@@ -522,7 +522,7 @@ async def run(
     """Serve until *stop* is set (or forever). *own_process*: the process serves nothing else,
     so process-wide settings (the garbage collector's) may be tuned for the cloud."""
     _raise_fd_limit()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca = CertificateAuthority.load_or_create(settings.pki_dir)
     ctx = server_context(settings, ca)
     app = build_app(settings)

@@ -424,3 +424,39 @@ async def test_a_postgres_store_holds_no_more_connections_than_it_is_given(
     assert len(seen) == 20
     assert max(seen) <= 3, seen
     assert max(seen) >= 2, seen  # callers did overlap: the limit, not luck, kept the count
+
+
+# --- the SQLite file -------------------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+async def test_a_new_sqlite_store_and_its_journal_files_are_readable_by_their_owner_only(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "data" / "tether.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        await store.create_gateway(gateway_id="gw-1", name="one", now=NOW)  # the WAL is written
+        wal, shm = path.with_name("tether.db-wal"), path.with_name("tether.db-shm")
+        assert wal.exists()
+        assert shm.exists()
+        assert {_mode(path), _mode(wal), _mode(shm)} == {0o600}
+        assert _mode(path.parent) == 0o700
+    finally:
+        await store.close()
+
+
+async def test_an_existing_sqlite_store_readable_by_others_is_made_private(tmp_path: Path) -> None:
+    path = tmp_path / "tether.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    await store.close()
+    path.chmod(0o644)
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        assert _mode(path) == 0o600
+        assert await store.list_gateways() == []  # the same database, still readable
+    finally:
+        await store.close()

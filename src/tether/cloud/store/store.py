@@ -27,8 +27,10 @@ file by a thread of the store's own (:mod:`.checkpoint`), never inside a commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import os
 import re
 import secrets
 import sqlite3
@@ -492,6 +494,19 @@ class _SqliteWriter:
         self._thread.shutdown(wait=True)
 
 
+def _owner_only(path: Path) -> None:
+    """Make the SQLite database at *path* readable by its owner only: created 0600 (SQLite
+    gives its WAL and shared-memory files the database's mode), or brought to 0600 with
+    those files if it exists. It holds password hashes, session and token digests."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                if each.stat().st_mode & 0o077:
+                    each.chmod(0o600)
+
+
 #: Argument names whose values the audit log never holds (matched case-insensitively, in part).
 _SECRET_ARG = re.compile(r"pass|secret|token|credential|private|key", re.IGNORECASE)
 
@@ -547,7 +562,8 @@ class Store:
             single_connection = not database or database == ":memory:"
             if database and database != ":memory:" and not database.startswith("file:"):
                 path = Path(database).absolute()
-                path.parent.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _owner_only(path)
                 key = str(path.resolve())
             engine = create_async_engine(parsed)
             _configure_sqlite(engine.sync_engine, checkpointed=key is not None)
