@@ -11,12 +11,24 @@ Example::
 
 from __future__ import annotations
 
+import math
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AgentSettings", "AgentSettingsError", "load_agent_settings"]
+__all__ = [
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "MAX_UPLOAD_BATCH",
+    "AgentSettings",
+    "AgentSettingsError",
+    "check_cloud_url",
+    "check_log_options",
+    "check_proxy_url",
+    "load_agent_settings",
+]
 
 
 class AgentSettingsError(ValueError):
@@ -25,6 +37,15 @@ class AgentSettingsError(ValueError):
 
 #: The default of ``upload_window``.
 UPLOAD_WINDOW = 8
+#: The largest ``upload_batch``: a batch is read from the spool into memory whole, and a link
+#: frame (``max_frame``, 1 MiB) holds some 20,000 small observations: a larger batch would only
+#: be split again before it is sent.
+MAX_UPLOAD_BATCH = 20_000
+#: The largest ``upload_window``: batches in flight are held in the agent's memory.
+MAX_UPLOAD_WINDOW = 64
+#: What ``--log-level`` and ``--log-format`` take.
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +89,95 @@ class AgentSettings:
 _HOOKS = {"reboot", "shutdown", "restart_service"}
 
 
+def check_log_options(level: str, fmt: str) -> None:
+    """Refuse a log level or format the agent does not know (ValueError names the valid ones)."""
+    if level.lower() not in LOG_LEVELS:
+        raise ValueError(f"--log-level takes one of {', '.join(LOG_LEVELS)}; got {level!r}")
+    if fmt.lower() not in LOG_FORMATS:
+        raise ValueError(f"--log-format takes one of {', '.join(LOG_FORMATS)}; got {fmt!r}")
+
+
+def _host_and_port(parts: urllib.parse.SplitResult, value: str) -> None:
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port that is no number or out of range)
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
+    if not parts.hostname:
+        raise ValueError(f"{value!r} names no host")
+
+
+def check_cloud_url(value: str) -> str:
+    """The cloud's URL as the agent uses it: ``https://host[:port]`` (a trailing ``/`` is
+    dropped). Raises ValueError saying what is wrong."""
+    if "://" not in value:
+        raise ValueError(f"{value!r} is not a URL: give https://host[:port]")
+    parts = urllib.parse.urlsplit(value.strip())
+    if parts.scheme.lower() != "https":
+        raise ValueError(
+            f"{value!r}: the cloud is reached over https:// only (the link is TLS end to end)"
+        )
+    _host_and_port(parts, value)
+    if parts.username is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{value!r}: give only https://host[:port]")
+    return f"https://{parts.netloc}"
+
+
+def check_proxy_url(value: str) -> str:
+    """A proxy as the agent can use it: ``http://[user:password@]host:port``.
+
+    ``https://`` proxies are refused: the agent's HTTP client (aiohttp) would verify the
+    proxy's own certificate with the agent's TLS context, which trusts the platform CA alone,
+    so no ordinary proxy could pass. The tunnel through the proxy is TLS to the cloud anyway.
+    """
+    parts = urllib.parse.urlsplit(value.strip())
+    scheme = parts.scheme.lower()
+    if scheme == "https":
+        raise ValueError(
+            "https:// proxies are not supported (the agent trusts only the platform CA, so "
+            "it cannot verify a proxy's own certificate): use the proxy's http:// port; "
+            "the tunnel through it is TLS to the cloud all the same"
+        )
+    if "://" not in value or scheme != "http":
+        raise ValueError(f"{_redact(value)!r} is not a proxy URL: give http://host:port")
+    _host_and_port(parts, _redact(value))
+    if parts.port is None:
+        raise ValueError(f"{_redact(value)!r}: give the proxy's port (http://host:port)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{_redact(value)!r}: give only http://[user:password@]host:port")
+    return value.strip()
+
+
+def _redact(value: str) -> str:
+    """*value* without the password a proxy URL may carry."""
+    head, at, tail = value.rpartition("@")
+    if not at:
+        return value
+    scheme, sep, userinfo = head.partition("://")
+    user = userinfo.split(":", 1)[0] if sep else ""
+    return f"{scheme}://{user}:***@{tail}" if sep else f"***@{tail}"
+
+
+def _number(path: Path, name: str, value: object) -> float:
+    """A finite number, not a boolean (TOML has ``inf``, ``nan`` and ``true``)."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise AgentSettingsError(f"{path}: {name!r} must be a finite number, not {value!r}")
+    return float(value)
+
+
 def load_agent_settings(data_dir: Path, **overrides: Any) -> AgentSettings:
     path = data_dir / "agent.toml"
     raw: dict[str, Any] = {}
-    if path.exists():
-        try:
-            raw = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise AgentSettingsError(f"{path}: {exc}") from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise AgentSettingsError(f"{path}: {reason}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise AgentSettingsError(f"{path}: {exc}") from None
     hooks = raw.pop("hooks", {})
     if not isinstance(hooks, dict):
         raise AgentSettingsError(f"{path}: [hooks] must be a table")
@@ -95,18 +197,33 @@ def load_agent_settings(data_dir: Path, **overrides: Any) -> AgentSettings:
         if not isinstance(pools, list) or not all(isinstance(p, str) for p in pools):
             raise AgentSettingsError(f"{path}: 'ntp_pools' must be a list of host names")
         values["ntp_pools"] = tuple(pools)
-    for name in ("cloud_url", "proxy"):
+    for name, check in (("cloud_url", check_cloud_url), ("proxy", check_proxy_url)):
         if name in raw:
-            if not isinstance(raw[name], str):
+            value = raw.pop(name)
+            if not isinstance(value, str):
                 raise AgentSettingsError(f"{path}: setting {name!r} must be a string")
-            values[name] = raw.pop(name)
+            try:
+                values[name] = check(value)
+            except ValueError as exc:
+                raise AgentSettingsError(f"{path}: {name!r}: {exc}") from None
     if "trust_env" in raw:
-        values["trust_env"] = bool(raw.pop("trust_env"))
-    for name in ("spool_max_bytes", "upload_batch", "upload_window"):
+        trust = raw.pop("trust_env")
+        if not isinstance(trust, bool):
+            raise AgentSettingsError(
+                f"{path}: 'trust_env' must be true or false (unquoted), not {trust!r}"
+            )
+        values["trust_env"] = trust
+    for name, top in (
+        ("spool_max_bytes", None),
+        ("upload_batch", MAX_UPLOAD_BATCH),
+        ("upload_window", MAX_UPLOAD_WINDOW),
+    ):
         if name in raw:
             value = raw.pop(name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise AgentSettingsError(f"{path}: {name!r} must be a positive integer")
+            if top is not None and value > top:
+                raise AgentSettingsError(f"{path}: {name!r} must be at most {top:,}")
             values[name] = value
     for name in (
         "longpoll_wait",
@@ -115,22 +232,18 @@ def load_agent_settings(data_dir: Path, **overrides: Any) -> AgentSettings:
         "unstable_after",
         "health_interval",
         "preflight_interval",
+        "spool_max_age",
     ):
         if name in raw:
-            value = raw.pop(name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            seconds = _number(path, name, raw.pop(name))
+            if seconds <= 0:
                 raise AgentSettingsError(f"{path}: {name!r} must be a positive number of seconds")
-            values[name] = float(value)
-    if "spool_max_age" in raw:
-        age = raw.pop("spool_max_age")
-        if not isinstance(age, int | float) or age <= 0:
-            raise AgentSettingsError(f"{path}: 'spool_max_age' must be a positive number")
-        values["spool_max_age"] = float(age)
+            values[name] = seconds
     if "reconnect_cap" in raw:
-        cap = raw.pop("reconnect_cap")
-        if not isinstance(cap, int | float) or cap < 1:
-            raise AgentSettingsError(f"{path}: 'reconnect_cap' must be a number >= 1")
-        values["reconnect_cap"] = float(cap)
+        cap = _number(path, "reconnect_cap", raw.pop("reconnect_cap"))
+        if cap < 1:
+            raise AgentSettingsError(f"{path}: 'reconnect_cap' must be a number of seconds >= 1")
+        values["reconnect_cap"] = cap
     if raw:
         raise AgentSettingsError(f"{path}: unknown settings {sorted(raw)}")
     values.update({k: v for k, v in overrides.items() if v is not None})
