@@ -128,7 +128,7 @@ def _api_body(request_type: Any) -> Any:
     examples: dict[Any, Callable[[], Any]] = {
         api.CommandIn: lambda: {"kind": "ping"},
         api.TokenIn: lambda: {"name": "matrix"},
-        dict[str, Any]: lambda: {"matrix": 1},
+        dict[str, Any]: lambda: {"health_interval": 60},  # a configuration section
         acc.UserIn: lambda: {"username": _fresh("new"), "role": "viewer"},
         acc.RoleIn: lambda: {"role": "support"},
         acc.PasswordIn: lambda: {},
@@ -168,7 +168,7 @@ async def test_every_api_route_answers_each_role_as_its_permission_says(tmp_path
                 allowed = api.PERMISSIONS[route.permission]
                 for role in (*ROLES, None):
                     path = await _path(
-                        world, route.path, role, {"section": "matrix"}, fresh=role in allowed
+                        world, route.path, role, {"section": "agent"}, fresh=role in allowed
                     )
                     body = _api_body(route.request)
                     headers = {"Authorization": f"Bearer {world.tokens[role]}"} if role else {}
@@ -201,9 +201,7 @@ async def test_the_api_through_a_console_session_honours_the_same_roles(tmp_path
                     continue  # would end the other sessions of the user (tested elsewhere)
                 for role in ROLES:
                     allowed = role in api.PERMISSIONS[route.permission]
-                    path = await _path(
-                        world, route.path, role, {"section": "matrix"}, fresh=allowed
-                    )
+                    path = await _path(world, route.path, role, {"section": "agent"}, fresh=allowed)
                     answer = await client.request(
                         route.method,
                         path,
@@ -246,6 +244,7 @@ def _console_cases(cloud: Cloud) -> dict[str, ConsoleCase]:
         "network_rules": ConsoleCase({"fmt": "fortigate", "name": rules.files[0][0]}, none, 200),
         "tokens_page": ConsoleCase({}, none, 200),
         "create_token": ConsoleCase({}, lambda: {"name": "matrix", "hours": "1"}, 200),
+        "revoke_token": ConsoleCase({}, none, 303),
         "audit_page": ConsoleCase({}, none, 200),
         "users_page": ConsoleCase({}, none, 200),
         "create_user": ConsoleCase({}, lambda: {"username": _fresh("form"), "role": "viewer"}, 201),

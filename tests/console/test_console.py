@@ -146,6 +146,10 @@ def test_enrollment_audit_users_and_account_pages(
     assert len(code.input_value()) > 40
     expect(page.locator("table.data")).to_contain_text("boiler-room-3")
     screenshot(page, artifacts, "tokens")
+    # Withdrawn before any gateway used it: asked first, then shown revoked and audited.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Revoke the token").first.click()
+    expect(page.locator("table.data .badge").first).to_have_text("revoked")
 
     page.get_by_role("link", name="Audit").click()
     expect(page.locator("#audit-rows")).to_contain_text("token.create")
@@ -157,6 +161,7 @@ def test_enrollment_audit_users_and_account_pages(
         page.get_by_role("link", name="Export JSON lines").click()
     lines = [json.loads(x) for x in Path(info.value.path()).read_text().splitlines()]
     assert any(e["action"] == "token.create" and e["actor"] == "admin (admin)" for e in lines)
+    assert any(e["action"] == "token.revoke" and e["actor"] == "admin (admin)" for e in lines)
     screenshot(page, artifacts, "audit")
 
     page.get_by_role("link", name="Users").click()

@@ -701,6 +701,15 @@ async def create_token(ctx: Ctx) -> web.StreamResponse:
     return await _tokens_page(ctx, created=created)
 
 
+async def revoke_token(ctx: Ctx) -> web.StreamResponse:
+    token_id = ctx.request.match_info["enrollment_token_id"]
+    try:
+        await call_api(ctx, api.revoke_token, enrollment_token_id=token_id)
+    except ApiRefused as exc:
+        return await _tokens_page(ctx, error=str(exc), status=exc.status)
+    raise web.HTTPSeeOther(location=f"{PREFIX}/tokens")
+
+
 # --- audit ----------------------------------------------------------------------------------
 
 
@@ -909,6 +918,13 @@ ROUTES: tuple[ConsoleRoute, ...] = (
     ),
     ConsoleRoute("GET", f"{P}/tokens", tokens_page, "enroll", "Enrollment tokens"),
     ConsoleRoute("POST", f"{P}/tokens", create_token, "enroll", "Create an enrollment token"),
+    ConsoleRoute(
+        "POST",
+        f"{P}/tokens/{{enrollment_token_id}}/revoke",
+        revoke_token,
+        "enroll",
+        "Revoke an enrollment token",
+    ),
     ConsoleRoute("GET", f"{P}/audit", audit_page, "audit", "Audit log"),
     ConsoleRoute("GET", f"{P}/users", users_page, "users", "Users"),
     ConsoleRoute("POST", f"{P}/users", create_user, "users", "Create a user"),
