@@ -60,6 +60,12 @@ log = logging.getLogger(__name__)
 
 #: Link deadlines are kept to this many seconds at most (the wheel's slot width).
 DEADLINE_GRANULARITY = 0.25
+#: A gateway whose link is taken over this many times within REPLACED_WINDOW seconds is
+#: probably running on two hosts (see :meth:`LinkHub.replaced`).
+REPLACED_WARN = 3
+REPLACED_WINDOW = 600.0
+#: Gateways whose take-overs are remembered at most (the quiet ones are forgotten first).
+REPLACED_TRACKED = 10_000
 
 
 class LinkHub:
@@ -80,6 +86,38 @@ class LinkHub:
         self._wheel: dict[int, set[WebSocketLink]] = {}
         self._next_slot = math.floor(time.monotonic() / granularity)
         self._ticker: asyncio.TimerHandle | None = None
+        # gateway -> when its link was taken over by a newer one, within REPLACED_WINDOW
+        self._replaced: dict[str, collections.deque[float]] = {}
+        self._warned: dict[str, float] = {}  # gateway -> when a clone was last warned of
+
+    # -- a gateway on two hosts ------------------------------------------------------------------
+
+    def replaced(self, gateway_id: str, *, old_peer: str | None, new_peer: str | None) -> bool:
+        """A link of *gateway_id* just took over from an older one. Returns True (and warns,
+        once per window) when that happened :data:`REPLACED_WARN` times within
+        :data:`REPLACED_WINDOW`: two hosts are probably running with the same identity, each
+        taking the link from the other (their telemetry is deduplicated, so one's is lost)."""
+        now = time.monotonic()
+        if len(self._replaced) > REPLACED_TRACKED:  # bounded: forget the quiet ones
+            for gid in [g for g, t in self._replaced.items() if now - t[-1] > REPLACED_WINDOW]:
+                del self._replaced[gid]
+        times = self._replaced.setdefault(gateway_id, collections.deque(maxlen=REPLACED_WARN))
+        times.append(now)
+        if len(times) < REPLACED_WARN or now - times[0] > REPLACED_WINDOW:
+            return False
+        if now - self._warned.get(gateway_id, -math.inf) > REPLACED_WINDOW:
+            self._warned[gateway_id] = now
+            log.warning(
+                "gateway %s: its link was taken over %d times within %d minutes (now from %s, "
+                "before from %s): another host is probably running with this gateway's identity; "
+                "revoke the gateway and enroll each host with its own token",
+                gateway_id,
+                REPLACED_WARN,
+                round(REPLACED_WINDOW / 60),
+                new_peer or "?",
+                old_peer or "?",
+            )
+        return True
 
     # -- deadlines -------------------------------------------------------------------------------
 
@@ -390,6 +428,7 @@ class WebSocketLink:
             )
             previous = self.hub.register(self)
             if previous is not None:
+                self.hub.replaced(self.gateway_id, old_peer=previous.peer, new_peer=self.peer)
                 await previous.close(CloseCode.REPLACED, "a newer link of this gateway took over")
             self._opened_at = await self.links.opened(
                 self.gateway_id,
