@@ -9,13 +9,16 @@ re-sent on each new link until the cloud acknowledges it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import json
 import logging
 import random
+import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,17 +39,19 @@ from tether.gateway.httptier import HttpTier
 from tether.gateway.identity import GatewayIdentity, renew, seconds_until
 from tether.gateway.ledger import CommandLedger
 from tether.gateway.link import (
+    ClockWrong,
     LinkEnded,
     LinkError,
     LinkRefused,
     TlsUntrusted,
     WebSocketTier,
+    clean_error,
     probe_websocket,
 )
 from tether.gateway.logship import LogShipper
 from tether.gateway.preflight import Preflight
 from tether.gateway.settings import AgentSettings
-from tether.gateway.spool import AsyncSpool
+from tether.gateway.spool import AsyncSpool, SpoolFull
 from tether.gateway.uploader import Uploader
 from tether.pki.errors import EstError
 from tether.protocol.backoff import backoff_delays
@@ -85,6 +90,21 @@ DOWN_AFTER = 2
 UPGRADE = "upgrade"
 #: The longest idle exchange a probe asks the cloud to hold (the cloud caps a hold at 55 s).
 LONGEST_HOLD = 50.0
+#: Links taken over by another link of this gateway (close code ``replaced``) within
+#: REPLACED_WINDOW seconds beyond which another host is taken to hold this gateway's identity.
+REPLACED_LIMIT = 3
+REPLACED_WINDOW = 600.0
+#: The first wait and the cap of the backoff between link attempts while that goes on.
+REPLACED_BACKOFF = (30.0, 1800.0)
+#: A link error repeated this long (seconds) is logged again, with its count.
+ERROR_REPEAT_EVERY = 600.0
+#: Lost observations are logged at most once per this many seconds (per kind).
+LOSS_LOG_EVERY = 60.0
+#: The spool's drop counts are read at most once per this many seconds while submits come.
+DROP_CHECK_EVERY = 5.0
+#: Ledger keys: the last connectors configuration received, refused or not; lost submits.
+_CONNECTORS_KEY = "config:connectors"
+_REFUSED_KEY = "lost:refused_submits"
 
 
 class AgentStopped(Exception):
@@ -100,6 +120,48 @@ class LinkStatus:
     last_close: str | None = None
     history: list[tuple[float, str]] = field(default_factory=list)
     probes: int = 0  # rounds of upward probes tried from a lower tier
+    errors: int = 0  # link errors noted since the agent started
+    retry_in: float | None = None  # the wait before the next link attempt, while waiting
+
+
+class LossLog:
+    """Local WARNINGs for observations that are lost, at most one per kind every *every*
+    seconds: the first at once, the others summed until the next one is due."""
+
+    def __init__(self, every: float = LOSS_LOG_EVERY) -> None:
+        self.every = every
+        self._pending: dict[str, collections.Counter[str]] = {}
+        self._detail: dict[str, str] = {}
+        self._logged_at: dict[str, float] = {}
+
+    def note(self, kind: str, stream: str, count: int, detail: str) -> None:
+        """*count* observations of *stream* lost; *kind* is "dropped" or "refused"."""
+        self._pending.setdefault(kind, collections.Counter())[stream] += count
+        self._detail[kind] = detail
+        self.flush(due_only=True)
+
+    def flush(self, *, due_only: bool = False) -> None:
+        now = time.monotonic()
+        for kind, counts in self._pending.items():
+            if not counts or (due_only and now - self._logged_at.get(kind, -1e18) < self.every):
+                continue
+            streams = ", ".join(f"{n} of {stream}" for stream, n in sorted(counts.items()))
+            if kind == "refused":
+                log.warning(
+                    "observations lost: the spool refused %s (%s); counted and reported to "
+                    "the cloud",
+                    streams,
+                    self._detail[kind],
+                )
+            else:
+                log.warning(
+                    "observations lost: the spool dropped the oldest %s (%s); counted and "
+                    "reported to the cloud",
+                    streams,
+                    self._detail[kind],
+                )
+            counts.clear()
+            self._logged_at[kind] = now
 
 
 class Agent:
@@ -125,6 +187,17 @@ class Agent:
         self._identity_sent: dict[str, Any] | None = None
         self._health_due = asyncio.Event()
         self._applied: dict[str, int] = {}  # section -> version applied by this process
+        self.losses = LossLog()
+        #: per stream: observations the spool refused (disk full), ever (kept in the ledger)
+        self.refused: dict[str, int] = dict(self.ledger.get_value(_REFUSED_KEY) or {})
+        self._refused_saved = dict(self.refused)
+        self._drops_seen: dict[str, int] | None = None  # per stream, spool drops already logged
+        self._drops_checked_at = -1e18
+        self._replaced_at: collections.deque[float] = collections.deque()
+        self._replaced_delays: Iterator[float] | None = None
+        self._error_logged: str | None = None  # the link error last logged (None after a link)
+        self._error_logged_at = 0.0
+        self._error_repeats = 0  # times it came again since it was logged
         self.preflight = Preflight(
             cloud_url=settings.cloud_url or identity.cloud_url,
             ca_path=str(identity.ca_path),
@@ -138,6 +211,11 @@ class Agent:
         for command_id in self.ledger.recover_interrupted():
             log.warning("command %s was interrupted by a restart; reporting it failed", command_id)
 
+    @property
+    def cloud_url(self) -> str:
+        """The cloud this agent links to (and renews at): the setting, else the enrollment's."""
+        return self.settings.cloud_url or self.identity.cloud_url
+
     # -- the core, as tiers see it -----------------------------------------------------------
 
     def on_link_open(self, send: Callable[[Message], None], tier: str) -> None:
@@ -147,7 +225,9 @@ class Agent:
         self.status.links_opened += 1
         self.status.history.append((time.time(), f"linked on {tier}"))
         self.linked.set()
-        log.info("linked to %s on tier %s", self.identity.cloud_url, tier)
+        self._flush_error_repeats()
+        self._error_logged = None
+        log.info("linked to %s on tier %s", self.cloud_url, tier)
         if self.uploader is not None:
             self.uploader.on_link_open(send)
         self.logs.on_link_open(send)
@@ -206,10 +286,56 @@ class Agent:
     async def _submit(self, stream: str, observations: Sequence[Observation]) -> tuple[int, int]:
         """The connectors' sink: durable in the spool, then the uploader is woken."""
         assert self.spool is not None
-        seqs = await self.spool.append(stream, observations)
+        try:
+            seqs = await self.spool.append(stream, observations)
+        except SpoolFull as exc:
+            # The connector is told, but the observations are gone: counted as lost and
+            # reported to the cloud with the spool's drops (DropReport), logged here.
+            self._note_refused(stream, len(observations), str(exc))
+            raise
+        if time.monotonic() - self._drops_checked_at >= DROP_CHECK_EVERY:
+            self._drops_checked_at = time.monotonic()
+            await self._check_drops()
         if self.uploader is not None:
             self.uploader.wake()
         return seqs
+
+    def _note_refused(self, stream: str, count: int, reason: str) -> None:
+        self.refused[stream] = self.refused.get(stream, 0) + count
+        self.losses.note("refused", stream, count, reason)
+        if self.uploader is not None:
+            self.uploader.note_refused(self.refused)
+        self._save_refused()
+
+    def _save_refused(self) -> None:
+        """Keep the refused counts across restarts (a full disk may refuse this too: then
+        they are kept in memory and saved with the next chance)."""
+        if self.refused == self._refused_saved:
+            return
+        try:
+            self.ledger.set_value(_REFUSED_KEY, self.refused)
+        except sqlite3.Error as exc:
+            log.debug("refused counts not saved yet: %s", exc)
+            return
+        self._refused_saved = dict(self.refused)
+
+    async def _check_drops(self) -> None:
+        """Log the observations the spool's bounds dropped since the last look."""
+        if self.spool is None:
+            return
+        totals = {
+            s: c.total for s, c in (await self.spool.drop_report(include_reported=True)).items()
+        }
+        if self._drops_seen is None:
+            self._drops_seen = totals  # drops from before this start were logged then
+            return
+        for stream, total in totals.items():
+            new = total - self._drops_seen.get(stream, 0)
+            if new > 0:
+                self.losses.note(
+                    "dropped", stream, new, f"spool bound of {self.settings.spool_max_bytes} bytes"
+                )
+        self._drops_seen = totals
 
     async def _on_discovery(self, instance: str, found: FoundDiscovery) -> None:
         self._discoveries[instance] = found
@@ -229,19 +355,24 @@ class Agent:
             return ConfigAck(
                 section=section, version=version, ok=False, error="connectors are not running yet"
             )
-        current = self.ledger.get_value("config:connectors")
+        current = self.ledger.get_value(_CONNECTORS_KEY)
         if current is not None and current["version"] == version:
-            return ConfigAck(section=section, version=version, ok=True)
+            # A redelivery (each link, each wake-up) gets the answer the version got.
+            error = current.get("error")
+            return ConfigAck(section=section, version=version, ok=error is None, error=error)
         try:
             config = decode_connectors_config({**data, "version": version})
             result = await self.connectors.apply_config(config)
         except (ConnectorsConfigInvalid, StaleConnectorsConfig) as exc:
             return ConfigAck(section=section, version=version, ok=False, error=str(exc))
-        self.ledger.set_value("config:connectors", {"version": version, "data": data})
         for name in result.stopped:
             self._discoveries.pop(name, None)
-        if result.invalid:
-            errors = "; ".join(f"{k}: {v}" for k, v in sorted(result.invalid.items()))
+        errors = "; ".join(f"{k}: {v}" for k, v in sorted(result.invalid.items())) or None
+        # Applied (the invalid instances stopped and marked failed), so it is what runs after a
+        # restart too; the refusal is kept with it.
+        self.ledger.set_value(_CONNECTORS_KEY, {"version": version, "data": data, "error": errors})
+        if errors is not None:
+            log.warning("connectors configuration v%d refused: %s", version, errors)
             return ConfigAck(section=section, version=version, ok=False, error=errors)
         log.info(
             "connectors configuration v%d applied (%d started, %d restarted, %d stopped)",
@@ -284,6 +415,8 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._health_due.wait(), self.health_interval)
             self._health_due.clear()
+            self.losses.flush(due_only=True)
+            self._save_refused()
             if self._send is None:
                 continue
             try:
@@ -318,6 +451,8 @@ class Agent:
                 "bytes": depth.bytes if depth else 0,
                 "oldest_ts": depth.oldest_ts if depth else None,
                 "dropped": sum(d.total for d in drops.values()),
+                # submits the spool refused (disk full): lost, like the drops
+                "refused": sum(self.refused.values()),
             },
             connectors={
                 name: {
@@ -354,8 +489,10 @@ class Agent:
             window=self.settings.upload_window,
             max_frame=self.settings.max_frame,
         )
+        self.uploader.note_refused(self.refused)
+        await self._check_drops()
         self.connectors = ConnectorRunner(builtin_registry(), self, on_discovery=self._on_discovery)
-        saved = self.ledger.get_value("config:connectors")
+        saved = self.ledger.get_value(_CONNECTORS_KEY)
         if saved is not None:
             # The last configuration the cloud gave runs at once, even before the link is up.
             try:
@@ -479,13 +616,15 @@ class Agent:
             for task in (link, renewal, stopper):
                 with contextlib.suppress(asyncio.CancelledError, AgentStopped):
                     await task
+            self._flush_error_repeats()
+            self.losses.flush()
             await self._stop_telemetry()
             self.logs.uninstall()
             await self.logs.stop_journal()
             self.ledger.close()
 
     def _make_tier(self, index: int, reason: str) -> WebSocketTier | HttpTier:
-        url = self.settings.cloud_url or self.identity.cloud_url
+        url = self.cloud_url
         if index == 0:
             return WebSocketTier(
                 url=url,
@@ -529,12 +668,17 @@ class Agent:
                 if index > 0 and not pinned
                 else None
             )
+            pause: float | None = None  # a wait decided below, instead of the next delay
             try:
                 ended: LinkEnded = await tier.run_once()
             except LinkRefused as exc:
                 self._note_error(str(exc))
+                if exc.revoked:
+                    # Revoked while the agent was not linked (or before a restart): the same
+                    # stop as the link closed with code "revoked".
+                    raise AgentStopped(f"this gateway was revoked ({exc})") from None
                 delays = backoff_delays(initial=30.0, cap=max(900.0, self.settings.reconnect_cap))
-            except TlsUntrusted as exc:
+            except (TlsUntrusted, ClockWrong) as exc:
                 self._note_error(str(exc))  # every tier shares the TLS path: no tier change
             except LinkError as exc:
                 self._note_error(str(exc))
@@ -561,6 +705,8 @@ class Agent:
                 )
                 if ended.code == CloseCode.REVOKED:
                     raise AgentStopped("this gateway was revoked by an operator")
+                if ended.code == CloseCode.REPLACED:
+                    pause = self._replaced()
                 if ended.code == UPGRADE:
                     index, reason, strikes = int(ended.reason), "", 0
                     self._tier_changed(index, "a better tier answered the probe")
@@ -588,7 +734,37 @@ class Agent:
                 if prober is not None:
                     await cancel_and_wait(prober)
             self.status.state = "waiting"
-            await asyncio.sleep(next(delays))
+            self.status.retry_in = next(delays) if pause is None else pause
+            await asyncio.sleep(self.status.retry_in)
+            self.status.retry_in = None
+
+    def _replaced(self) -> float | None:
+        """Another link of this gateway took over this one: past REPLACED_LIMIT times in
+        REPLACED_WINDOW, another host runs with this identity; the wait before linking again
+        (growing, capped), or None to link again as usual."""
+        now = time.monotonic()
+        self._replaced_at.append(now)
+        while now - self._replaced_at[0] > REPLACED_WINDOW:
+            self._replaced_at.popleft()
+        if len(self._replaced_at) <= REPLACED_LIMIT:
+            self._replaced_delays = None
+            return None
+        if self._replaced_delays is None:
+            initial, cap = REPLACED_BACKOFF
+            self._replaced_delays = backoff_delays(initial=initial, cap=cap)
+        # Full jitter may pick a short wait: never shorter than the first step.
+        delay = max(REPLACED_BACKOFF[0], next(self._replaced_delays))
+        log.warning(
+            "another link of gateway %s took over this one %d times in %.0f min: another host "
+            "is probably running with this gateway's identity (a copied data directory or "
+            "disk image), and the cloud keeps only one link; give each host its own "
+            "enrollment. Linking again in %.0f s",
+            self.identity.gateway_id,
+            len(self._replaced_at),
+            REPLACED_WINDOW / 60,
+            delay,
+        )
+        return delay
 
     def _tier_changed(self, index: int, reason: str) -> None:
         self.status.history.append((time.time(), f"tier {TIERS[index]}: {reason}"))
@@ -631,7 +807,7 @@ class Agent:
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
             self.status.probes += 1
             ssl_context = self.identity.ssl_context()
-            url = self.settings.cloud_url or self.identity.cloud_url
+            url = self.cloud_url
             if await probe_websocket(
                 url, ssl_context, proxy=self.settings.proxy, trust_env=self.settings.trust_env
             ) and (
@@ -663,24 +839,58 @@ class Agent:
         return time.monotonic() - began >= 0.9 * seconds
 
     def _note_error(self, message: str) -> None:
-        if message != self.status.last_error:
-            log.warning("link: %s", message)
+        """Log a link error; the same error again is counted and logged with its count
+        when another comes, a link opens, or every ERROR_REPEAT_EVERY seconds."""
+        message = clean_error(message)
+        self.status.errors += 1
         self.status.last_error = message
+        now = time.monotonic()
+        if message == self._error_logged:
+            self._error_repeats += 1
+            if now - self._error_logged_at >= ERROR_REPEAT_EVERY:
+                self._flush_error_repeats()
+                self._error_logged_at = now
+            return
+        self._flush_error_repeats()
+        log.warning("link: %s", message)
+        self._error_logged, self._error_logged_at = message, now
+
+    def _flush_error_repeats(self) -> None:
+        if self._error_repeats and self._error_logged is not None:
+            log.warning("link: %s (repeated %d times)", self._error_logged, self._error_repeats)
+        self._error_repeats = 0
 
     async def _renewal_loop(self) -> None:
         delays = backoff_delays(initial=5.0, cap=3600.0)
         while True:
             await asyncio.sleep(seconds_until(self.identity.renewal_due()))
             try:
-                self.identity = await renew(
-                    self.identity, proxy=self.settings.proxy, trust_env=self.settings.trust_env
-                )
+                self.identity = await self._renew()
             except (EstError, OSError, ValueError) as exc:
                 log.warning("certificate renewal failed, will retry: %s", exc)
                 await asyncio.sleep(next(delays))
                 continue
             delays = backoff_delays(initial=5.0, cap=3600.0)
             log.info("certificate renewed; valid until %s", self.identity.not_after.isoformat())
+
+    async def _renew(self) -> GatewayIdentity:
+        """Re-enroll at the cloud the link uses; the URL recorded at enrollment stays the one
+        recorded (``cloud_url`` in agent.toml may be a temporary override)."""
+        enrolled, url = self.identity.cloud_url, self.cloud_url
+        renewed = await renew(
+            dataclasses.replace(self.identity, cloud_url=url),
+            proxy=self.settings.proxy,
+            trust_env=self.settings.trust_env,
+        )
+        if renewed.cloud_url == enrolled:
+            return renewed
+        from tether.pki.keys import write_file_atomic  # loaded by the renewal already
+
+        meta_path = renewed.directory / "identity.json"
+        meta = json.loads(meta_path.read_text())
+        meta["cloud_url"] = enrolled
+        write_file_atomic(meta_path, json.dumps(meta).encode(), mode=0o644)
+        return dataclasses.replace(renewed, cloud_url=enrolled)
 
 
 def _discovery_message(instance: str, found: FoundDiscovery) -> Discovery:

@@ -19,13 +19,16 @@ import aiohttp
 from tether import __version__
 from tether.aio import cancel_and_wait
 from tether.gateway.link import (
+    ERROR_HEADER,
     LinkCore,
     LinkEnded,
     LinkError,
     LinkRefused,
-    TlsUntrusted,
     certificate_refusal,
     proxy_error,
+    proxy_for,
+    proxy_unreachable,
+    untrusted_server,
 )
 from tether.protocol.codec import SUPPORTED_VERSIONS, FrameDecoder, encode_frames
 from tether.protocol.errors import ProtocolError
@@ -59,7 +62,8 @@ class HttpTier:
         if mode not in {"long-poll", "poll"}:
             raise ValueError(f"unknown HTTPS tier {mode!r}")
         self.name = mode
-        self.url = url.rstrip("/") + "/link/exchange"
+        self.cloud_url = url.rstrip("/")
+        self.url = self.cloud_url + "/link/exchange"
         self.ssl_context = ssl_context
         self.core = core
         self.boot_id = boot_id
@@ -100,7 +104,8 @@ class HttpTier:
                 timeout=timeout,
             ) as response:
                 if response.status in (401, 403):
-                    raise LinkRefused(response.status, (await response.text()).strip())
+                    reason = response.headers.get(ERROR_HEADER) or (await response.text()).strip()
+                    raise LinkRefused(response.status, reason)
                 if response.status != 200:
                     # The cloud explains in plain text; a proxy's HTML error page is no reason.
                     detail = response.reason or ""
@@ -112,12 +117,17 @@ class HttpTier:
                     )
                 body = await response.read()
         except aiohttp.ClientConnectorCertificateError as exc:
-            raise TlsUntrusted(
-                f"the server's certificate is not from the platform CA ({exc.certificate_error}); "
-                "a TLS-inspecting proxy may be intercepting: exempt this hostname from decryption"
+            raise await untrusted_server(
+                exc,
+                cloud_url=self.cloud_url,
+                ssl_context=self.ssl_context,
+                proxy=self.proxy,
+                trust_env=self.trust_env,
             ) from None
         except aiohttp.ClientHttpProxyError as exc:
-            raise proxy_error(exc) from None
+            raise proxy_error(exc, proxy_for(self.url, self.proxy, self.trust_env)) from None
+        except aiohttp.ClientProxyConnectionError as exc:
+            raise proxy_unreachable(exc, proxy_for(self.url, self.proxy, self.trust_env)) from None
         except aiohttp.ClientConnectorError as exc:
             raise certificate_refusal(exc) or LinkError(f"cannot reach {self.url}: {exc}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

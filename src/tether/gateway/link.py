@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+import yarl
 
 from tether import __version__
 from tether.aio import cancel_and_wait
@@ -32,6 +33,7 @@ from tether.protocol.session import (
 __all__ = [
     "CERTIFICATE_ALERTS",
     "CertificateRefused",
+    "ClockWrong",
     "LinkCore",
     "LinkEnded",
     "LinkError",
@@ -39,11 +41,25 @@ __all__ = [
     "TlsUntrusted",
     "WebSocketTier",
     "certificate_refusal",
+    "clean_error",
+    "proxy_for",
+    "proxy_unreachable",
+    "untrusted_server",
 ]
 
 
 #: Response header in which the cloud says why it refused the link.
 ERROR_HEADER = "X-Tether-Error"
+
+# aiohttp's connection errors quote its connection key, whose TLS context prints with its
+# address ("ssl:<ssl.SSLContext object at 0x7f…>"): the same failure then never reads the same.
+_SSL_KEY = re.compile(r" ssl:(?:<[^<>]*>|default|True|False|None)")
+_OBJECT_REPR = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
+def clean_error(text: str) -> str:
+    """*text* without object addresses, so that one failure always reads the same."""
+    return _OBJECT_REPR.sub(r"<\1>", _SSL_KEY.sub("", text))
 
 
 class LinkError(Exception):
@@ -55,7 +71,7 @@ class LinkError(Exception):
     """
 
     def __init__(self, message: str, *, tier_specific: bool = False) -> None:
-        super().__init__(message)
+        super().__init__(clean_error(message))
         self.tier_specific = tier_specific
 
 
@@ -66,6 +82,8 @@ class LinkRefused(LinkError):
     def __init__(self, status: int, message: str, *, by: str = "cloud") -> None:
         super().__init__(f"{by} refused the link ({status}): {message}")
         self.status = status
+        #: The cloud said this gateway or its certificate is revoked: no retry can succeed.
+        self.revoked = by == "cloud" and status in (401, 403) and "revoked" in message.lower()
 
 
 class CertificateRefused(LinkRefused):
@@ -81,6 +99,7 @@ class CertificateRefused(LinkRefused):
         )
         self.status = 0
         self.alert = alert
+        self.revoked = False
 
 
 #: The TLS alerts (OpenSSL's reason names) by which a server refuses a client certificate.
@@ -129,6 +148,89 @@ class TlsUntrusted(LinkError):
     """The server's certificate does not chain to the pinned platform CA: interception?"""
 
 
+class ClockWrong(LinkError):
+    """The server's certificate is outside its validity period by the host clock: the clock
+    is wrong (``offset`` seconds, when the cloud's clock could be read), or the cloud's
+    certificate really is out of date (``offset`` near zero)."""
+
+    def __init__(self, message: str, offset: float | None) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
+#: OpenSSL verify codes for a certificate outside its validity period.
+_NOT_YET_VALID, _EXPIRED = 9, 10
+_NTP_FIX = (
+    "set the clock and keep it synchronized (NTP: `timedatectl set-ntp true`, and allow "
+    "UDP 123 to the site's NTP server)"
+)
+
+
+async def untrusted_server(
+    exc: aiohttp.ClientConnectorCertificateError,
+    *,
+    cloud_url: str,
+    ssl_context: ssl.SSLContext,
+    proxy: str | None,
+    trust_env: bool,
+) -> LinkError:
+    """What TLS refusing the server's certificate means.
+
+    A certificate outside its validity period was still verified up to the pinned CA (OpenSSL
+    builds the chain before it checks dates), so no interception is involved: the host clock
+    or the cloud's certificate is wrong, and the cloud's ``Date`` tells which.
+    """
+    error = exc.certificate_error
+    code = getattr(error, "verify_code", None)
+    if code not in (_NOT_YET_VALID, _EXPIRED):
+        return TlsUntrusted(
+            f"the server's certificate is not from the platform CA ({error}); a TLS-inspecting "
+            "proxy may be intercepting: exempt this hostname from decryption"
+        )
+    # The clock check's code is loaded only when a clock looks wrong.
+    from tether.gateway.timesync import cloud_clock_offset, describe_offset
+    from tether.netcheck.timecheck import MAX_OFFSET
+
+    state = "not valid yet" if code == _NOT_YET_VALID else "expired"
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    offset = await cloud_clock_offset(cloud_url, ssl_context, proxy=proxy, trust_env=trust_env)
+    if offset is None:
+        return ClockWrong(
+            f"the cloud's certificate is {state} by this host's clock ({now}): the host clock "
+            f"is probably wrong; {_NTP_FIX}",
+            None,
+        )
+    if abs(offset) <= MAX_OFFSET:
+        return ClockWrong(
+            f"the cloud's certificate is {state} (this host's clock, {now}, agrees with the "
+            "cloud's): the cloud's TLS certificate must be renewed",
+            offset,
+        )
+    direction = "behind" if offset > 0 else "ahead of"
+    return ClockWrong(
+        f"the host clock is wrong: it reads {now}, {describe_offset(offset)} {direction} the "
+        f"cloud's, so the cloud's certificate looks {state}; {_NTP_FIX}",
+        offset,
+    )
+
+
+def proxy_for(url: str, proxy: str | None, trust_env: bool) -> str | None:
+    """The proxy a request to *url* goes through (the setting, else the environment's when
+    *trust_env*), without its credentials; None when the request goes direct."""
+    if proxy is None and trust_env:
+        with contextlib.suppress(LookupError):
+            proxy = str(aiohttp.helpers.get_env_proxy_for_url(yarl.URL(url))[0])
+    if not proxy:
+        return None
+    return str(yarl.URL(proxy).with_user(None))
+
+
+def proxy_unreachable(exc: aiohttp.ClientProxyConnectionError, proxy: str | None) -> LinkError:
+    """Connecting to the proxy itself failed (its host, port, or the proxy is down)."""
+    reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
+    return LinkError(f"cannot reach the proxy {proxy or '(from the environment)'}: {reason}")
+
+
 @dataclass(frozen=True, slots=True)
 class LinkEnded:
     code: str
@@ -148,23 +250,24 @@ class LinkCore(Protocol):
     def on_link_closed(self) -> None: ...
 
 
-def proxy_error(exc: aiohttp.ClientHttpProxyError) -> LinkError:
-    """Say what a proxy's refusal means, without repeating the proxy URL's credentials."""
+def proxy_error(exc: aiohttp.ClientHttpProxyError, proxy: str | None = None) -> LinkError:
+    """Say what a proxy's refusal means, naming the proxy (*proxy*, without credentials)."""
+    named = f" (proxy {proxy})" if proxy else ""
     if exc.status == 407:
         return LinkRefused(
             407,
             "the proxy requires authentication or refused the credentials: set them in "
-            "HTTPS_PROXY (http://user:password@proxy:port) or the agent's proxy setting",
+            f"HTTPS_PROXY (http://user:password@proxy:port) or the agent's proxy setting{named}",
             by="proxy",
         )
     if exc.status == 403:
         return LinkRefused(
             403,
             "the proxy refuses CONNECT to the cloud: ask its admins to allow "
-            "this hostname on port 443",
+            f"this hostname on port 443{named}",
             by="proxy",
         )
-    return LinkError(f"the proxy answered {exc.status}: {exc.message}")
+    return LinkError(f"the proxy{named} answered {exc.status} to CONNECT: {exc.message}")
 
 
 async def probe_websocket(
@@ -210,7 +313,8 @@ class WebSocketTier:
         tier_reason: str = "",
     ) -> None:
         self.tier_reason = tier_reason
-        self.url = url.rstrip("/") + "/link"
+        self.cloud_url = url.rstrip("/")
+        self.url = self.cloud_url + "/link"
         self.ssl_context = ssl_context
         self.core = core
         self.boot_id = boot_id
@@ -226,6 +330,9 @@ class WebSocketTier:
         if self.session is not None and self.session.state is not SessionState.CLOSED:
             self.session.close(code, reason)
             self._wake.set()
+
+    def _proxy_named(self) -> str | None:
+        return proxy_for(self.url, self.proxy, self.trust_env)
 
     async def run_once(self) -> LinkEnded:
         started = time.monotonic()
@@ -245,10 +352,12 @@ class WebSocketTier:
                     self.connect_timeout,
                 )
             except aiohttp.ClientConnectorCertificateError as exc:
-                raise TlsUntrusted(
-                    "the server's certificate is not from the platform CA "
-                    f"({exc.certificate_error}); a TLS-inspecting proxy may be intercepting: "
-                    "exempt this hostname from decryption"
+                raise await untrusted_server(
+                    exc,
+                    cloud_url=self.cloud_url,
+                    ssl_context=self.ssl_context,
+                    proxy=self.proxy,
+                    trust_env=self.trust_env,
                 ) from None
             except aiohttp.WSServerHandshakeError as exc:
                 if exc.status in (401, 403):
@@ -258,7 +367,9 @@ class WebSocketTier:
                     f"WebSocket upgrade failed ({exc.status}): {exc.message}", tier_specific=True
                 ) from None
             except aiohttp.ClientHttpProxyError as exc:
-                raise proxy_error(exc) from None
+                raise proxy_error(exc, self._proxy_named()) from None
+            except aiohttp.ClientProxyConnectionError as exc:
+                raise proxy_unreachable(exc, self._proxy_named()) from None
             except aiohttp.ClientConnectorError as exc:
                 raise certificate_refusal(exc) or LinkError(
                     f"cannot reach {self.url}: {exc}"

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
+from tether.gateway.link import clean_error
 from tether.netcheck.proxy import ProxySettings, parse_proxy_url
 from tether.netcheck.report import CheckReport
 from tether.netreq.loader import parse_manifest
@@ -28,9 +29,30 @@ from tether.pki.tlscontext import pinned_client_context
 if TYPE_CHECKING:
     from tether.netcheck.runner import CheckOptions
 
-__all__ = ["Preflight"]
+__all__ = ["Preflight", "summary"]
 
 log = logging.getLogger(__name__)
+
+
+#: The failing (then warning) checks a summary names; the report has them all.
+NAMED_IN_SUMMARY = 4
+
+
+def summary(report: CheckReport) -> str:
+    """One line: the verdict, the counts, and which checks failed (or warned) on what."""
+    counts = ", ".join(f"{s.value} {n}" for s, n in report.counts().items() if n)
+    line = f"{report.status.value} ({counts})"
+    for label, wanted in (("failed", "fail"), ("warned", "warn")):
+        bad = [r for r in report.results if r.status.value == wanted]
+        if bad:
+            named = "; ".join(
+                f"{r.check.value} {r.target}: {r.finding}" for r in bad[:NAMED_IN_SUMMARY]
+            )
+            more = (
+                f"; and {len(bad) - NAMED_IN_SUMMARY} more" if len(bad) > NAMED_IN_SUMMARY else ""
+            )
+            line += f"; {label}: {named}{more}"
+    return line
 
 
 class Preflight:
@@ -77,7 +99,10 @@ class Preflight:
                 if response.status == 200:
                     return parse_manifest(await response.read(), source="cloud", fmt="json")
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            log.info("manifest not fetched from the cloud (%s); building it from the URL", exc)
+            log.info(
+                "manifest not fetched from the cloud (%s); building it from the URL",
+                clean_error(str(exc)),
+            )
         parts = urlsplit(self.cloud_url)
         return build_own_manifest(
             DeploymentSettings(hostname=parts.hostname or "localhost", port=parts.port or 443)
@@ -110,9 +135,5 @@ class Preflight:
         document: dict[str, Any] = msgspec.to_builtins(report)
         document["status"] = report.status.value
         self.last_report = document
-        log.warning(
-            "preflight: %s (%s)",
-            report.status.value,
-            ", ".join(f"{s.value} {n}" for s, n in report.counts().items() if n),
-        )
+        log.warning("preflight: %s", summary(report))
         return document

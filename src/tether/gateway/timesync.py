@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,74 @@ from tether import BUILD_TIME
 from tether.netcheck.dhcp import read_leases
 from tether.netcheck.timecheck import MAX_OFFSET, NtpError, parse_http_date, sntp_query
 
-__all__ = ["TimeState", "TimeSync"]
+__all__ = ["TimeState", "TimeSync", "cloud_clock_offset", "describe_offset"]
 
 log = logging.getLogger(__name__)
+
+#: OpenSSL's X509_V_FLAG_NO_CHECK_TIME (not named by the ssl module): verify the chain, not the
+#: validity periods, so a host whose clock is wrong can still authenticate the cloud's answer.
+_NO_CHECK_TIME = 0x200000
+
+
+def describe_offset(seconds: float) -> str:
+    """A clock offset for people: "400 days", "3 h", "12 min", "40 s"."""
+    size = abs(seconds)
+    if size >= 2 * 86400:
+        return f"{size / 86400:.0f} days"
+    if size >= 2 * 3600:
+        return f"{size / 3600:.0f} h"
+    if size >= 120:
+        return f"{size / 60:.0f} min"
+    return f"{size:.0f} s"
+
+
+def _time_blind_context(pinned: ssl.SSLContext) -> ssl.SSLContext:
+    """A client context trusting what *pinned* trusts, blind to validity periods only."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.set_alpn_protocols(["http/1.1"])
+    anchors = pinned.get_ca_certs(binary_form=True)
+    if not anchors:
+        raise ValueError("the link's TLS context trusts no CA")
+    context.load_verify_locations(cadata=b"".join(anchors))
+    context.verify_flags |= _NO_CHECK_TIME
+    return context
+
+
+async def cloud_clock_offset(
+    cloud_url: str,
+    pinned: ssl.SSLContext,
+    *,
+    proxy: str | None,
+    trust_env: bool,
+    within: float = 10.0,
+) -> float | None:
+    """Seconds to add to the host clock to read the cloud's (its HTTPS ``Date``), or None.
+
+    Used when TLS refused the cloud's certificate for its validity period: the connection
+    still verifies the chain against the pinned CA (so the ``Date`` is the cloud's), but not
+    the validity periods, which a wrong host clock contradicts.
+    """
+    try:
+        context = _time_blind_context(pinned)
+    except (ValueError, ssl.SSLError) as exc:
+        log.debug("no clock check: %s", exc)
+        return None
+    url = cloud_url.rstrip("/") + "/.well-known/tether/hello"
+    try:
+        async with aiohttp.ClientSession(
+            trust_env=trust_env, timeout=aiohttp.ClientTimeout(total=within)
+        ) as http:
+            sent = time.time()
+            async with http.get(url, ssl=context, proxy=proxy) as response:
+                received = time.time()
+                date = parse_http_date(response.headers.get("Date"))
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        log.debug("no clock check against %s: %s", url, exc)
+        return None
+    if date is None:
+        return None
+    return date.timestamp() + 0.5 - (sent + received) / 2
 
 
 @dataclass(frozen=True, slots=True)

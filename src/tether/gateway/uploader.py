@@ -74,6 +74,12 @@ class Uploader:
         self._link = 0  # changes at every link open and close
         # per stream: ranges refused for good, deleted once the batches before them are answered
         self._refused: dict[str, list[tuple[int, int]]] = {}
+        # Per stream: observations the spool refused to store (a full disk), ever. They are
+        # lost like the spool's drops and travel in the same DropReport, added to its total.
+        self._lost: dict[str, int] = {}
+        self._lost_acked: dict[str, int] = {}
+        # per stream: total reported -> (the spool's drops, the refused) it was made of
+        self._reported: dict[str, dict[int, tuple[int, int]]] = {}
 
     # -- link events -------------------------------------------------------------------------
 
@@ -96,6 +102,12 @@ class Uploader:
 
     def wake(self) -> None:
         """New observations are in the spool."""
+        self._wake.set()
+
+    def note_refused(self, refused: dict[str, int]) -> None:
+        """*refused*: per stream, the observations the spool refused ever (kept by the caller,
+        read at each report); they are reported to the cloud with the drops."""
+        self._lost = refused
         self._wake.set()
 
     async def stop(self) -> None:
@@ -121,7 +133,13 @@ class Uploader:
             await self._rejected(message)
             return True
         if isinstance(message, DropReportAck):
-            await self.spool.clear_drop_report(message.stream, message.dropped_total)
+            parts = self._reported.get(message.stream, {}).pop(message.dropped_total, None)
+            if parts is None:  # not sent by this process: made of the spool's drops alone
+                parts = (message.dropped_total, 0)
+            dropped, refused = parts
+            await self.spool.clear_drop_report(message.stream, dropped)
+            acked = self._lost_acked.get(message.stream, 0)
+            self._lost_acked[message.stream] = max(acked, refused)
             return True
         return False
 
@@ -226,6 +244,18 @@ class Uploader:
     async def _send_drop_reports(self) -> None:
         if self._send is None:
             return
-        for stream, count in (await self.spool.drop_report()).items():
-            if count.pending > 0 and self._send is not None:
-                self._send(DropReport(stream=stream, dropped_total=count.total))
+        lost = {s: n for s, n in self._lost.items() if n > self._lost_acked.get(s, 0)}
+        counts = await self.spool.drop_report(include_reported=bool(lost))
+        for stream in sorted(set(counts) | set(lost)):
+            count = counts.get(stream)
+            dropped = count.total if count is not None else 0
+            if (count is None or count.pending == 0) and stream not in lost:
+                continue
+            refused = self._lost.get(stream, 0)
+            total = dropped + refused
+            sent = self._reported.setdefault(stream, {})
+            sent[total] = (dropped, refused)
+            while len(sent) > 16:  # answers to old reports are not waited for forever
+                sent.pop(next(iter(sent)))
+            if self._send is not None:
+                self._send(DropReport(stream=stream, dropped_total=total))
