@@ -76,6 +76,19 @@ def test_rules_options(tmp_path: Path) -> None:
     assert "#inet#site#tcp443_v4" in conf
 
 
+def test_rules_create_the_output_directory_or_say_why_not(tmp_path: Path) -> None:
+    target = tmp_path / "firewall" / "tether"
+    result = _run("rules", "-f", "nftables", "-m", "mapped-gateway", "-o", str(target))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in target.iterdir()) == ["mapped-dnsmasq.conf", "mapped.nft"]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    refused = _run("rules", "-f", "nftables", "-m", "mapped-gateway", "-o", str(blocker / "x"))
+    assert refused.exit_code == 1
+    assert f"{blocker / 'x'}: cannot create it" in refused.stderr
+    assert "Traceback" not in refused.output
+
+
 def test_rules_from_a_manifest_file(tmp_path: Path) -> None:
     path = tmp_path / "dt.toml"
     path.write_bytes(reference_text("dt-cloud-connector-2nd-gen"))

@@ -146,6 +146,10 @@ def rules(
         if output_dir is None:
             sys.stdout.write(out.text)
         else:
+            try:
+                output_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _Failed(f"{output_dir}: cannot create it: {exc.strerror or exc}") from exc
             for name, content in out.files:
                 _write(output_dir / name, content)
                 typer.echo(f"wrote {output_dir / name}", err=True)
