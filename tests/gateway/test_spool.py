@@ -512,7 +512,12 @@ def test_full_disk_raises_spool_full_keeps_what_was_stored_and_recovers() -> Non
         path = where / "spool.db"
         batch = obs("point", 200)
         s = Spool.open(
-            path, max_bytes=BIG, max_age=1e9, reserve_bytes=256 * 1024, checkpoint_pages=64
+            path,
+            max_bytes=BIG,
+            max_age=1e9,
+            reserve_bytes=256 * 1024,
+            checkpoint_pages=64,
+            disk_headroom=None,  # no free-space bound: the spool itself fills the disk
         )
         try:
             assert s.reserve_held
@@ -538,7 +543,7 @@ def test_full_disk_raises_spool_full_keeps_what_was_stored_and_recovers() -> Non
 def test_full_disk_without_reserve_still_raises_and_loses_nothing() -> None:
     with mounted_tmpfs("1m") as where:
         path = where / "spool.db"
-        with Spool.open(path, max_bytes=BIG, max_age=1e9, reserve_bytes=0) as s:
+        with Spool.open(path, max_bytes=BIG, max_age=1e9, reserve_bytes=0, disk_headroom=None) as s:
             ranges, _ = fill_until_full(lambda n: s.append("a", obs(f"b{n}", 100), now=1.0))
             with pytest.raises(SpoolFull):
                 s.append("a", obs("late", 100), now=1.0)
@@ -607,7 +612,7 @@ async def test_async_spool_dates_appends_with_its_clock_and_expires(tmp_path: Pa
 async def test_async_spool_reports_a_full_disk_to_the_appender() -> None:
     with mounted_tmpfs("1m") as where:
         spool = await AsyncSpool.open(
-            where / "spool.db", max_bytes=BIG, max_age=1e9, reserve_bytes=0
+            where / "spool.db", max_bytes=BIG, max_age=1e9, reserve_bytes=0, disk_headroom=None
         )
         stored: list[tuple[int, int]] = []
         try:

@@ -8,9 +8,13 @@ Contract (DESIGN.md, "Nothing lost"):
 * every stream has its own sequence numbers, assigned at append, never reused: the highest one
   ever assigned is kept even when every row of the stream has been acknowledged or dropped.
 * rows leave only by :meth:`Spool.ack` (after the cloud committed them) or by the bounds: when
-  the spool holds more than ``max_bytes`` or data older than ``max_age``, whole chunks are
-  dropped oldest first and their observations are *counted* per stream, persistently, until the
-  cloud has acknowledged the count (:meth:`Spool.drop_report`, :meth:`Spool.clear_drop_report`).
+  the spool holds more than ``max_bytes``, when an append would leave less than the headroom
+  free on the file system (``disk_headroom``: room for the WAL, the agent's ledger and the
+  reserve), or data older than ``max_age``, whole chunks are dropped oldest first and their
+  observations are *counted* per stream, persistently, until the cloud has acknowledged the
+  count (:meth:`Spool.drop_report`, :meth:`Spool.clear_drop_report`).
+* ages are measured on the spool's own clock, which a step of the wall clock does not move
+  (see :class:`_Clock`): a clock set right after days wrong drops nothing as too old.
 
 Layout: one row ("chunk") holds up to ``chunk_size`` observations of one append, packed as one
 msgpack array, with the sequence range it covers. Storing packed chunks instead of one row per
@@ -21,6 +25,7 @@ Errors::
     SpoolError
      ├── SpoolFull       the disk (not the bound) is full: nothing of the append was stored
      ├── SpoolLocked     another process holds the spool
+     ├── SpoolCorrupt    the file is not a spool database (see :func:`move_aside`)
      ├── SpoolClosed     used after close()
      └── BatchTooLarge   one append alone is larger than max_bytes
 
@@ -33,6 +38,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
+import hashlib
 import os
 import sqlite3
 import threading
@@ -52,10 +59,16 @@ __all__ = [
     "Spool",
     "SpoolBatch",
     "SpoolClosed",
+    "SpoolCorrupt",
     "SpoolDepth",
     "SpoolError",
     "SpoolFull",
     "SpoolLocked",
+    "Uptime",
+    "move_aside",
+    "open_error",
+    "private_database",
+    "system_uptime",
 ]
 
 SCHEMA_VERSION = 1
@@ -63,6 +76,19 @@ SCHEMA_VERSION = 1
 ROW_OVERHEAD = 64
 DEFAULT_CHUNK_SIZE = 1024
 DEFAULT_RESERVE = 4 * 1024 * 1024
+#: What the spool leaves free on its file system: the WAL (checkpointed at 1,000 pages, about
+#: 4 MiB, and cut back to 8 MiB), the reserve (4 MiB) and the agent's ledger with its own WAL.
+#: On a small file system it is a quarter of its size, and the WAL and reserve shrink to fit.
+DEFAULT_HEADROOM = 16 * 1024 * 1024
+#: Disk bytes an append may take for each byte it counts (page slack, overflow pages).
+DISK_SLACK = 1.25
+#: A difference between the wall clock and the boot clock larger than this is a step of the
+#: wall clock (NTP slews the two alike; only a step moves one without the other).
+CLOCK_STEP = 2.0
+#: Sequence numbers of a spool started afresh begin above this many per second since the
+#: epoch: above anything a lost spool could have handed out (the cloud takes what is at or
+#: below a stream's high-water mark for a duplicate).
+SEQ_FLOOR_PER_SECOND = 1_000_000
 
 Synchronous = Literal["full", "normal"]
 
@@ -102,6 +128,10 @@ class SpoolFull(SpoolError):
 
 class SpoolLocked(SpoolError):
     """Another process (or connection) has this spool open."""
+
+
+class SpoolCorrupt(SpoolError):
+    """The file is not a (readable) spool database."""
 
 
 class SpoolClosed(SpoolError):
@@ -197,15 +227,149 @@ class _Delta:
 
 T = TypeVar("T")
 _Victim = tuple[int, str, int, int, int]  # id, stream, first_seq, last_seq, nbytes
+#: (boot identifier, seconds since boot, suspend included): see :func:`system_uptime`.
+Uptime = Callable[[], tuple[str, float]]
+
+_boot_id: str | None = None
 
 
-def _translate(exc: sqlite3.Error) -> SpoolError:
+def system_uptime() -> tuple[str, float]:
+    """This boot's identifier and ``CLOCK_BOOTTIME``: a clock no one sets, that a reboot
+    restarts (the identifier then changes)."""
+    global _boot_id
+    if _boot_id is None:
+        try:
+            _boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:  # not Linux: the boot clock is trusted within this process only
+            _boot_id = f"process-{os.getpid()}-{time.time_ns()}"
+    boottime = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+    return _boot_id, time.clock_gettime(boottime)
+
+
+def private_database(path: Path) -> None:
+    """Create *path* (if missing) readable by its owner only, and tighten it and its WAL and
+    shared-memory files if they exist: SQLite creates those with the database's own mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            side = path.with_name(path.name + suffix)
+            if side.stat().st_mode & 0o077:
+                os.chmod(side, 0o600)
+
+
+def _code(exc: BaseException) -> int | None:
     code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def open_error(path: Path, exc: sqlite3.Error | OSError) -> str:
+    """What keeps the database *path* from opening, for a person: names the file and the fix."""
+    code = _code(exc)
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return f"{path}: cannot open it: {path.parent} is not writable ({exc.strerror})"
+        return f"{path}: {exc.strerror or exc}"
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
+        if not os.access(path.parent, os.W_OK):
+            return f"{path}: cannot open it: {path.parent} is not writable"
+        return f"{path}: cannot open it for writing ({exc})"
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        return f"{path}: {exc} (the file is damaged)"
+    if code == sqlite3.SQLITE_FULL:
+        return f"{path}: the disk is full ({exc})"
+    return f"{path}: {exc}"
+
+
+def _translate(exc: sqlite3.Error, path: Path | None = None) -> SpoolError:
+    code = _code(exc)
+    if code == sqlite3.SQLITE_FULL:
         return SpoolFull(f"spool disk is full: {exc}")
-    if code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return SpoolLocked(f"spool is in use by another process: {exc}")
+    if path is not None and code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        return SpoolCorrupt(open_error(path, exc))
+    if path is not None:
+        return SpoolError(open_error(path, exc))
     return SpoolError(f"spool storage error: {exc}")
+
+
+def move_aside(path: Path, *, now: float) -> Path:
+    """Rename the damaged spool *path* (and its side files) to ``<name>.corrupt-<time>`` and
+    create a fresh spool there whose sequence numbers start above any the lost one used.
+
+    Its observations cannot be read any more; keeping the file lets someone try. Returns the
+    new name of the damaged file.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path.with_name(path.name + suffix), aside.with_name(aside.name + suffix))
+    os.replace(path, aside)
+    private_database(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        Spool._init_schema(conn, "full", 1000, 8 * 1024 * 1024)
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('seq_floor', ?)",
+            (int(now) * SEQ_FLOOR_PER_SECOND,),
+        )
+    finally:
+        conn.close()
+    return aside
+
+
+@dataclass(slots=True)
+class _Clock:
+    """The spool's clock: wall-clock time plus an offset that absorbs every step of the wall
+    clock, so that ages (differences of spool times) are true elapsed time.
+
+    Why not the wall clock alone: a gateway often runs days on a wrong clock (no RTC, NTP
+    blocked) and is then set right; measured by it, everything spooled meanwhile would look
+    days old and be dropped. A step shows as a change of the difference between the wall clock
+    and the boot clock (:data:`Uptime`), which nobody sets: within one boot (this process or
+    a previous agent of the same boot, read from the spool) the offset is corrected by it.
+    Across a reboot elapsed time is known only from the wall clock: it is believed, except that
+    the spool's clock never goes back (a gateway rebooting into 1970 keeps its data).
+    """
+
+    offset: float = 0.0
+    boot: int = 0  # hash of the boot id of the anchor; 0 = none
+    uptime: float = 0.0  # boot clock at the anchor
+    wall: float = 0.0  # wall clock at the anchor
+    last: float = 0.0  # highest spool time handed out
+
+    KEYS = ("clock_offset_us", "clock_boot", "clock_uptime_us", "clock_wall_us", "clock_last_us")
+
+    def load(self, meta: Mapping[str, int]) -> None:
+        self.offset = meta.get("clock_offset_us", 0) / 1e6
+        self.boot = meta.get("clock_boot", 0)
+        self.uptime = meta.get("clock_uptime_us", 0) / 1e6
+        self.wall = meta.get("clock_wall_us", 0) / 1e6
+        self.last = meta.get("clock_last_us", 0) / 1e6
+
+    def rows(self) -> list[tuple[str, int]]:
+        micros = [round(v * 1e6) for v in (self.offset, self.uptime, self.wall, self.last)]
+        return list(zip(self.KEYS, [micros[0], self.boot, *micros[1:]], strict=True))
+
+    def advance(self, now: float, uptime: Uptime) -> float:
+        """The spool time of the wall-clock reading *now* (correcting the offset first)."""
+        boot_id, up = uptime()
+        boot = int.from_bytes(hashlib.sha256(boot_id.encode()).digest()[:7], "big") or 1
+        if boot == self.boot:
+            step = now - (self.wall + (up - self.uptime))
+            if abs(step) > CLOCK_STEP:
+                self.offset -= step
+        elif now + self.offset < self.last:
+            self.offset = self.last - now
+        self.boot, self.uptime, self.wall = boot, up, now
+        self.last = max(self.last, now + self.offset)
+        return now + self.offset
 
 
 class Spool:
@@ -220,6 +384,8 @@ class Spool:
         max_age: float,
         chunk_size: int,
         reserve_bytes: int = 0,
+        disk_headroom: int | None = None,
+        uptime: Uptime | None = None,
     ) -> None:
         self._conn: sqlite3.Connection | None = conn
         self.path = path
@@ -227,6 +393,12 @@ class Spool:
         self.max_age = max_age
         self.chunk_size = chunk_size
         self.reserve_bytes = reserve_bytes
+        #: Bytes kept free on the file system (reserve included); None: no such bound.
+        self.disk_headroom = disk_headroom
+        self._uptime = uptime
+        self._clock = _Clock()
+        self._seq_floor = 0
+        self._page_size = 4096
         self._state = _State()
         self._stale = False
         self.transactions = 0  # committed write transactions, for health reports and tests
@@ -240,10 +412,24 @@ class Spool:
     def reserve_held(self) -> bool:
         return self.reserve_bytes > 0 and self.reserve_path.exists()
 
+    def _free_bytes(self) -> int:
+        """Free bytes on the file system beyond the headroom (negative: inside it); very large
+        when there is no disk bound or the file system cannot say."""
+        if self.disk_headroom is None:
+            return 1 << 62
+        try:
+            fs = os.statvfs(self.path.parent)
+        except OSError:
+            return 1 << 62
+        keep = self.disk_headroom - (self.reserve_bytes if self.reserve_held else 0)
+        return fs.f_bavail * fs.f_frsize - keep
+
     def _hold_reserve(self) -> None:
         """Allocate the reserve if it is missing; a full disk leaves it missing, quietly."""
         if self.reserve_bytes <= 0 or self.reserve_path.exists():
             return
+        if self._free_bytes() < 0:
+            return  # the headroom is eaten into already: leave what is free to the others
         partial = self.reserve_path.with_name(self.reserve_path.name + ".new")
         try:
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -280,6 +466,8 @@ class Spool:
         lock_timeout: float = 0.5,
         reserve_bytes: int = DEFAULT_RESERVE,
         checkpoint_pages: int = 1000,
+        disk_headroom: int | None = DEFAULT_HEADROOM,
+        uptime: Uptime | None = None,
     ) -> Spool:
         """Open (creating if needed) the spool at ``path``, holding an exclusive lock on it.
 
@@ -290,24 +478,48 @@ class Spool:
         little room to write. So the spool keeps ``reserve_bytes`` allocated in a side file and
         gives them back the first time SQLite reports the disk full; the WAL is checkpointed
         every ``checkpoint_pages`` pages so that it stays small next to the database.
+
+        ``disk_headroom`` (None: no such bound) is what appends leave free on the file system,
+        for the WAL, the reserve and the agent's other files: an append that would eat into it
+        drops the oldest chunks first, as the ``max_bytes`` bound does. On a file system
+        smaller than four times the headroom, the headroom is a quarter of it, and the reserve
+        and the WAL's checkpoint interval shrink to fit in it.
+
+        ``uptime`` (:func:`system_uptime`) lets ages be measured across steps of the wall
+        clock (see :class:`_Clock`); without it the ``now`` given to appends is taken as is.
+
+        The database and its side files are made readable by their owner only.
         """
         if max_bytes <= 0 or max_age <= 0 or chunk_size <= 0 or checkpoint_pages <= 0:
             raise ValueError("max_bytes, max_age, chunk_size, checkpoint_pages must be positive")
         if reserve_bytes < 0:
             raise ValueError("reserve_bytes must not be negative")
+        if disk_headroom is not None and disk_headroom < 0:
+            raise ValueError("disk_headroom must not be negative")
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
+        journal_limit = 8 * 1024 * 1024
+        if disk_headroom is not None:
+            with contextlib.suppress(OSError):
+                fs = os.statvfs(path.parent)
+                disk_headroom = min(disk_headroom, fs.f_blocks * fs.f_frsize // 4)
+            reserve_bytes = min(reserve_bytes, disk_headroom // 4)
+            checkpoint_pages = min(checkpoint_pages, max(16, disk_headroom // 4 // 4096))
+            journal_limit = min(journal_limit, max(disk_headroom // 2, 64 * 4096))
         try:
+            private_database(path)
             conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=lock_timeout
             )
+        except OSError as exc:
+            raise SpoolError(open_error(path, exc)) from exc
         except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, path) from exc
         try:
-            version = cls._init_schema(conn, synchronous, checkpoint_pages)
+            version = cls._init_schema(conn, synchronous, checkpoint_pages, journal_limit)
         except sqlite3.Error as exc:
             conn.close()
-            raise _translate(exc) from exc
+            raise _translate(exc, path) from exc
         except SpoolError:
             conn.close()
             raise
@@ -321,18 +533,31 @@ class Spool:
             max_age=max_age,
             chunk_size=chunk_size,
             reserve_bytes=reserve_bytes,
+            disk_headroom=disk_headroom,
+            uptime=uptime,
         )
         try:
+            spool._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             spool._reload()
         except sqlite3.Error as exc:
             spool.close()
-            raise _translate(exc) from exc
-        spool._hold_reserve()
+            raise _translate(exc, path) from exc
+        with contextlib.suppress(OSError):
+            private_database(path)  # the WAL now exists
+        if spool._free_bytes() < 0:
+            # The file system is full (something else filled it): give the reserve back now,
+            # so that the agent's other files can open, rather than at the first failed write.
+            spool._release_reserve()
+        else:
+            spool._hold_reserve()
         return spool
 
     @staticmethod
     def _init_schema(
-        conn: sqlite3.Connection, synchronous: Synchronous, checkpoint_pages: int
+        conn: sqlite3.Connection,
+        synchronous: Synchronous,
+        checkpoint_pages: int,
+        journal_limit: int = 8 * 1024 * 1024,
     ) -> int:
         # Exclusive locking: a second agent on the same file fails here instead of interleaving
         # its sequence numbers with ours; WAL then needs no shared-memory file either.
@@ -341,7 +566,7 @@ class Spool:
         if mode != "wal":
             raise SpoolError(f"spool cannot use WAL journaling (got {mode!r})")
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        conn.execute("PRAGMA journal_size_limit = 8388608")
+        conn.execute(f"PRAGMA journal_size_limit = {int(journal_limit)}")
         conn.execute(f"PRAGMA wal_autocheckpoint = {int(checkpoint_pages)}")
         # Builds with SECURE_DELETE (Debian's) zero every freed page: acknowledging would then
         # write as much as it frees, and need room on a full disk to do so.
@@ -363,6 +588,9 @@ class Spool:
         """Rebuild the in-memory mirror from the file (at open, and after a failed write)."""
         db = self._db()
         state = _State()
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+        self._seq_floor = int(meta.get("seq_floor", 0))
+        self._clock.load(meta)
         for stream, last_seq in db.execute("SELECT stream, last_seq FROM streams"):
             state.last_seq[stream] = last_seq
         rows = db.execute(
@@ -474,14 +702,21 @@ class Spool:
         incoming = sum(item.nbytes for item, _ in prepared)
         if incoming > self.max_bytes:
             raise BatchTooLarge(f"{incoming} bytes in one transaction exceed the spool bound")
-        cutoff = max(now for _, now in prepared) - self.max_age
+        latest = max(now for _, now in prepared)
 
         def write(db: sqlite3.Connection, delta: _Delta) -> list[tuple[int, int]]:
-            self._drop(db, delta, cutoff=cutoff, room_for=incoming)
+            spool_now = self._now(db, latest)
+            self._drop(db, delta, cutoff=spool_now - self.max_age, room_for=incoming)
             ranges: list[tuple[int, int]] = []
             rows: list[tuple[str, int, int, float, int, bytes]] = []
-            for item, stored_at in prepared:
-                seq = delta.last_seq.get(item.stream) or self._state.last_seq.get(item.stream, 0)
+            for item, now in prepared:
+                # Appends of one transaction arrived together: one that seems to predate the
+                # latest by more than a clock step was dated across a step; date it now.
+                lag = latest - now
+                stored_at = spool_now - lag if 0 <= lag <= CLOCK_STEP else spool_now
+                seq = delta.last_seq.get(item.stream) or self._state.last_seq.get(
+                    item.stream, self._seq_floor
+                )
                 ranges.append((seq + 1, seq + item.count))
                 for count, data in item.chunks:
                     nbytes = len(data) + ROW_OVERHEAD
@@ -549,31 +784,57 @@ class Spool:
         """Drop (and count) what is older than ``max_age``; returns how many were dropped."""
 
         def drop(db: sqlite3.Connection, delta: _Delta) -> int:
-            self._drop(db, delta, cutoff=now - self.max_age, room_for=0)
+            self._drop(db, delta, cutoff=self._now(db, now) - self.max_age, room_for=0)
             return delta.dropped
 
         return self._transaction(drop)
 
+    def _now(self, db: sqlite3.Connection, now: float) -> float:
+        """Inside a transaction: the spool time of the wall-clock reading *now*, its clock
+        corrected and saved (see :class:`_Clock`)."""
+        if self._uptime is None:
+            return now
+        spool_now = self._clock.advance(now, self._uptime)
+        db.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            self._clock.rows(),
+        )
+        return spool_now
+
+    def _disk_shortfall(self, db: sqlite3.Connection, room_for: int) -> int:
+        """Bytes that must be freed inside the file for an append of *room_for* bytes to leave
+        the headroom free on the file system (pages freed by drops are reused by the file)."""
+        if self.disk_headroom is None or room_for <= 0:
+            return 0
+        free_pages: int = db.execute("PRAGMA freelist_count").fetchone()[0]
+        need = int(room_for * DISK_SLACK) + 2 * self._page_size
+        return need - free_pages * self._page_size - max(0, self._free_bytes())
+
     def _drop(self, db: sqlite3.Connection, delta: _Delta, *, cutoff: float, room_for: int) -> None:
-        """Inside a transaction: drop expired chunks, then the oldest until ``room_for`` fits."""
+        """Inside a transaction: drop expired chunks, then the oldest until ``room_for`` fits
+        in the byte bound and on the file system."""
         victims: list[_Victim] = db.execute(
             "SELECT id, stream, first_seq, last_seq, nbytes FROM chunks"
             " WHERE stored_at < ?",  # no ORDER BY: the planner would scan by id
             (cutoff,),
         ).fetchall()
-        held = self._state.nbytes - sum(v[4] for v in victims)
-        if held + room_for > self.max_bytes:
+        freed = sum(v[4] for v in victims)
+        held = self._state.nbytes - freed
+        shortfall = self._disk_shortfall(db, room_for) - freed
+        if held + room_for > self.max_bytes or shortfall > 0:
             expired = {v[0] for v in victims}
             cursor = db.execute(
                 "SELECT id, stream, first_seq, last_seq, nbytes FROM chunks ORDER BY id"
             )
             try:
                 for row in cursor:
-                    if held + room_for <= self.max_bytes:
+                    if held + room_for <= self.max_bytes and shortfall <= 0:
                         break
                     if row[0] not in expired:
                         victims.append(row)
                         held -= row[4]
+                        shortfall -= row[4]
             finally:
                 cursor.close()
         if not victims:
@@ -684,6 +945,8 @@ class Spool:
             oldest = self._db().execute("SELECT min(stored_at) FROM chunks").fetchone()[0]
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
+        if oldest is not None:
+            oldest -= self._clock.offset  # back on the wall clock, as it reads now
         state = self._state
         return SpoolDepth(state.observations, state.nbytes, oldest, len(state.pending))
 
@@ -734,9 +997,18 @@ class AsyncSpool:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         reserve_bytes: int = DEFAULT_RESERVE,
         checkpoint_pages: int = 1000,
-        clock: Callable[[], float] = time.time,
+        disk_headroom: int | None = DEFAULT_HEADROOM,
+        clock: Callable[[], float] | None = None,
+        uptime: Uptime | None = None,
     ) -> AsyncSpool:
-        """Open the spool in its own thread; ``clock`` dates appends given no ``now``."""
+        """Open the spool in its own thread; ``clock`` dates appends given no ``now``.
+
+        Without a ``clock``, appends are dated by the wall clock and ages measured across its
+        steps with :func:`system_uptime` (unless another ``uptime`` is given); a test's own
+        ``clock`` is taken as is unless it comes with its ``uptime``.
+        """
+        if clock is None:
+            clock, uptime = time.time, uptime or system_uptime
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tether-spool")
         loop = asyncio.get_running_loop()
         try:
@@ -750,6 +1022,8 @@ class AsyncSpool:
                     chunk_size=chunk_size,
                     reserve_bytes=reserve_bytes,
                     checkpoint_pages=checkpoint_pages,
+                    disk_headroom=disk_headroom,
+                    uptime=uptime,
                 ),
             )
         except BaseException:

@@ -251,7 +251,7 @@ async def test_a_full_spool_refuses_submits_and_they_are_not_counted_as_taken(
 ) -> None:
     with mounted_tmpfs("1m") as where:
         spool = await AsyncSpool.open(
-            where / "spool.db", max_bytes=1 << 30, max_age=1e9, reserve_bytes=0
+            where / "spool.db", max_bytes=1 << 30, max_age=1e9, reserve_bytes=0, disk_headroom=None
         )
         runner = ConnectorRunner(
             builtin_registry(), spool, sleep=clock.sleep, clock=clock.time, wall_clock=clock.time
