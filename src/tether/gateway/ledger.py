@@ -4,10 +4,16 @@ A command is written down as ``running`` (and committed) before its handler star
 dies while a handler runs, the next start finds the row and reports the command failed instead of
 running it again. Final outcomes stay until the cloud acknowledges them, and are re-sent on every
 new link until then.
+
+The file also keeps the configuration the cloud pushed (field-bus credentials among it): it and
+its side files are readable by their owner only. It is opened in exclusive locking mode: a
+second agent on the same data directory is refused (:class:`LedgerLocked`), and WAL then needs
+no shared-memory file, so an agent starts even on a full disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -15,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CommandLedger", "LedgerEntry"]
+from tether.gateway.spool import open_error, private_database
+
+__all__ = ["CommandLedger", "LedgerEntry", "LedgerError", "LedgerLocked"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
@@ -32,6 +40,14 @@ CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 INTERRUPTED = "the agent restarted while this command ran; it was not run again"
+
+
+class LedgerError(Exception):
+    """The ledger's file cannot be used; the message names it."""
+
+
+class LedgerLocked(LedgerError):
+    """Another process (another agent on the same data directory) has the ledger open."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +68,33 @@ class CommandLedger:
     """A small SQLite file (synchronous=FULL: a recorded start survives power loss)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_database(path)
+        except OSError as exc:
+            raise LedgerError(open_error(path, exc)) from None
+        try:
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=0.5
+            )
+        except sqlite3.Error as exc:
+            raise LedgerError(open_error(path, exc)) from None
+        try:
+            # Before the first access: no shared-memory file, and the lock is held until close.
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            # BEGIN IMMEDIATE takes the lock now: a second agent stops here.
+            self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+        except sqlite3.Error as exc:
+            self._db.close()
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise LedgerLocked(f"{path} is in use by another process") from None
+            raise LedgerError(open_error(path, exc)) from None
+        with contextlib.suppress(OSError):
+            private_database(path)  # the WAL now exists
 
     def close(self) -> None:
         self._db.close()
