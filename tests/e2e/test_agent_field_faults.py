@@ -113,7 +113,8 @@ async def test_a_refused_connectors_config_is_refused_again_when_delivered_again
     # A redelivery (every new link brings the section again) gets the same answer.
     ack = await gw.agent._apply_config("connectors", version, document)
     assert not ack.ok
-    assert ack.error is not None and "no-such-connector" in ack.error
+    assert ack.error is not None
+    assert "no-such-connector" in ack.error
     opened = gw.agent.status.links_opened
     gw.agent.request_restart("relink")
     await wait_for(lambda: gw.agent.status.links_opened > opened, what="a new link")
@@ -215,7 +216,8 @@ async def test_repeated_link_errors_are_folded_and_read_the_same(
     assert lines[0].startswith(f"link: cannot reach {dead}/link")
     assert lines[1] == f"{lines[0]} (repeated {gw.agent.status.errors - 1} times)"
     preflight = [r.getMessage() for r in caplog.records if "preflight: fail" in r.getMessage()]
-    assert preflight and "failed: " in preflight[0], preflight
+    assert preflight, caplog.text
+    assert "failed: " in preflight[0], preflight
     assert "object at 0x" not in caplog.text
 
 
