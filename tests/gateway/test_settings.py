@@ -80,7 +80,7 @@ def test_good_settings_are_taken(tmp_path: Path) -> None:
 def test_wrong_settings_are_refused_naming_the_setting(
     tmp_path: Path, text: str, says: str
 ) -> None:
-    with pytest.raises(AgentSettingsError, match="agent.toml") as caught:
+    with pytest.raises(AgentSettingsError, match=r"agent\.toml") as caught:
         _load(tmp_path, text + "\n")
     assert says in str(caught.value)
 
@@ -94,11 +94,11 @@ def test_a_refused_proxy_never_shows_its_password(tmp_path: Path) -> None:
 
 def test_an_unreadable_settings_file_is_a_settings_error(tmp_path: Path) -> None:
     (tmp_path / "agent.toml").write_bytes(b"\xff\xfe not utf-8")
-    with pytest.raises(AgentSettingsError, match="agent.toml"):
+    with pytest.raises(AgentSettingsError, match=r"agent\.toml"):
         load_agent_settings(tmp_path)
     (tmp_path / "agent.toml").unlink()
     (tmp_path / "agent.toml").mkdir()
-    with pytest.raises(AgentSettingsError, match="agent.toml"):
+    with pytest.raises(AgentSettingsError, match=r"agent\.toml"):
         load_agent_settings(tmp_path)
 
 

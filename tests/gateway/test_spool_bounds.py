@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -236,3 +237,26 @@ def test_the_spool_and_its_side_files_are_private_whatever_the_umask(tmp_path: P
             assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_another_process_is_refused_while_the_spool_is_open(tmp_path: Path) -> None:
+    """Across processes (POSIX locks: no descriptor of the file may be closed while it is held)."""
+    path = tmp_path / "spool.db"
+    probe = (
+        "import sys; from pathlib import Path; from tether.gateway.spool import Spool\n"
+        "try:\n"
+        "    Spool.open(Path(sys.argv[1]), max_bytes=1 << 20, max_age=1.0).close()\n"
+        "    print('opened')\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__)\n"
+    )
+    with Spool.open(path, max_bytes=1 << 20, max_age=1.0) as s:
+        s.append("a", obs("x", 1), now=1.0)
+        done = subprocess.run(
+            [sys.executable, "-c", probe, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    assert done.stdout.strip() == "SpoolLocked"

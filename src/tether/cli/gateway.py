@@ -13,8 +13,8 @@ from rich.markup import escape
 from tether.cli.output import console, fail
 from tether.cli.output import err as error_console
 from tether.cli.runtime import run_async
-from tether.gateway.settings import AgentSettingsError, load_agent_settings
-from tether.pki.errors import EstError
+from tether.gateway.settings import AgentSettingsError, check_log_options, load_agent_settings
+from tether.pki.errors import EstError, PkiError
 from tether.protocol.enrollment import EnrollmentCodeError
 
 # Also run as the root application by ``tether gateway run|enroll`` (see tether.cli): a crash
@@ -98,7 +98,14 @@ def enroll(
     data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
     url: str | None = typer.Option(None, "--url", help="Reach the cloud at another URL."),
     name: str | None = typer.Option(None, "--name", help="A name hint for the operator."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace the identity the data directory holds (the old gateway stays in the "
+        "fleet until it is revoked).",
+    ),
 ) -> None:
+    from tether.gateway.identity import EnrollmentNotStarted
     from tether.gateway.identity import enroll as do_enroll
 
     secret = _enrollment_code(code, code_file)
@@ -112,10 +119,19 @@ def enroll(
                 name_hint=name,
                 proxy=settings.proxy,
                 trust_env=settings.trust_env,
+                force=force,
             )
         )
-    except (EnrollmentCodeError, EstError, AgentSettingsError) as exc:
+    except (EnrollmentCodeError, EnrollmentNotStarted, AgentSettingsError) as exc:
+        raise fail(str(exc), 2) from None
+    except EstError as exc:
         raise fail(str(exc)) from None
+    except (PkiError, OSError) as exc:  # enrolled, but what it obtained could not be stored
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise fail(
+            f"the cloud enrolled this gateway but its identity could not be stored in "
+            f"{data_dir}: {reason}; revoke that gateway and enroll again"
+        ) from None
     console.print(
         f"enrolled as [bold]{escape(identity.gateway_id)}[/bold]; certificate valid until "
         f"{identity.not_after:%Y-%m-%d %H:%M} UTC"
@@ -131,12 +147,18 @@ HAND_OVER = False
 @app.command("run")
 def run(
     data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
-    log_level: str = typer.Option("info", "--log-level"),
-    log_format: str = typer.Option("text", "--log-format", help="text or json"),
+    log_level: str = typer.Option(
+        "info", "--log-level", help="debug, info, warning, error or critical."
+    ),
+    log_format: str = typer.Option("text", "--log-format", help="text or json."),
 ) -> None:
     """Hold the link to the cloud and run what it asks."""
     from tether.gateway import service
 
+    try:
+        check_log_options(log_level, log_format)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
     if HAND_OVER and sys.executable:  # (an embedded interpreter may not know its program)
         service.hand_over(data_dir, log_level, log_format)  # returns only if that failed
     code = service.serve(data_dir, log_level, log_format)

@@ -10,8 +10,10 @@ The certificate and key share one file so a renewal replaces both in one atomic 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import ssl
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tether.gateway.settings import check_cloud_url
 from tether.pki.errors import PkiFileError
 from tether.pki.tlscontext import pinned_client_context, read_certificate_file
 from tether.protocol.enrollment import decode_code
@@ -26,7 +29,17 @@ from tether.protocol.enrollment import decode_code
 if TYPE_CHECKING:
     from cryptography import x509
 
-__all__ = ["GatewayIdentity", "NotEnrolled", "enroll", "load_identity", "renew", "seconds_until"]
+__all__ = [
+    "AlreadyEnrolled",
+    "EnrollmentNotStarted",
+    "GatewayIdentity",
+    "IdentityDamaged",
+    "NotEnrolled",
+    "enroll",
+    "load_identity",
+    "renew",
+    "seconds_until",
+]
 
 RENEW_FRACTION = 2 / 3
 _PEM_CERTIFICATE = re.compile(
@@ -36,6 +49,33 @@ _PEM_CERTIFICATE = re.compile(
 
 class NotEnrolled(RuntimeError):
     """No identity in the data directory: run ``tether gateway enroll CODE`` first."""
+
+
+class IdentityDamaged(PkiFileError):
+    """A file of the identity is there but unusable (truncated, edited, not what it should be);
+    the message names the file and says how to recover."""
+
+
+class EnrollmentNotStarted(RuntimeError):
+    """Enrollment was refused before the cloud was contacted: the code is still unused."""
+
+
+class AlreadyEnrolled(EnrollmentNotStarted):
+    """The directory holds an identity already; replacing it needs ``force``."""
+
+    def __init__(self, directory: Path, gateway_id: str | None) -> None:
+        self.gateway_id = gateway_id
+        who = f"gateway {gateway_id}" if gateway_id else "a gateway (its id is unreadable)"
+        super().__init__(
+            f"{directory} already holds the identity of {who}: enrolling again would replace "
+            f"it and leave that gateway in the fleet; give --force to replace it anyway "
+            f"(then revoke the old one), or use another --data-dir"
+        )
+
+
+#: What :func:`load_identity` needs in ``identity.json``; the dates are ISO 8601 with a zone.
+_META_TEXT = ("gateway_id", "cloud_url")
+_META_DATES = ("received_at", "not_before", "not_after")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,32 +161,119 @@ def _save(directory: Path, cert: x509.Certificate, key_pem: bytes, cloud_url: st
     _write_meta(directory, meta)
 
 
+def _damaged(path: Path, what: str) -> IdentityDamaged:
+    return IdentityDamaged(
+        f"{path}: {what}; the gateway's identity is damaged: restore it from a backup, or "
+        f"enroll again with a new code (tether gateway enroll --force)"
+    )
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise _damaged(path, f"cannot be read ({exc.strerror})") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise _damaged(path, f"is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise _damaged(path, "is not a JSON object")
+    return meta
+
+
+def _check_meta(path: Path, meta: dict[str, Any]) -> dict[str, datetime]:
+    """The dates of *meta*, after checking every field :func:`load_identity` uses."""
+    for key in _META_TEXT:
+        if not isinstance(meta.get(key), str) or not meta[key]:
+            raise _damaged(path, f"has no {key!r}")
+    dates: dict[str, datetime] = {}
+    for key in _META_DATES:
+        value = meta.get(key)
+        try:
+            moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise _damaged(path, f"has no valid {key!r} (an ISO 8601 time with its zone)")
+        dates[key] = moment
+    return dates
+
+
 def load_identity(directory: Path) -> GatewayIdentity:
     """The identity in *directory*. When ``identity.json`` does not describe the certificate
     beside it (written by an older agent, or the certificate was replaced by hand), the
-    certificate is parsed once and the file brought up to date."""
+    certificate is parsed once and the file brought up to date.
+
+    Raises :class:`NotEnrolled` when there is no identity, :class:`IdentityDamaged` (or another
+    :class:`~tether.pki.errors.PkiFileError`) naming the file when one of its files is unusable.
+    """
     meta_path = directory / "identity.json"
     if not meta_path.exists():
         raise NotEnrolled(f"no gateway identity in {directory}: run `tether gateway enroll CODE`")
-    meta = json.loads(meta_path.read_text())
+    meta = _read_meta(meta_path)
     credentials = directory / "gateway.pem"
     pem = read_certificate_file(credentials)
     digest = _certificate_digest(pem, credentials)
     if meta.get("certificate_sha256") != digest:
         from tether.pki.ca import gateway_id_from_certificate
+        from tether.pki.errors import PkiError
         from tether.pki.keys import load_certificate
 
-        cert = load_certificate(credentials)
-        meta |= _certificate_facts(cert, digest) | {"gateway_id": gateway_id_from_certificate(cert)}
+        try:
+            cert = load_certificate(credentials)
+            gateway_id = gateway_id_from_certificate(cert)
+        except (PkiError, ValueError) as exc:
+            raise _damaged(credentials, f"holds no usable certificate ({exc})") from None
+        meta |= _certificate_facts(cert, digest) | {"gateway_id": gateway_id}
+        dates = _check_meta(meta_path, meta)
         _write_meta(directory, meta)
+    else:
+        dates = _check_meta(meta_path, meta)
     return GatewayIdentity(
         directory=directory,
         gateway_id=meta["gateway_id"],
         cloud_url=meta["cloud_url"],
-        received_at=datetime.fromisoformat(meta["received_at"]),
-        not_before=datetime.fromisoformat(meta["not_before"]),
-        not_after=datetime.fromisoformat(meta["not_after"]),
+        received_at=dates["received_at"],
+        not_before=dates["not_before"],
+        not_after=dates["not_after"],
     )
+
+
+def _existing_gateway(directory: Path) -> str | None:
+    """The id of the gateway whose identity *directory* holds ("" if unreadable), or None."""
+    meta_path = directory / "identity.json"
+    if not meta_path.exists() and not (directory / "gateway.pem").exists():
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        meta = json.loads(meta_path.read_bytes())
+        if isinstance(meta, dict) and isinstance(meta.get("gateway_id"), str):
+            return str(meta["gateway_id"])
+    return ""
+
+
+def prepare_directories(directory: Path) -> None:
+    """Create the identity *directory* and its data directory (mode 0700), and prove both
+    writable with a probe file: whatever enrollment obtains must be storable before a
+    one-time code is spent. Raises :class:`EnrollmentNotStarted` naming the directory."""
+    for place in (directory.parent, directory):
+        try:
+            if not place.is_dir():
+                place.mkdir(mode=0o700, parents=True)
+                os.chmod(place, 0o700)  # exactly, whatever the umask
+            probe = place / f".probe-{os.getpid()}"
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, b"probe")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    probe.unlink()
+        except OSError as exc:
+            raise EnrollmentNotStarted(
+                f"cannot write in {place} ({exc.strerror}): the gateway's identity could not "
+                f"be stored there; fix the directory (or choose another --data-dir) and enroll "
+                f"again, the code was not used"
+            ) from None
 
 
 async def enroll(
@@ -157,15 +284,29 @@ async def enroll(
     name_hint: str | None = None,
     proxy: str | None = None,
     trust_env: bool = True,
+    force: bool = False,
 ) -> GatewayIdentity:
-    """Enroll with an enrollment code: pin the CA it names, make a key, get a certificate."""
+    """Enroll with an enrollment code: pin the CA it names, make a key, get a certificate.
+
+    Everything that can be checked locally is checked before the cloud is contacted (the
+    code is single use): the URL, that *directory* holds no identity yet (unless *force*),
+    and that it is writable. Those refusals raise :class:`EnrollmentNotStarted`.
+    """
     from cryptography.hazmat.primitives import serialization
 
     from tether.pki.estclient import fetch_cacerts_bootstrap, simpleenroll
     from tether.pki.keys import build_csr, generate_private_key, private_key_pem, write_pem
 
     parsed = decode_code(code)
-    base_url = url or parsed.url
+    try:
+        base_url = check_cloud_url(url or parsed.url)
+    except ValueError as exc:
+        where = "--url" if url else "the enrollment code's URL"
+        raise EnrollmentNotStarted(f"{where}: {exc}") from None
+    existing = _existing_gateway(directory)
+    if existing is not None and not force:
+        raise AlreadyEnrolled(directory, existing or None)
+    prepare_directories(directory)
     ca = await fetch_cacerts_bootstrap(
         base_url, parsed.ca_fingerprint, proxy=proxy, trust_env=trust_env
     )
@@ -178,7 +319,6 @@ async def enroll(
         proxy=proxy,
         trust_env=trust_env,
     )
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_pem(directory / "ca.pem", ca.public_bytes(serialization.Encoding.PEM))
     _save(directory, cert, private_key_pem(key), base_url)
     return load_identity(directory)

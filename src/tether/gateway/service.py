@@ -8,19 +8,35 @@ DATA_DIR LOG_LEVEL LOG_FORMAT``, which loads the agent and nothing of the comman
 
 That form is internal: run ``tether gateway run`` instead. Called in-process (tests, embedding)
 the command runs :func:`serve` directly.
+
+Before the agent starts, everything an operator must fix is checked and said in one line (exit
+2): settings, the identity's files (certificate, key, pinned CA), the data directory, a second
+agent on it, a damaged command ledger. A damaged spool is moved aside instead (see
+:func:`_open_spool`). The spool is opened before the ledger: on a full disk it gives its reserve
+back first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import stat
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from tether.gateway.identity import GatewayIdentity
+    from tether.gateway.settings import AgentSettings
 
 __all__ = ["EXIT_NOT_READY", "EXIT_STOPPED", "hand_over", "main", "serve", "service_argv"]
+
+#: Named for what it is, also when this module runs as ``__main__``.
+log = logging.getLogger("tether.gateway.service")
 
 #: Not enrolled, or the settings are wrong: an operator must act before it can run.
 EXIT_NOT_READY = 2
@@ -55,18 +71,117 @@ def _error(message: str) -> None:
     error(message)
 
 
+class NotReady(Exception):
+    """The agent cannot start until an operator acts; the message says what to do."""
+
+
+def _another_agent(data_dir: Path) -> NotReady:
+    return NotReady(
+        f"another agent is running on {data_dir} (its files are locked): stop it first, or "
+        f"give this one its own --data-dir"
+    )
+
+
+def _private_directory(data_dir: Path) -> None:
+    """The data directory holds the gateway's key and pushed configuration: owner only."""
+    try:
+        info = data_dir.stat()
+    except OSError as exc:
+        raise NotReady(f"{data_dir}: {exc.strerror}") from None
+    if stat.S_IMODE(info.st_mode) & 0o077 and info.st_uid == os.geteuid():
+        try:
+            os.chmod(data_dir, 0o700)
+            log.info("%s made readable by its owner only", data_dir)
+        except OSError as exc:  # a read-only file system is said by what cannot open on it
+            log.warning("%s is readable by others and stays so: %s", data_dir, exc.strerror)
+
+
+def _open_spool(settings: AgentSettings) -> None:
+    """Open the spool once before the agent does: on a full disk it gives its reserve back
+    (the ledger needs a little room), and its errors are said plainly.
+
+    A spool SQLite cannot read ("file is not a database") is moved aside, loudly, and a fresh
+    one started rather than the agent refused: its observations are unreadable whatever the
+    operator does, while a refusing agent would also stop collecting new ones and stop obeying
+    commands until someone came. The fresh spool numbers its observations above any the lost
+    one used, so the cloud takes none of them for duplicates.
+    """
+    from tether.gateway.spool import Spool, SpoolCorrupt, SpoolError, SpoolLocked, move_aside
+
+    path = settings.spool_path
+    try:
+        try:
+            Spool.open(
+                path, max_bytes=settings.spool_max_bytes, max_age=settings.spool_max_age
+            ).close()
+        except SpoolCorrupt as exc:
+            aside = move_aside(path, now=time.time())
+            log.error(
+                "%s; it was moved aside to %s and a fresh spool started: the observations it "
+                "held are lost (counted nowhere, they could not be read)",
+                exc,
+                aside,
+            )
+            Spool.open(
+                path, max_bytes=settings.spool_max_bytes, max_age=settings.spool_max_age
+            ).close()
+    except SpoolLocked:
+        raise _another_agent(settings.data_dir) from None
+    except SpoolError as exc:
+        raise NotReady(str(exc)) from None
+    except OSError as exc:
+        raise NotReady(f"{path}: {exc.strerror or exc}") from None
+
+
+def _preflight(data_dir: Path) -> tuple[AgentSettings, GatewayIdentity]:
+    """Settings and identity, once every file the agent needs has been checked."""
+    from tether.gateway.identity import NotEnrolled, load_identity
+    from tether.gateway.ledger import CommandLedger, LedgerError, LedgerLocked
+    from tether.gateway.settings import AgentSettingsError, load_agent_settings
+    from tether.pki.errors import PkiError
+
+    try:
+        settings = load_agent_settings(data_dir)
+        identity = load_identity(settings.identity_dir)
+        identity.ssl_context()  # the key, its mode, the certificate and the pinned CA load
+    except (NotEnrolled, AgentSettingsError) as exc:
+        raise NotReady(str(exc)) from None
+    except PkiError as exc:
+        raise NotReady(
+            f"the gateway's identity in {settings.identity_dir} is unusable: {exc}"
+        ) from None
+    _private_directory(data_dir)
+    _open_spool(settings)
+    try:
+        CommandLedger(settings.state_db).close()
+    except LedgerLocked:
+        raise _another_agent(data_dir) from None
+    except LedgerError as exc:
+        raise NotReady(
+            f"{exc}: the agent's command ledger must be repaired or moved aside by hand "
+            f"(moving it aside forgets which commands ran, and the configuration pushed, "
+            f"until the cloud sends it again)"
+        ) from None
+    return settings, identity
+
+
 def serve(data_dir: Path, log_level: str, log_format: str) -> int:
     """Run the agent until SIGINT or SIGTERM; the process's exit code."""
     from tether.cli.runtime import run_async, setup_logging
     from tether.gateway.agent import Agent, AgentStopped
-    from tether.gateway.identity import NotEnrolled, load_identity
-    from tether.gateway.settings import AgentSettingsError, load_agent_settings
+    from tether.gateway.ledger import LedgerLocked
+    from tether.gateway.settings import check_log_options
+    from tether.gateway.spool import SpoolLocked
 
+    try:
+        check_log_options(log_level, log_format)
+    except ValueError as exc:
+        _error(str(exc))
+        return EXIT_NOT_READY
     setup_logging(log_level, log_format)
     try:
-        settings = load_agent_settings(data_dir)
-        identity = load_identity(settings.identity_dir)
-    except (NotEnrolled, AgentSettingsError) as exc:
+        settings, identity = _preflight(data_dir)
+    except NotReady as exc:
         _error(str(exc))
         return EXIT_NOT_READY
 
@@ -82,6 +197,9 @@ def serve(data_dir: Path, log_level: str, log_format: str) -> int:
     except AgentStopped as exc:
         _error(str(exc))
         return EXIT_STOPPED
+    except (LedgerLocked, SpoolLocked):  # one started between the checks and the agent
+        _error(str(_another_agent(data_dir)))
+        return EXIT_NOT_READY
     return 0
 
 

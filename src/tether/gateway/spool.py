@@ -248,18 +248,25 @@ def system_uptime() -> tuple[str, float]:
 
 def private_database(path: Path) -> None:
     """Create *path* (if missing) readable by its owner only, and tighten it and its WAL and
-    shared-memory files if they exist: SQLite creates those with the database's own mode."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    shared-memory files if they exist: SQLite creates those with the database's own mode.
+
+    An existing file is never opened here: closing any descriptor of a file releases every
+    POSIX lock the process holds on it, SQLite's included.
+    """
     try:
-        if os.fstat(fd).st_mode & 0o077:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        try:
             os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    for suffix in ("-wal", "-shm", "-journal"):
+        finally:
+            os.close(fd)
+    for name in ("", "-wal", "-shm", "-journal"):
         with contextlib.suppress(FileNotFoundError):
-            side = path.with_name(path.name + suffix)
-            if side.stat().st_mode & 0o077:
-                os.chmod(side, 0o600)
+            each = path.with_name(path.name + name)
+            if each.stat().st_mode & 0o077:
+                os.chmod(each, 0o600)
 
 
 def _code(exc: BaseException) -> int | None:
