@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from tests.cli.stub import tether_on
+from tests.cli.stub import no_traceback, tether_on
 from tests.support.cloudproc import create_token, running_cloud, tether_script
+from tests.support.tmpfs import mounted_tmpfs
 from typer.testing import CliRunner
 
 from tether.cli import AGENT_COMMANDS, app
@@ -210,3 +213,81 @@ async def test_enroll_reads_the_code_from_stdin_a_file_or_the_environment(
             refused = await tether_on(cloud, *args, "--data-dir", data_dir("e"), stdin=stdin)
             assert refused.returncode == 2, args
             assert refused.stderr.startswith("error: "), refused.stderr
+
+
+def _remount(where: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(where)], check=True, timeout=60)
+
+
+async def test_enroll_checks_all_it_can_before_the_one_time_code_is_spent(tmp_path: Path) -> None:
+    """A read-only directory, a bad --url or an identity already there: refused (exit 2)
+    before the cloud is contacted, so the same code still enrolls afterwards."""
+    async with running_cloud(tmp_path / "cloud") as cloud, cloud.api() as api:
+        code = str((await create_token(api))["enrollment_code"])
+
+        async def enroll(data_dir: Path, *extra: str, secret: str = code) -> Any:
+            done = await tether_on(
+                cloud, "gateway", "enroll", "-", "--data-dir", str(data_dir), *extra, stdin=secret
+            )
+            assert no_traceback(done), done.stderr
+            return done
+
+        with mounted_tmpfs("1m") as where:
+            _remount(where, "ro")
+            try:
+                read_only = await enroll(where / "gw")
+            finally:
+                _remount(where, "rw")
+        assert read_only.returncode == 2
+        assert f"cannot write in {where}" in read_only.stderr
+        assert "the code was not used" in read_only.stderr
+
+        gw = tmp_path / "site" / "gw"
+        for url, says in (
+            ("localhost:38517", "is not a URL: give https://host[:port]"),
+            ("http://localhost:38517", "over https:// only"),
+        ):
+            bad = await enroll(gw, "--url", url)
+            assert bad.returncode == 2
+            assert says in bad.stderr
+        assert not gw.exists()
+
+        first = await enroll(gw)
+        assert first.returncode == 0, first.stderr
+        gateway_id = first.stdout.split()[2].rstrip(";")
+        assert gateway_id.startswith("gw-")
+        assert stat.S_IMODE(gw.stat().st_mode) == 0o700
+        assert stat.S_IMODE((gw / "identity").stat().st_mode) == 0o700
+
+        second = str((await create_token(api))["enrollment_code"])
+        over = await enroll(gw, secret=second)
+        assert over.returncode == 2
+        assert f"already holds the identity of gateway {gateway_id}" in over.stderr
+        assert "--force" in over.stderr
+        forced = await enroll(gw, "--force", secret=second)  # the code was not spent either
+        assert forced.returncode == 0, forced.stderr
+        assert json.loads((gw / "identity" / "identity.json").read_text())["gateway_id"] not in (
+            gateway_id,
+            "",
+        )
+
+
+def test_gateway_run_refuses_an_unknown_log_level_before_handing_over(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            str(tether_script()),
+            "gateway",
+            "run",
+            "--data-dir",
+            str(tmp_path),
+            "--log-level",
+            "verbose",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "debug, info, warning, error, critical; got 'verbose'" in done.stderr
+    assert "Traceback" not in done.stderr
