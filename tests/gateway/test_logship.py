@@ -4,6 +4,7 @@ agent's logging handler and the journald source (a real subprocess reading journ
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -396,3 +397,29 @@ async def test_a_journal_line_too_long_to_read_is_counted_and_the_reading_goes_o
     assert batch.dropped == 1
     # The journal can be configured again (its reader is restarted).
     await shipper.configure({"sources": ["agent"]})
+
+
+async def test_agents_in_one_process_each_ship_only_their_own_records() -> None:
+    first, second = LogShipper(), LogShipper()
+    logger = logging.getLogger("tether.gateway.test.two-agents")
+
+    async def agent(shipper: LogShipper, name: str) -> None:
+        shipper.claim()
+
+        async def worker() -> None:  # a task the agent starts inherits its shipper
+            logger.warning("%s from a task", name)
+
+        logger.warning("%s itself", name)
+        await asyncio.create_task(worker())
+
+    first.install()
+    second.install()
+    try:
+        await asyncio.gather(agent(first, "first"), agent(second, "second"))
+        logger.warning("outside any agent")
+    finally:
+        first.uninstall()
+        second.uninstall()
+    mine = {s: [r.message for r in s._buffer] for s in (first, second)}
+    assert mine[first] == ["first itself", "first from a task", "outside any agent"]
+    assert mine[second] == ["second itself", "second from a task", "outside any agent"]

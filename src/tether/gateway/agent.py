@@ -593,6 +593,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
+        self.logs.claim()  # before any task of this agent starts: they inherit it
         await self._start_telemetry()
         self.logs.install()
         for section in ("agent", "logs"):

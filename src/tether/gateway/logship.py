@@ -17,13 +17,14 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from tether.aio import cancel_and_wait
 from tether.protocol.config import logs_section
 from tether.protocol.messages import LogBatch, LogBatchAck, LogRecord, Message
 
-__all__ = ["LogShipper", "redact"]
+__all__ = ["LogShipper", "current_shipper", "redact"]
 
 # One place lists what a secret looks like (STYLE.md: diagnostics redact secrets in one place).
 _SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -70,6 +71,12 @@ def redact(text: str) -> str:
     return text
 
 
+#: The log shipper of the agent whose work is running (set by :meth:`LogShipper.claim` in the
+#: agent's task; the tasks it starts inherit it). Records logged under another agent's shipper
+#: are not this one's to ship; records logged outside any agent's work go to every shipper.
+current_shipper: ContextVar[LogShipper | None] = ContextVar("tether_log_shipper", default=None)
+
+
 class _Handler(logging.Handler):
     def __init__(self, shipper: LogShipper) -> None:
         super().__init__(logging.DEBUG)
@@ -78,6 +85,9 @@ class _Handler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.name.startswith("tether.gateway.logship"):
             return  # never ship the shipper's own complaints in a loop
+        owner = current_shipper.get()
+        if owner is not None and owner is not self.shipper:
+            return  # another agent's record (several agents in one process: tether demo)
         try:
             message = record.getMessage()
         except (TypeError, ValueError):
@@ -111,6 +121,11 @@ class LogShipper:
         self._journal_task: asyncio.Task[None] | None = None
 
     # -- configuration -----------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Make the records logged from the calling task (and the tasks it starts from now on)
+        this shipper's, not those of another agent running in the same process."""
+        current_shipper.set(self)
 
     def install(self) -> None:
         logging.getLogger("tether.gateway").addHandler(self._handler)
