@@ -143,7 +143,7 @@ async def test_discovery_observations_api_and_cli(
     assert [float(r[1]) for r in rows] == ts[1:6]
     assert [float(r[3]) for r in rows] == [o["value"] for o in series[1:6]]
     assert {r[2] for r in rows} == {POINT}
-    assert rows[0][0] == datetime.fromtimestamp(ts[1], UTC).strftime("%Y-%m-%d %H:%M:%S")
+    assert rows[0][0] == datetime.fromtimestamp(ts[1], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     listed = json.loads(await tether(cloud, "points", "list", gw.gateway_id, "--json"))
     assert listed == points
 
