@@ -46,6 +46,7 @@ def loopback_options(tmp_path: Path, dns: DNSServer) -> CheckOptions:
         lease_root=tmp_path / "no-leases",
         resolv_conf=tmp_path / "no-resolv.conf",
         hosts_file=tmp_path / "no-hosts",
+        long_poll_wait=1.0,  # the agent holds 25 s; 1 s proves the same path here
         environ={},
     )
 
@@ -133,6 +134,7 @@ async def test_the_checks_take_the_agents_proxy_not_the_environments(
         lease_root=tmp_path / "no-leases",
         resolv_conf=tmp_path / "no-resolv.conf",
         hosts_file=tmp_path / "no-hosts",
+        long_poll_wait=1.0,  # the agent holds 25 s; 1 s proves the same path here
     )
     direct = Preflight(
         cloud_url=cloud.url, ca_path=str(cloud.ca_path), trust_env=False, options=base
