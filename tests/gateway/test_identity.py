@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from tests.support.cloudproc import create_token, enroll_gateway, free_port, running_cloud
 
 from tether.gateway import identity as identity_module
-from tether.gateway.identity import load_identity
+from tether.gateway.identity import load_identity, renew
 from tether.pki.ca import CertificateAuthority
 from tether.pki.errors import PkiFileError
 from tether.pki.keys import build_csr, generate_private_key, private_key_pem, write_pem
@@ -134,3 +135,23 @@ def test_a_missing_or_broken_certificate_is_a_clear_error(stored: Path) -> None:
     (stored / "gateway.pem").unlink()
     with pytest.raises(PkiFileError, match="does not exist"):
         load_identity(stored)
+
+
+async def test_renew_goes_to_the_url_given_and_keeps_the_recorded_one(tmp_path: Path) -> None:
+    async with running_cloud(tmp_path / "cloud") as cloud, cloud.api() as api:
+        code = (await create_token(api, name="renews"))["enrollment_code"]
+        identity = await enroll_gateway(code, tmp_path / "gw")
+        first = identity.certificate.serial_number
+        # The host recorded at enrollment is gone: only the URL given can renew.
+        gone = f"https://127.0.0.1:{free_port()}"
+        meta_path = identity.directory / "identity.json"
+        meta = json.loads(meta_path.read_text())
+        meta["cloud_url"] = gone
+        meta_path.write_text(json.dumps(meta))
+        renewed = await renew(load_identity(identity.directory), url=cloud.url, trust_env=False)
+    assert renewed.certificate.serial_number != first
+    assert renewed.cloud_url == gone
+    assert json.loads(meta_path.read_text())["cloud_url"] == gone
+    assert load_identity(identity.directory).certificate.serial_number == (
+        renewed.certificate.serial_number
+    )

@@ -12,7 +12,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import json
 import logging
 import random
 import sqlite3
@@ -877,21 +876,12 @@ class Agent:
     async def _renew(self) -> GatewayIdentity:
         """Re-enroll at the cloud the link uses; the URL recorded at enrollment stays the one
         recorded (``cloud_url`` in agent.toml may be a temporary override)."""
-        enrolled, url = self.identity.cloud_url, self.cloud_url
-        renewed = await renew(
-            dataclasses.replace(self.identity, cloud_url=url),
+        return await renew(
+            self.identity,
+            url=self.cloud_url,
             proxy=self.settings.proxy,
             trust_env=self.settings.trust_env,
         )
-        if renewed.cloud_url == enrolled:
-            return renewed
-        from tether.pki.keys import write_file_atomic  # loaded by the renewal already
-
-        meta_path = renewed.directory / "identity.json"
-        meta = json.loads(meta_path.read_text())
-        meta["cloud_url"] = enrolled
-        write_file_atomic(meta_path, json.dumps(meta).encode(), mode=0o644)
-        return dataclasses.replace(renewed, cloud_url=enrolled)
 
 
 def _discovery_message(instance: str, found: FoundDiscovery) -> Discovery:

@@ -325,9 +325,16 @@ async def enroll(
 
 
 async def renew(
-    identity: GatewayIdentity, *, proxy: str | None = None, trust_env: bool = True
+    identity: GatewayIdentity,
+    *,
+    url: str | None = None,
+    proxy: str | None = None,
+    trust_env: bool = True,
 ) -> GatewayIdentity:
-    """Re-enroll (RFC 7030 simplereenroll) with a fresh key, authenticated by the current one."""
+    """Re-enroll (RFC 7030 simplereenroll) with a fresh key, authenticated by the current one.
+
+    The request goes to *url* (the cloud the link uses, which ``cloud_url`` in agent.toml may
+    override), else to the URL recorded at enrollment; the recorded URL stays as it was."""
     from tether.pki.ca import gateway_id_from_certificate
     from tether.pki.estclient import simplereenroll
     from tether.pki.keys import build_csr, generate_private_key, load_certificate, private_key_pem
@@ -335,7 +342,7 @@ async def renew(
     key = generate_private_key()
     ca = load_certificate(identity.ca_path)
     cert = await simplereenroll(
-        identity.cloud_url,
+        url or identity.cloud_url,
         csr=build_csr(key, identity.gateway_id),
         ca=ca,
         client_cert_path=identity.credentials_path,
