@@ -33,7 +33,7 @@ from tether.gateway.preflight import summary
 from tether.netcheck.report import Check, CheckReport, CheckResult, Status
 from tether.pki.ca import CertificateAuthority
 from tether.pki.tlscontext import pinned_client_context
-from tether.protocol.messages import Message
+from tether.protocol.messages import Message, Welcome
 
 DAY = 86400.0
 
@@ -42,7 +42,9 @@ class _Core:
     def __init__(self) -> None:
         self.opened = 0
 
-    def on_link_open(self, send: Callable[[Message], None], tier: str) -> None:
+    def on_link_open(
+        self, send: Callable[[Message], None], tier: str, *, welcome: Welcome, round_trip: float
+    ) -> None:
         self.opened += 1
 
     async def on_message(self, message: Message) -> None:

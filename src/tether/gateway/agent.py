@@ -38,6 +38,7 @@ from tether.gateway.httptier import HttpTier
 from tether.gateway.identity import GatewayIdentity, renew, seconds_until
 from tether.gateway.ledger import CommandLedger
 from tether.gateway.link import (
+    NTP_FIX,
     ClockWrong,
     LinkEnded,
     LinkError,
@@ -69,6 +70,7 @@ from tether.protocol.messages import (
     LogBatchAck,
     Message,
     NetcheckReport,
+    Welcome,
 )
 from tether.protocol.telemetry import Discovery as FoundDiscovery
 from tether.protocol.telemetry import Observation
@@ -101,6 +103,10 @@ ERROR_REPEAT_EVERY = 600.0
 LOSS_LOG_EVERY = 60.0
 #: The spool's drop counts are read at most once per this many seconds while submits come.
 DROP_CHECK_EVERY = 5.0
+#: A host clock off the cloud's by more than this (seconds, beyond the round trip) is warned of.
+CLOCK_SKEW_LIMIT = 60.0
+#: The clock-skew warning comes at most once per this many seconds.
+CLOCK_WARN_EVERY = 3600.0
 #: Ledger keys: the last connectors configuration received, refused or not; lost submits.
 _CONNECTORS_KEY = "config:connectors"
 _REFUSED_KEY = "lost:refused_submits"
@@ -164,9 +170,22 @@ class LossLog:
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings, identity: GatewayIdentity) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        identity: GatewayIdentity,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.identity = identity
+        #: The host's wall clock, as the agent reads it (compared with the cloud's on each link).
+        self.clock = clock
+        #: Seconds to add to the host clock to read the cloud's, and its uncertainty (half the
+        #: round trip it was measured over), from the last link's Welcome; None before one.
+        self.clock_offset: float | None = None
+        self.clock_offset_uncertainty: float | None = None
+        self._skew_warned_at: float | None = None
         self.boot_id = uuid.uuid4().hex
         self.ledger = CommandLedger(settings.state_db)
         self.status = LinkStatus()
@@ -217,7 +236,10 @@ class Agent:
 
     # -- the core, as tiers see it -----------------------------------------------------------
 
-    def on_link_open(self, send: Callable[[Message], None], tier: str) -> None:
+    def on_link_open(
+        self, send: Callable[[Message], None], tier: str, *, welcome: Welcome, round_trip: float
+    ) -> None:
+        self._check_clock(welcome.server_time, round_trip)
         self._send = send
         self.status.state = "linked"
         self.status.tier = tier
@@ -247,6 +269,33 @@ class Agent:
                         error=entry.error,
                     )
                 )
+
+    def _check_clock(self, server_time: float, round_trip: float) -> None:
+        """Compare the host clock with the cloud's ``server_time``, stamped between the Hello
+        leaving and the Welcome arriving *round_trip* seconds later: the offset is known to
+        half the round trip. A clock off by more than CLOCK_SKEW_LIMIT beyond that is warned
+        of (at most every CLOCK_WARN_EVERY seconds): timestamps, certificate checks and the
+        spool's ages all read it."""
+        round_trip = max(0.0, round_trip)
+        offset = server_time - (self.clock() - round_trip / 2)
+        self.clock_offset, self.clock_offset_uncertainty = offset, round_trip / 2
+        if abs(offset) - round_trip / 2 <= CLOCK_SKEW_LIMIT:
+            return
+        now = time.monotonic()
+        if self._skew_warned_at is not None and now - self._skew_warned_at < CLOCK_WARN_EVERY:
+            return
+        self._skew_warned_at = now
+        from tether.gateway.timesync import describe_offset  # loaded only for a wrong clock
+
+        log.warning(
+            "the host clock is %s %s the cloud's (offset %+.1f s, ±%.1f s): observation "
+            "timestamps and certificate checks read this clock; %s",
+            describe_offset(offset),
+            "behind" if offset > 0 else "ahead of",
+            offset,
+            round_trip / 2,
+            NTP_FIX,
+        )
 
     def on_link_closed(self) -> None:
         self._send = None
@@ -466,8 +515,11 @@ class Agent:
             },
             uploader=dataclasses.asdict(self.uploader.stats) if self.uploader else {},
             time_sync={
-                "clock": time.time(),
+                "clock": self.clock(),
                 "ntp_synchronized": Path("/run/systemd/timesync/synchronized").exists(),
+                # seconds to add to the host clock to read the cloud's (last link's Welcome)
+                "cloud_offset_s": _rounded(self.clock_offset),
+                "cloud_offset_uncertainty_s": _rounded(self.clock_offset_uncertainty),
             },
         )
         report["logs"] = {"pending": self.logs.pending, "dropped": self.logs.dropped_total}
@@ -882,6 +934,10 @@ class Agent:
             proxy=self.settings.proxy,
             trust_env=self.settings.trust_env,
         )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _discovery_message(instance: str, found: FoundDiscovery) -> Discovery:

@@ -161,10 +161,13 @@ class HttpTier:
                 tier=self.name,
                 tier_reason=self.tier_reason,
             )
+            hello_at = time.monotonic()
             first = await self._exchange(http, [hello], 0.0)
-            if not any(isinstance(m, Welcome) for m in first):
+            round_trip = time.monotonic() - hello_at
+            welcome = next((m for m in first if isinstance(m, Welcome)), None)
+            if welcome is None:
                 raise LinkError("the cloud did not welcome the agent", tier_specific=True)
-            self.core.on_link_open(self._send, self.name)
+            self.core.on_link_open(self._send, self.name, welcome=welcome, round_trip=round_trip)
             try:
                 await self._dispatch(first)
                 loop = asyncio.get_running_loop()

@@ -20,7 +20,7 @@ import yarl
 
 from tether import __version__
 from tether.aio import cancel_and_wait
-from tether.protocol.messages import CloseCode, Message
+from tether.protocol.messages import CloseCode, Message, Welcome
 from tether.protocol.session import (
     FrameRejected,
     LinkClosed,
@@ -32,6 +32,7 @@ from tether.protocol.session import (
 
 __all__ = [
     "CERTIFICATE_ALERTS",
+    "NTP_FIX",
     "CertificateRefused",
     "ClockWrong",
     "LinkCore",
@@ -160,7 +161,8 @@ class ClockWrong(LinkError):
 
 #: OpenSSL verify codes for a certificate outside its validity period.
 _NOT_YET_VALID, _EXPIRED = 9, 10
-_NTP_FIX = (
+#: How an operator fixes a wrong host clock (said wherever the agent finds one).
+NTP_FIX = (
     "set the clock and keep it synchronized (NTP: `timedatectl set-ntp true`, and allow "
     "UDP 123 to the site's NTP server)"
 )
@@ -197,7 +199,7 @@ async def untrusted_server(
     if offset is None:
         return ClockWrong(
             f"the cloud's certificate is {state} by this host's clock ({now}): the host clock "
-            f"is probably wrong; {_NTP_FIX}",
+            f"is probably wrong; {NTP_FIX}",
             None,
         )
     if abs(offset) <= MAX_OFFSET:
@@ -209,7 +211,7 @@ async def untrusted_server(
     direction = "behind" if offset > 0 else "ahead of"
     return ClockWrong(
         f"the host clock is wrong: it reads {now}, {describe_offset(offset)} {direction} the "
-        f"cloud's, so the cloud's certificate looks {state}; {_NTP_FIX}",
+        f"cloud's, so the cloud's certificate looks {state}; {NTP_FIX}",
         offset,
     )
 
@@ -243,7 +245,11 @@ class LinkEnded:
 class LinkCore(Protocol):
     """What a tier needs from the agent's core."""
 
-    def on_link_open(self, send: Callable[[Message], None], tier: str) -> None: ...
+    def on_link_open(
+        self, send: Callable[[Message], None], tier: str, *, welcome: Welcome, round_trip: float
+    ) -> None:
+        """The link opened with *welcome*, which came *round_trip* seconds after the agent's
+        Hello left (the cloud stamped its ``server_time`` somewhere in between)."""
 
     async def on_message(self, message: Message) -> None: ...
 
@@ -392,9 +398,10 @@ class WebSocketTier:
                     await ws.close()
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse, started: float) -> LinkEnded:
+        hello_at = time.monotonic()  # the Hello is queued now, sent by the writer at once
         session = LinkSession(
             Role.CLIENT,
-            now=time.monotonic(),
+            now=hello_at,
             agent_version=__version__,
             boot_id=self.boot_id,
             max_frame=self.max_frame,
@@ -431,7 +438,12 @@ class WebSocketTier:
                 for event in session.events():
                     if isinstance(event, LinkOpened):
                         opened = True
-                        self.core.on_link_open(self._send, self.name)
+                        self.core.on_link_open(
+                            self._send,
+                            self.name,
+                            welcome=event.welcome,
+                            round_trip=time.monotonic() - hello_at,
+                        )
                     elif isinstance(event, LinkClosed):
                         end = event
                     elif isinstance(event, FrameRejected):
