@@ -167,16 +167,24 @@ async def test_drops_at_the_spool_bound_are_logged_locally(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="tether.gateway.agent")
     monkeypatch.setattr(agent_module, "DROP_CHECK_EVERY", 0.0)
-    gw = await start_agent("bounded", spool_max_bytes=256 * 1024)
-    assert gw.agent.spool is not None
-
-    async def dropped() -> bool:
-        await gw.agent.append("building", _observations(2000))
-        return bool(await gw.agent.spool.drop_report(include_reported=True))  # type: ignore[union-attr]
-
-    await wait_for(dropped, what="the spool bound to drop observations")
-    await gw.agent.append("building", _observations(10))
+    # The cloud cannot be reached: nothing drains, so the bound is met within a few appends.
+    dead = DEAD_URL.format(port=free_port())
+    gw = await start_agent("bounded", linked=False, cloud_url=dead, spool_max_bytes=128 * 1024)
+    spool = await wait_for(lambda: gw.agent.spool, what="the spool to open")
+    appended = 0
+    for batch in range(50):  # bounded: the bound holds about three of these appends
+        await gw.agent.append("building", _observations(2000, batch * 2000))
+        appended += 2000
+        if await spool.drop_report(include_reported=True):
+            break
+    drops = await spool.drop_report(include_reported=True)
+    assert drops, "the spool bound never dropped anything"
+    dropped = drops["building"].total
+    assert 0 < dropped < appended
+    assert (await spool.depth()).observations == appended - dropped
     await wait_for(lambda: "the spool dropped the oldest" in caplog.text, what="the local warning")
+    assert f"the spool dropped the oldest {dropped} of building" in caplog.text
+    assert gw.agent.status.links_opened == 0
 
 
 async def test_a_cloned_identity_is_named_and_the_agents_back_off(
