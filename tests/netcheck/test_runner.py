@@ -62,7 +62,7 @@ def find(
     found = [
         r
         for r in report.results
-        if r.check is check and (endpoint is None or r.endpoint == endpoint)
+        if r.check is check and (endpoint is None or endpoint in r.about())
     ]
     for key, value in match.items():
         found = [r for r in found if value in getattr(r, key)]
@@ -119,7 +119,7 @@ async def test_clean_network_passes(
     assert "NTP" in clock.finding
     assert statuses(find(report, Check.CAPTIVE)) == {Status.PASS}
     assert find(report, Check.PROXY)[0].status is Status.SKIP
-    assert {r.endpoint for r in find(report, Check.APP)} == {
+    assert {e for r in find(report, Check.APP) for e in r.about()} == {
         "control",
         "enrollment",
         "ingest",
@@ -129,6 +129,40 @@ async def test_clean_network_passes(
     }
     # progress: one event per unit of work, ending at the total
     assert events[-1].completed == events[-1].total == len(events)
+
+
+ALL_ON_HOST = ("control", "enrollment", "ingest", "updates", "logs", "support")
+
+
+async def test_a_host_shared_by_endpoints_is_probed_and_reported_once(
+    app: AppServer, dns: DNSServer, test_ca: TestCA
+) -> None:
+    """Six endpoints on one name and port: one DNS, route, TCP and TLS row naming all six."""
+    report = await run_checks(own_manifest(app.port), options(dns, test_ca))
+    assert not_passing(report) == []
+    assert [q for q, _ in dns.queries].count(HOST) <= 2  # A and AAAA, asked once
+    for check in (Check.DNS, Check.TCP, Check.TLS):
+        [row] = find(report, check)
+        assert row.endpoints == ALL_ON_HOST, check
+        assert row.endpoint == "control"  # the first, for readers of the older report
+    assert len(find(report, Check.ROUTE)) == len({r.target for r in find(report, Check.ROUTE)})
+    # The application answers that differ stay apart; identical ones are asked once.
+    apps = {r.details["path"]: r.endpoints for r in find(report, Check.APP)}
+    assert apps == {
+        "/.well-known/tether/hello": ("control", "ingest", "updates", "logs", "support"),
+        "/.well-known/est/cacerts": ("enrollment",),
+    }
+    [ws] = find(report, Check.WEBSOCKET)
+    assert ws.endpoints == ("control",)
+    [poll] = find(report, Check.LONG_POLL)
+    assert poll.endpoints == ("control",)
+    assert [r.check for r in report.for_endpoint("updates")] == [
+        Check.DNS,
+        *[Check.ROUTE] * len(find(report, Check.ROUTE)),
+        Check.TCP,
+        Check.TLS,
+        Check.APP,
+    ]
 
 
 async def test_nxdomain_on_one_resolver(
@@ -386,6 +420,48 @@ async def test_ntp_blocked_falls_back_to_https_date(
     assert clock.status is Status.PASS
     assert f"HTTPS Date of {HOST}" in clock.finding
     assert "NTP blocked" in clock.finding
+
+
+async def test_no_time_source_names_the_real_cause(
+    app: AppServer, dns_factory: Callable[..., DNSServer], test_ca: TestCA
+) -> None:
+    """No NTP in the manifest, DNS failing: the time verdict says so, not "allow NTP"."""
+    dns = dns_factory({}, nxdomain=[HOST])
+    manifest = own_manifest(app.port)
+    assert manifest.time.fallback_ntp == ()
+    report = await run_checks(manifest, options(dns, test_ca, endpoint_ids=("control",)))
+    [clock] = find(report, Check.TIME)
+    assert clock.status is Status.WARN
+    assert "the manifest lists none" in clock.finding
+    assert f"compared with the HTTPS Date header of {HOST}" in clock.finding
+    assert "DNS failed" in clock.finding
+    assert "NXDOMAIN" in clock.finding
+    assert "NTP" not in clock.fix
+    assert clock.fix.startswith("ask the DNS admins")
+    assert "HTTPS answers" in clock.fix
+
+
+async def test_no_time_source_with_ntp_blocked_names_both(
+    app: AppServer,
+    dns_factory: Callable[..., DNSServer],
+    ntp_factory: Callable[..., NTPServer],
+    test_ca: TestCA,
+) -> None:
+    blocked = ntp_factory(answer=False)
+    dns = dns_factory({HOST: ["127.0.0.2"]})  # nothing listens there
+    report = await run_checks(
+        own_manifest(app.port),
+        options(
+            dns, test_ca, ntp_servers=(blocked.address,), endpoint_ids=("control",), timeout=1.0
+        ),
+    )
+    [clock] = find(report, Check.TIME)
+    assert clock.status is Status.WARN
+    assert "NTP went unanswered" in clock.finding
+    assert "TCP failed" in clock.finding
+    assert f"allow outbound TCP {app.port} from the gateway to {HOST}" in clock.fix
+    assert f"allow NTP (UDP 123) to 127.0.0.1:{blocked.port}" in clock.fix
+    assert "the manifest lists" not in clock.fix
 
 
 async def test_clock_before_build_time(

@@ -55,12 +55,22 @@ class CheckResult(msgspec.Struct, frozen=True, kw_only=True):
     status: Status
     finding: str  # one line, for people
     fix: str = ""  # one concrete action, empty when nothing is to be done
-    endpoint: str | None = None  # the manifest endpoint id this result is about
-    # True when the fix is a firewall/proxy allow rule for ``endpoint``: the tool then renders
-    # that endpoint's rules in the firewall format the user named.
+    endpoint: str | None = None  # the (first) manifest endpoint id this result is about
+    # True when the fix is a firewall/proxy allow rule for ``endpoints``: the tool then renders
+    # their rules in the firewall format the user named.
     firewall: bool = False
     details: dict[str, str] = {}
     elapsed_ms: float = 0.0
+    # Every endpoint this result is about: a probe of a name and port that several endpoints
+    # share (DNS, route, TCP, TLS, one application answer) runs once for all of them. Empty in
+    # reports written before this field existed: ``endpoint`` alone then.
+    endpoints: tuple[str, ...] = ()
+
+    def about(self) -> tuple[str, ...]:
+        """The ids of the endpoints this result is about (none for a site-wide result)."""
+        if self.endpoints:
+            return self.endpoints
+        return (self.endpoint,) if self.endpoint else ()
 
 
 class CheckReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,14 +107,14 @@ class CheckReport(msgspec.Struct, frozen=True, kw_only=True):
         return counts
 
     def for_endpoint(self, endpoint_id: str) -> tuple[CheckResult, ...]:
-        return tuple(r for r in self.results if r.endpoint == endpoint_id)
+        return tuple(r for r in self.results if endpoint_id in r.about())
 
     def blocked_endpoints(self) -> tuple[str, ...]:
         """Ids of endpoints whose fix is a firewall rule (a WARN or FAIL with ``firewall``)."""
         seen: dict[str, None] = {}
         for r in self.results:
-            if r.firewall and r.endpoint and r.status in (Status.WARN, Status.FAIL):
-                seen[r.endpoint] = None
+            if r.firewall and r.status in (Status.WARN, Status.FAIL):
+                seen.update(dict.fromkeys(r.about()))
         return tuple(seen)
 
 

@@ -29,6 +29,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 from cryptography import x509
@@ -103,6 +104,9 @@ EST_CACERTS_PATH = "/.well-known/est/cacerts"  # RFC 7030 §4.1, served without 
 
 log = logging.getLogger(__name__)
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
 LONG_POLL_HOLD = 25.0
 """How long the agent holds a long-poll (its ``longpoll_wait`` setting's default)."""
 
@@ -167,17 +171,32 @@ def _is_link(ep: Endpoint) -> bool:
 
 @dataclass
 class _Unit:
-    """One (endpoint, name, port) to probe, and the results it produced."""
+    """One (name, port, transport) and the endpoints served there, probed once for all of them.
 
-    endpoint: Endpoint
+    DNS, route, TCP (or the proxy's CONNECT) and TLS are the same for every endpoint on a name
+    and port: they run once and their results name all those endpoints. What differs between
+    endpoints (the application answer, the WebSocket upgrade, the long-poll) runs once per
+    distinct request.
+    """
+
+    endpoints: list[Endpoint]
     name: str
     port: int
     transport: Transport
     results: list[CheckResult] = field(default_factory=list)
 
     @property
+    def endpoint(self) -> Endpoint:
+        """The first endpoint: the group shares its proxy route (the grouping key)."""
+        return self.endpoints[0]
+
+    @property
+    def ids(self) -> str:
+        return ", ".join(ep.id for ep in self.endpoints)
+
+    @property
     def label(self) -> str:
-        return f"{self.endpoint.id}: {self.name} {self.transport.value.upper()} {self.port}"
+        return f"{self.ids}: {self.name} {self.transport.value.upper()} {self.port}"
 
     def add(
         self,
@@ -190,20 +209,70 @@ class _Unit:
         firewall: bool = False,
         details: Mapping[str, str] | None = None,
         started: float | None = None,
+        endpoints: Sequence[Endpoint] | None = None,
     ) -> CheckResult:
+        """Record a result about ``endpoints`` (default: every endpoint of the unit)."""
+        about = tuple(ep.id for ep in (endpoints or self.endpoints))
         result = CheckResult(
             check=check,
             target=target or _authority(self.name, self.port),
             status=status,
             finding=finding,
             fix=fix,
-            endpoint=self.endpoint.id,
+            endpoint=about[0],
+            endpoints=about,
             firewall=firewall,
             details=dict(details or {}),
             elapsed_ms=_ms(started) if started is not None else 0.0,
         )
         self.results.append(result)
         return result
+
+    def first_failure(self) -> CheckResult | None:
+        return next((r for r in self.results if r.status is Status.FAIL), None)
+
+
+def _grouped(items: Sequence[_V], key: Callable[[_V], _K]) -> dict[_K, list[_V]]:
+    """``items`` by ``key``, in the order each key first appears."""
+    groups: dict[_K, list[_V]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
+
+
+def _alpn(ep: Endpoint) -> tuple[str, ...]:
+    if ep.protocol is AppProtocol.MQTTS and not (ep.tls and ep.tls.alpn):
+        return ()
+    return ep.tls.alpn if ep.tls and ep.tls.alpn else ("http/1.1",)
+
+
+def _tls_policy(ep: Endpoint) -> tuple[object, ...]:
+    """What a TLS verdict is judged by (``tls.evaluate``): one verdict per distinct policy.
+
+    ``mutual`` is not part of it: the probe presents no client certificate either way.
+    """
+    if ep.tls is None:
+        return ()
+    t = ep.tls
+    return (t.min_version, t.pin, frozenset(t.pin_sha256), t.interception_tolerated)
+
+
+def _app_request(ep: Endpoint) -> tuple[str, str, tuple[int, ...]] | None:
+    """What the application-answer probe sends for ``ep``: (kind, path, expected statuses).
+
+    Endpoints with the same request on the same name and port get one probe between them.
+    """
+    if ep.protocol is AppProtocol.MQTTS:
+        return ("mqtt", "", ())
+    if ep.protocol not in (AppProtocol.HTTPS, AppProtocol.WSS):
+        return None
+    if _is_tether_service(ep):
+        return ("tether", HELLO_PATH, (200,))
+    if ep.probe.kind is ProbeKind.HTTPS and ep.probe.path:
+        return ("https", ep.probe.path, ep.probe.expect_status)
+    if ep.probe.kind is ProbeKind.WEBSOCKET:
+        return None  # the upgrade itself is the application answer
+    return ("https", "/", ())
 
 
 class _Stop(Exception):
@@ -251,7 +320,9 @@ class _Run:
         return dedupe(found)
 
     def _units(self) -> list[_Unit]:
+        """One unit per (name, port, transport, proxy route), naming every endpoint served there."""
         units: list[_Unit] = []
+        shared: dict[tuple[str, int, Transport, ProxyURL | None], _Unit] = {}
         for ep in self.manifest.endpoints:
             if self.options.endpoint_ids is not None and ep.id not in self.options.endpoint_ids:
                 continue
@@ -261,7 +332,7 @@ class _Run:
                 continue
             names = list(ep.examples) if ep.match is MatchMode.SUBDOMAINS else [ep.host]
             if not names or ep.probe.kind is ProbeKind.NONE:
-                unit = _Unit(ep, ep.pattern, ep.ports[0].port, ep.ports[0].transport)
+                unit = _Unit([ep], ep.pattern, ep.ports[0].port, ep.ports[0].transport)
                 unit.add(
                     Check.DNS,
                     Status.SKIP,
@@ -274,7 +345,15 @@ class _Run:
                 continue
             for name in names:
                 for port in ep.ports:
-                    units.append(_Unit(ep, name, port.port, port.transport))
+                    # Endpoints that reach this name and port by different routes (one through
+                    # the proxy, one direct) are different paths: probed apart.
+                    proxy = self.proxy.proxy_for(name, port.port) if ep.proxy_ok else None
+                    key = (name, port.port, port.transport, proxy)
+                    if key in shared:
+                        shared[key].endpoints.append(ep)
+                    else:
+                        shared[key] = _Unit([ep], name, port.port, port.transport)
+                        units.append(shared[key])
         return units
 
     def _tick(self, label: str) -> None:
@@ -327,7 +406,7 @@ class _Run:
             results += unit.results
         results += self._captive_summary(captive_results)
         results += ntp_results
-        results.append(self._time_verdict())
+        results.append(self._time_verdict(units))
         proxy = self.proxy.https_proxy
         return CheckReport(
             manifest_product=self.manifest.product,
@@ -353,8 +432,9 @@ class _Run:
         pins = {
             digest
             for u in units
-            if u.endpoint.tls is not None and u.endpoint.tls.pin is PinKind.CA
-            for digest in u.endpoint.tls.pin_sha256
+            for ep in u.endpoints
+            if ep.tls is not None and ep.tls.pin is PinKind.CA
+            for digest in ep.tls.pin_sha256
         }
         if not cas or not pins:
             return []
@@ -526,7 +606,9 @@ class _Run:
                 chosen = list(answer.addresses)
         return chosen
 
-    def _routes(self, unit: _Unit, addresses: Sequence[str]) -> dict[int, list[str]]:
+    def _routes(
+        self, unit: _Unit, addresses: Sequence[str], eps: Sequence[Endpoint]
+    ) -> dict[int, list[str]]:
         """Route rows per IP family; returns the addresses per family that have a route."""
         routed: dict[int, list[str]] = {}
         for fam in (4, 6):
@@ -542,6 +624,7 @@ class _Run:
                         Status.SKIP,
                         "no IPv6 route on this machine: IPv6 is not used here",
                         target=target,
+                        endpoints=eps,
                     )
                 else:
                     unit.add(
@@ -550,6 +633,7 @@ class _Run:
                         f"no IPv4 route to {of_family[0]}",
                         "give the gateway a default route (DHCP option 3, router)",
                         target=target,
+                        endpoints=eps,
                     )
                 continue
             unit.add(
@@ -557,6 +641,7 @@ class _Run:
                 Status.PASS,
                 f"route to {of_family[0]} from {source}",
                 target=target,
+                endpoints=eps,
             )
             routed[fam] = of_family
         return routed
@@ -568,7 +653,9 @@ class _Run:
             unit.name, unit.port, address=address, proxy=proxy, timeout=self.options.timeout
         )
 
-    async def _open_direct(self, unit: _Unit, routed: dict[int, list[str]]) -> Connection:
+    async def _open_direct(
+        self, unit: _Unit, routed: dict[int, list[str]], eps: Sequence[Endpoint]
+    ) -> Connection:
         """TCP per family with a route; returns a working connection (IPv6 preferred)."""
         opened: dict[int, Connection] = {}
         for fam in sorted(routed, reverse=True):
@@ -588,20 +675,25 @@ class _Run:
                     Status.PASS,
                     f"TCP {unit.port} to {address} open",
                     target=target,
+                    endpoints=eps,
                     started=started,
                 )
                 continue
             failure = failures[-1]
             what = f"TCP {unit.port} to {routed[fam][0]}"
             finding = describe(failure.kind, what, timeout=self.options.timeout)
-            if self.proxy.https_proxy is not None and not unit.endpoint.proxy_ok:
-                finding += " (this endpoint cannot use the proxy: it must be allowed directly)"
+            direct_only = [ep.id for ep in eps if not ep.proxy_ok]
+            if self.proxy.https_proxy is not None and direct_only:
+                finding += (
+                    f" ({', '.join(direct_only)} cannot use the proxy: it must be allowed directly)"
+                )
             unit.add(
                 Check.TCP,
                 Status.FAIL,
                 finding,
                 f"allow outbound TCP {unit.port} from the gateway to {unit.name}",
                 target=target,
+                endpoints=eps,
                 firewall=True,
                 details={"kind": failure.kind.value, "error": failure.detail},
                 started=started,
@@ -625,7 +717,9 @@ class _Run:
                     )
         return opened[best]
 
-    async def _open_proxied(self, unit: _Unit, proxy: ProxyURL) -> Connection:
+    async def _open_proxied(
+        self, unit: _Unit, proxy: ProxyURL, eps: Sequence[Endpoint]
+    ) -> Connection:
         started = time.monotonic()
         target = f"{unit.name}:{unit.port} via {proxy.redacted()}"
         try:
@@ -637,6 +731,7 @@ class _Run:
                 describe(exc.kind, f"the proxy {proxy.redacted()}", timeout=self.options.timeout),
                 "check HTTPS_PROXY (host and port) and that the gateway may reach the proxy",
                 target=target,
+                endpoints=eps,
                 started=started,
             )
             raise _Stop from None
@@ -648,6 +743,7 @@ class _Run:
                 finding,
                 fix,
                 target=target,
+                endpoints=eps,
                 firewall=firewall,
                 details={"status": str(exc.status)},
                 started=started,
@@ -658,6 +754,7 @@ class _Run:
             Status.PASS,
             f"the proxy opened a tunnel (CONNECT {_authority(unit.name, unit.port)})",
             target=target,
+            endpoints=eps,
             started=started,
         )
         return conn
@@ -668,53 +765,153 @@ class _Run:
         return self.proxy.proxy_for(unit.name, unit.port)
 
     async def _probe_tcp(self, unit: _Unit) -> None:
-        ep = unit.endpoint
         proxy = self._proxy_for(unit)
         addresses = await self._resolve_all(unit, proxied=proxy is not None)
-        if ep.probe.kind is ProbeKind.DNS:
+        reaching = [ep for ep in unit.endpoints if ep.probe.kind is not ProbeKind.DNS]
+        if not reaching:
             return
         if proxy is None:
             if not addresses:
                 raise _Stop
-            conn = await self._open_direct(unit, self._routes(unit, addresses))
+            routed = self._routes(unit, addresses, reaching)
+            conn = await self._open_direct(unit, routed, reaching)
         else:
-            conn = await self._open_proxied(unit, proxy)
+            conn = await self._open_proxied(unit, proxy, reaching)
         address = conn.address
+        secured = [ep for ep in reaching if ep.probe.kind is not ProbeKind.TCP and ep.tls]
+        openvpn = [
+            ep for ep in reaching if ep.protocol is AppProtocol.OPENVPN_TCP and ep not in secured
+        ]
+        if openvpn:
+            unit.add(
+                Check.TLS,
+                Status.SKIP,
+                "OpenVPN framing: TLS runs inside it and cannot be probed with a plain "
+                "handshake; DPI firewalls that identify applications often block it",
+                target=_authority(unit.name, unit.port),
+                endpoints=openvpn,
+            )
+        answered: list[Endpoint] = []
+        spare: Connection | None = conn  # the path's connection, for the first handshake
         try:
-            if ep.probe.kind is ProbeKind.TCP or ep.tls is None:
-                if ep.protocol is AppProtocol.OPENVPN_TCP:
-                    unit.add(
-                        Check.TLS,
-                        Status.SKIP,
-                        "OpenVPN framing: TLS runs inside it and cannot be probed with a plain "
-                        "handshake; DPI firewalls that identify applications often block it",
-                        target=_authority(unit.name, unit.port),
-                    )
-                return
-            session = await self._tls(unit, conn)
-            await self._app_answer(unit, conn, session)
+            for alpn, eps in _grouped(secured, _alpn).items():
+                answered += await self._secured(unit, eps, alpn, proxy, address, spare)
+                spare = None
+        finally:
+            if spare is not None:
+                await spare.close()
+        upgrading = [ep for ep in answered if ep.probe.kind is ProbeKind.WEBSOCKET]
+        for same in _grouped(upgrading, lambda ep: (self._ws_path(ep), _is_link(ep))).values():
+            await self._upgrade(unit, same, proxy, address)
+
+    async def _secured(
+        self,
+        unit: _Unit,
+        eps: Sequence[Endpoint],
+        alpn: tuple[str, ...],
+        proxy: ProxyURL | None,
+        address: str | None,
+        conn: Connection | None,
+    ) -> list[Endpoint]:
+        """TLS once, judged per TLS policy, then each distinct application answer once.
+
+        ``conn`` is the path's open connection, or None to open one. Returns the endpoints
+        whose TLS and application answer passed (the ones a WebSocket probe may follow).
+        """
+        if conn is None:
+            started = time.monotonic()
+            try:
+                conn = await self._connect(unit, address, proxy)
+            except (ConnectError, ProxyError) as exc:
+                unit.add(
+                    Check.TLS,
+                    Status.FAIL,
+                    f"a connection for the TLS handshake failed: {_reason(exc)}",
+                    started=started,
+                    endpoints=eps,
+                )
+                return []
+        spare: Connection | None = conn  # after the handshake: for the first request
+        try:
+            handshake = await self._tls(unit, conn, eps, alpn)
+            if handshake is None:
+                return []
+            session, trusted = handshake
+            answered: list[Endpoint] = []
+            for request_kind, same in _grouped(trusted, _app_request).items():
+                if request_kind is None:
+                    answered += same
+                    continue
+                if spare is not None:
+                    use, spare = spare, None
+                    try:
+                        ok = await self._app_answer(unit, use, session, same)
+                    finally:
+                        await use.close()
+                else:
+                    ok = await self._app_answer_fresh(unit, same, alpn, proxy, address)
+                if ok:
+                    answered += same
+            return answered
+        finally:
+            if spare is not None:
+                await spare.close()
+
+    async def _app_answer_fresh(
+        self,
+        unit: _Unit,
+        eps: Sequence[Endpoint],
+        alpn: tuple[str, ...],
+        proxy: ProxyURL | None,
+        address: str | None,
+    ) -> bool:
+        started = time.monotonic()
+        try:
+            conn, session = await self._fresh(unit, proxy, address, alpn)
+        except (ConnectError, ProxyError, TlsError, OSError, TimeoutError) as exc:
+            unit.add(
+                Check.APP,
+                Status.FAIL,
+                f"a further connection for the application answer failed: {_reason(exc)}",
+                started=started,
+                endpoints=eps,
+            )
+            return False
+        try:
+            return await self._app_answer(unit, conn, session, eps)
         finally:
             await conn.close()
-        if _is_link(ep) or (ep.probe.kind is ProbeKind.WEBSOCKET and not _is_tether_service(ep)):
-            ws_ok = await self._websocket(unit, proxy, address)
-            poll_ok = await self._long_poll(unit, proxy, address) if _is_link(ep) else None
-            if not ws_ok and poll_ok:
-                for i, result in enumerate(unit.results):
-                    if result.check is Check.WEBSOCKET and result.status is Status.FAIL:
-                        unit.results[i] = _replace(
-                            result,
-                            status=Status.WARN,
-                            finding=result.finding + "; the long-poll fallback works (slower)",
-                        )
-            if ws_ok and self.options.idle_survival > 0:
-                await self._idle(unit, proxy, address)
 
-    async def _tls(self, unit: _Unit, conn: Connection) -> TlsSession:
-        ep = unit.endpoint
+    async def _upgrade(
+        self,
+        unit: _Unit,
+        eps: Sequence[Endpoint],
+        proxy: ProxyURL | None,
+        address: str | None,
+    ) -> None:
+        """WebSocket upgrade, then the long-poll fallback for the link, then idle survival."""
+        link = _is_link(eps[0])
+        ws = await self._websocket(unit, eps, proxy, address)
+        poll_ok = await self._long_poll(unit, eps, proxy, address) if link else None
+        if ws.status is Status.FAIL and poll_ok:
+            unit.results[unit.results.index(ws)] = _replace(
+                ws,
+                status=Status.WARN,
+                finding=ws.finding + "; the long-poll fallback works (slower)",
+            )
+        ws_ok = ws.status is Status.PASS
+        if ws_ok and self.options.idle_survival > 0:
+            await self._idle(unit, eps, proxy, address)
+
+    async def _tls(
+        self, unit: _Unit, conn: Connection, eps: Sequence[Endpoint], alpn: tuple[str, ...]
+    ) -> tuple[TlsSession, list[Endpoint]] | None:
+        """One handshake, one verdict per TLS policy among ``eps``.
+
+        Returns the session and the endpoints whose verdict did not fail; None when the
+        handshake itself failed.
+        """
         started = time.monotonic()
-        alpn = ep.tls.alpn if ep.tls and ep.tls.alpn else ("http/1.1",)
-        if ep.protocol is AppProtocol.MQTTS and not (ep.tls and ep.tls.alpn):
-            alpn = ()
         target = _authority(unit.name, unit.port)
         try:
             async with asyncio.timeout(self.options.timeout):
@@ -740,36 +937,41 @@ class _Run:
                 firewall=True,
                 details={"kind": kind, "error": detail},
                 started=started,
+                endpoints=eps,
             )
-            raise _Stop from None
+            return None
         now = dt.datetime.fromtimestamp(self.options.clock(), dt.UTC)
-        anchors, learned = self.options.anchors, False
-        if (
-            ep.tls is not None
-            and ep.tls.pin is PinKind.CA
-            and not ep.tls.pin_sha256
-            and not anchors.cas
-        ):
-            cas = await self._learned_anchors()
-            if cas:
-                anchors, learned = TrustAnchors(cas), True
-        verdict = evaluate(session, unit.name, ep.tls, anchors, now=now)
-        finding = verdict.finding
-        if learned and verdict.status is Status.PASS:
-            finding += " (the CA the cloud publishes at EST cacerts; pass --ca to pin it)"
-        unit.add(
-            Check.TLS,
-            verdict.status,
-            finding,
-            verdict.fix,
-            target=target,
-            firewall=verdict.interception,
-            details=verdict.details,
-            started=started,
-        )
-        if verdict.status is Status.FAIL:
-            raise _Stop
-        return session
+        trusted: list[Endpoint] = []
+        for same in _grouped(eps, _tls_policy).values():
+            expectation = same[0].tls
+            anchors, learned = self.options.anchors, False
+            if (
+                expectation is not None
+                and expectation.pin is PinKind.CA
+                and not expectation.pin_sha256
+                and not anchors.cas
+            ):
+                cas = await self._learned_anchors()
+                if cas:
+                    anchors, learned = TrustAnchors(cas), True
+            verdict = evaluate(session, unit.name, expectation, anchors, now=now)
+            finding = verdict.finding
+            if learned and verdict.status is Status.PASS:
+                finding += " (the CA the cloud publishes at EST cacerts; pass --ca to pin it)"
+            unit.add(
+                Check.TLS,
+                verdict.status,
+                finding,
+                verdict.fix,
+                target=target,
+                firewall=verdict.interception,
+                details=verdict.details,
+                started=started,
+                endpoints=same,
+            )
+            if verdict.status is not Status.FAIL:
+                trusted += same
+        return session, trusted
 
     async def _learned_anchors(self) -> tuple[x509.Certificate, ...]:
         """The platform CA as the cloud publishes it (EST ``cacerts``), fetched once per run.
@@ -792,7 +994,7 @@ class _Run:
         port = next((p.port for p in ep.ports if p.transport is Transport.TCP), None)
         if port is None:
             return ()
-        unit = _Unit(ep, ep.host, port, Transport.TCP)
+        unit = _Unit([ep], ep.host, port, Transport.TCP)
         proxy = self._proxy_for(unit)
         address: str | None = None
         if proxy is None:
@@ -833,8 +1035,11 @@ class _Run:
         except ValueError:  # bad base64 (binascii.Error) or not PKCS#7
             return ()
 
-    async def _app_answer(self, unit: _Unit, conn: Connection, session: TlsSession) -> None:
-        ep = unit.endpoint
+    async def _app_answer(
+        self, unit: _Unit, conn: Connection, session: TlsSession, eps: Sequence[Endpoint]
+    ) -> bool:
+        """The application answer ``eps`` share (one request), over ``conn``; True if it came."""
+        ep = eps[0]
         host = host_header(unit.name, unit.port)
         target = _authority(unit.name, unit.port)
         started = time.monotonic()
@@ -851,8 +1056,9 @@ class _Run:
                     target=target,
                     firewall=True,
                     started=started,
+                    endpoints=eps,
                 )
-                raise _Stop from None
+                return False
             meaning = CONNACK_CODES.get(code, f"code {code}")
             unit.add(
                 Check.APP,
@@ -860,10 +1066,11 @@ class _Run:
                 f"an MQTT broker answered (CONNACK: {meaning})",
                 target=target,
                 started=started,
+                endpoints=eps,
             )
-            return
+            return True
         if ep.protocol not in (AppProtocol.HTTPS, AppProtocol.WSS):
-            return
+            return True
         if session.alpn not in (None, "http/1.1"):
             unit.add(
                 Check.APP,
@@ -871,8 +1078,9 @@ class _Run:
                 f"the server selected ALPN {session.alpn}",
                 target=target,
                 started=started,
+                endpoints=eps,
             )
-            return
+            return True
         tether_service = _is_tether_service(ep)
         path: str
         expect: tuple[int, ...]
@@ -881,7 +1089,7 @@ class _Run:
         elif ep.probe.kind is ProbeKind.HTTPS and ep.probe.path:
             path, expect = ep.probe.path, ep.probe.expect_status
         elif ep.probe.kind is ProbeKind.WEBSOCKET:
-            return  # the upgrade itself is the application answer
+            return True  # the upgrade itself is the application answer
         else:
             path, expect = "/", ()
         try:
@@ -898,8 +1106,9 @@ class _Run:
                 target=target,
                 firewall=True,
                 started=started,
+                endpoints=eps,
             )
-            raise _Stop from None
+            return False
         self._note_date(unit.name, response)
         portal = captive_mod.looks_like_portal(response, unit.name)
         if portal is not None:
@@ -915,8 +1124,9 @@ class _Run:
                     target=target,
                     details=details,
                     started=started,
+                    endpoints=eps,
                 )
-                return
+                return True
             finding = portal or (
                 f"{path} answered {response.status_line}"
                 + (f" from service {service!r}" if service else "")
@@ -931,8 +1141,9 @@ class _Run:
                 target=target,
                 details=details,
                 started=started,
+                endpoints=eps,
             )
-            raise _Stop
+            return False
         if portal is None and (not expect or response.status in expect):
             unit.add(
                 Check.APP,
@@ -941,8 +1152,9 @@ class _Run:
                 target=target,
                 details=details,
                 started=started,
+                endpoints=eps,
             )
-            return
+            return True
         unit.add(
             Check.APP,
             Status.FAIL,
@@ -953,8 +1165,9 @@ class _Run:
             target=target,
             details=details,
             started=started,
+            endpoints=eps,
         )
-        raise _Stop
+        return False
 
     def _note_date(self, host: str, response: HttpResponse) -> None:
         date = parse_http_date(response.headers.get("date"))
@@ -962,12 +1175,16 @@ class _Run:
             self.https_dates.append((host, date, self.options.clock()))
 
     async def _fresh(
-        self, unit: _Unit, proxy: ProxyURL | None, address: str | None
+        self,
+        unit: _Unit,
+        proxy: ProxyURL | None,
+        address: str | None,
+        alpn: tuple[str, ...] = ("http/1.1",),
     ) -> tuple[Connection, TlsSession]:
         conn = await self._connect(unit, address, proxy)
         try:
             async with asyncio.timeout(self.options.timeout):
-                session = await start_tls(conn.writer, unit.name, alpn=("http/1.1",))
+                session = await start_tls(conn.writer, unit.name, alpn=alpn)
         except BaseException:
             await conn.close()
             raise
@@ -979,8 +1196,15 @@ class _Run:
             path += ("&" if "?" in path else "?") + PROBE_QUERY
         return path
 
-    async def _websocket(self, unit: _Unit, proxy: ProxyURL | None, address: str | None) -> bool:
-        ep = unit.endpoint
+    async def _websocket(
+        self,
+        unit: _Unit,
+        eps: Sequence[Endpoint],
+        proxy: ProxyURL | None,
+        address: str | None,
+    ) -> CheckResult:
+        """The WebSocket upgrade ``eps`` share; its result row."""
+        ep = eps[0]
         path = self._ws_path(ep)
         target = f"{_authority(unit.name, unit.port)}{path}"
         started = time.monotonic()
@@ -989,14 +1213,14 @@ class _Run:
         try:
             conn, _ = await self._fresh(unit, proxy, address)
         except (ConnectError, ProxyError, TlsError, OSError, TimeoutError) as exc:
-            unit.add(
+            return unit.add(
                 check,
                 Status.FAIL,
                 f"a second connection for the WebSocket failed: {_reason(exc)}",
                 target=target,
+                endpoints=eps,
                 started=started,
             )
-            return False
         try:
             async with asyncio.timeout(self.options.timeout):
                 response = await websocket_upgrade(conn.reader, conn.writer, host, path)
@@ -1004,32 +1228,32 @@ class _Run:
                     await websocket_ping(conn.reader, conn.writer)
                     conn.writer.write(websocket_close_frame())
         except (HttpProtocolError, WebSocketClosed, OSError, TimeoutError) as exc:
-            unit.add(
+            return unit.add(
                 check,
                 Status.FAIL,
                 f"the WebSocket upgrade on {path} failed: {_reason(exc)}",
                 f"allow WebSocket upgrades to {unit.name} (the proxy or firewall must pass "
                 "'Upgrade: websocket' and the frames after it)",
                 target=target,
+                endpoints=eps,
                 firewall=True,
                 started=started,
             )
-            return False
         finally:
             await conn.close()
         if response.status == 101:
-            unit.add(
+            return unit.add(
                 check,
                 Status.PASS,
                 "WebSocket upgrade answered 101 and a ping came back",
                 target=target,
+                endpoints=eps,
                 started=started,
             )
-            return True
         expected = [s for s in ep.probe.expect_status if s != 101]
         if response.status in expected:
             status = Status.WARN if _is_tether_service(ep) else Status.PASS
-            unit.add(
+            return unit.add(
                 check,
                 status,
                 f"the upgrade request reached the service ({response.status_line}) but did not "
@@ -1038,10 +1262,10 @@ class _Run:
                 if status is Status.WARN
                 else "",
                 target=target,
+                endpoints=eps,
                 started=started,
             )
-            return status is Status.PASS
-        unit.add(
+        return unit.add(
             check,
             Status.FAIL,
             f"WebSocket upgrade refused: {response.status_line} instead of 101 Switching "
@@ -1049,13 +1273,19 @@ class _Run:
             f"allow WebSocket upgrades to {unit.name}: the proxy/load balancer must forward "
             "'Upgrade: websocket' and 'Connection: Upgrade'",
             target=target,
+            endpoints=eps,
             firewall=True,
             details={"status": str(response.status)},
             started=started,
         )
-        return False
 
-    async def _long_poll(self, unit: _Unit, proxy: ProxyURL | None, address: str | None) -> bool:
+    async def _long_poll(
+        self,
+        unit: _Unit,
+        eps: Sequence[Endpoint],
+        proxy: ProxyURL | None,
+        address: str | None,
+    ) -> bool:
         wait = self.options.long_poll_wait
         target = f"{_authority(unit.name, unit.port)}/link/poll"
         started = time.monotonic()
@@ -1068,6 +1298,7 @@ class _Run:
                 Status.FAIL,
                 f"a connection for the long-poll failed: {_reason(exc)}",
                 target=target,
+                endpoints=eps,
                 started=started,
             )
             return False
@@ -1084,6 +1315,7 @@ class _Run:
                 f"raise the proxy/firewall response (read/idle) timeout for {unit.name} above "
                 f"{wait:g} s: the agent holds its long-polls that long",
                 target=target,
+                endpoints=eps,
                 firewall=True,
                 started=started,
                 details={"asked_s": f"{wait:g}"},
@@ -1100,6 +1332,7 @@ class _Run:
                 f"the long-poll answered {response.status_line}",
                 f"check that requests to {unit.name}/link/poll reach the tether cloud",
                 target=target,
+                endpoints=eps,
                 started=started,
                 details=details,
             )
@@ -1116,6 +1349,7 @@ class _Run:
                 "update the cloud so its long-poll probe holds as long as asked, or shorten the "
                 "agent's longpoll_wait (and --long-poll-hold) to what was proven",
                 target=target,
+                endpoints=eps,
                 started=started,
                 details=details,
             )
@@ -1125,14 +1359,21 @@ class _Run:
             Status.PASS,
             f"a request held {held:.1f} s was answered ({response.status_line})",
             target=target,
+            endpoints=eps,
             started=started,
             details=details,
         )
         return True
 
-    async def _idle(self, unit: _Unit, proxy: ProxyURL | None, address: str | None) -> None:
+    async def _idle(
+        self,
+        unit: _Unit,
+        eps: Sequence[Endpoint],
+        proxy: ProxyURL | None,
+        address: str | None,
+    ) -> None:
         idle = self.options.idle_survival
-        path = self._ws_path(unit.endpoint)
+        path = self._ws_path(eps[0])
         target = f"{_authority(unit.name, unit.port)} idle {idle:g} s"
         started = time.monotonic()
         host = host_header(unit.name, unit.port)
@@ -1144,6 +1385,7 @@ class _Run:
                 Status.WARN,
                 f"could not open the idle probe: {_reason(exc)}",
                 target=target,
+                endpoints=eps,
             )
             return
         try:
@@ -1155,6 +1397,7 @@ class _Run:
                     Status.SKIP,
                     f"no WebSocket to hold idle ({response.status_line})",
                     target=target,
+                    endpoints=eps,
                 )
                 return
             await asyncio.sleep(idle)
@@ -1170,6 +1413,7 @@ class _Run:
                 f"raise the idle timeout for TCP {unit.port} to {unit.name} on the firewall or "
                 f"proxy above {idle:g} s, or keep the agent's heartbeat interval below it",
                 target=target,
+                endpoints=eps,
                 firewall=True,
                 started=started,
             )
@@ -1181,27 +1425,33 @@ class _Run:
             Status.PASS,
             f"a link idle for {idle:g} s survived (a ping came back)",
             target=target,
+            endpoints=eps,
             started=started,
         )
 
     async def _probe_udp(self, unit: _Unit) -> None:
-        ep = unit.endpoint
         addresses = await self._resolve_all(unit, proxied=False)
-        if ep.probe.kind is ProbeKind.DNS or not addresses:
+        reaching = [ep for ep in unit.endpoints if ep.probe.kind is not ProbeKind.DNS]
+        if not reaching or not addresses:
             return
-        routed = self._routes(unit, addresses)
-        if ep.protocol is not AppProtocol.NTP:
+        routed = self._routes(unit, addresses, reaching)
+        ntp = [ep for ep in reaching if ep.protocol is AppProtocol.NTP]
+        for protocol, same in _grouped(
+            [ep for ep in reaching if ep.protocol is not AppProtocol.NTP], lambda ep: ep.protocol
+        ).items():
             unit.add(
                 Check.TCP,
                 Status.SKIP,
-                f"UDP {unit.port} cannot be proven without speaking {ep.protocol.value}",
+                f"UDP {unit.port} cannot be proven without speaking {protocol.value}",
                 target=_authority(unit.name, unit.port),
+                endpoints=same,
             )
+        if not ntp:
             return
         for fam in sorted(routed):
             address = routed[fam][0]
             result = await self._ntp_result(
-                address, unit.port, f"{unit.name} (IPv{fam})", endpoint=ep.id
+                address, unit.port, f"{unit.name} (IPv{fam})", endpoints=tuple(e.id for e in ntp)
             )
             unit.results.append(result)
 
@@ -1224,7 +1474,7 @@ class _Run:
         return await self._ntp_result(host, port, f"{_authority(host, port)} ({source})")
 
     async def _ntp_result(
-        self, address: str, port: int, target: str, *, endpoint: str | None = None
+        self, address: str, port: int, target: str, *, endpoints: tuple[str, ...] = ()
     ) -> CheckResult:
         started = time.monotonic()
         try:
@@ -1244,8 +1494,9 @@ class _Run:
                 finding=f"NTP to {_authority(address, port)}: {reason}; time must come from "
                 "another source",
                 fix=f"allow UDP {port} from the gateway to {address}",
-                endpoint=endpoint,
-                firewall=endpoint is not None,
+                endpoint=endpoints[0] if endpoints else None,
+                endpoints=endpoints,
+                firewall=bool(endpoints),
                 elapsed_ms=_ms(started),
             )
         self.ntp_answers.append(answer)
@@ -1254,12 +1505,13 @@ class _Run:
             target=target,
             status=Status.PASS,
             finding=f"NTP answers: clock offset {answer.offset:+.3f} s, stratum {answer.stratum}",
-            endpoint=endpoint,
+            endpoint=endpoints[0] if endpoints else None,
+            endpoints=endpoints,
             details={"offset": f"{answer.offset:.6f}", "delay": f"{answer.delay:.6f}"},
             elapsed_ms=_ms(started),
         )
 
-    def _time_verdict(self) -> CheckResult:
+    def _time_verdict(self, units: Sequence[_Unit]) -> CheckResult:
         local = self.options.clock()
         local_text = dt.datetime.fromtimestamp(local, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         build = dt.datetime.fromtimestamp(self.options.build_time, dt.UTC)
@@ -1285,13 +1537,13 @@ class _Run:
                 host, date, seen = dated[0]
                 offset, source = date.timestamp() - seen, f"the HTTPS Date of {host}"
         if offset is None:
+            finding, fix = self._no_time_source(units)
             return CheckResult(
                 check=Check.TIME,
                 target="clock",
                 status=Status.WARN,
-                finding=f"no time source answered (NTP or HTTPS Date); the clock reads "
-                f"{local_text} and cannot be verified",
-                fix="allow NTP (UDP 123) to the servers DHCP advertises or the manifest lists",
+                finding=f"{finding}; the clock reads {local_text} and cannot be verified",
+                fix=fix,
             )
         note = " (NTP blocked)" if self.ntp_failures and not self.ntp_answers else ""
         if abs(offset) > MAX_OFFSET:
@@ -1312,6 +1564,63 @@ class _Run:
             status=Status.PASS,
             finding=f"clock within {within} of {source}{note}",
             details={"offset": f"{offset:.3f}", "source": source},
+        )
+
+    def _no_time_source(self, units: Sequence[_Unit]) -> tuple[str, str]:
+        """(finding, fix) when no time source answered: which sources there were, and why not.
+
+        The sources are the NTP servers asked (DHCP's, the manifest's, ``--ntp``) and, when the
+        manifest allows it, the ``Date`` header of its HTTPS answers; the fix names the one
+        that failed, not one that does not exist.
+        """
+        time_policy = self.manifest.time
+        if self.ntp_failures:
+            ntp = f"NTP went unanswered ({', '.join(self.ntp_failures)})"
+            ntp_fix = "allow NTP (UDP 123) to " + ", ".join(
+                dict.fromkeys(t.split(" ")[0] for t in self.ntp_failures)
+            )
+        elif ntp_units := [
+            u for u in units if any(ep.protocol is AppProtocol.NTP for ep in u.endpoints)
+        ]:
+            names = ", ".join(dict.fromkeys(u.name for u in ntp_units))
+            failed = next((f for u in ntp_units if (f := u.first_failure())), None)
+            ntp = f"the NTP servers the manifest lists ({names}) were not asked" + (
+                f" ({_STEP_NAMES.get(failed.check, failed.check.value)} failed)" if failed else ""
+            )
+            ntp_fix = failed.fix if failed else ""
+        else:
+            ntp = (
+                "no NTP server to ask (the manifest lists none"
+                + (", DHCP advertised none" if 42 in time_policy.dhcp_options else "")
+                + ")"
+            )
+            ntp_fix = ""
+        if not time_policy.https_date_fallback:
+            return (
+                f"{ntp}, and the manifest does not take the time from an HTTPS Date header",
+                ntp_fix or "give the gateway an NTP server (DHCP option 42)",
+            )
+        allowed = time_policy.https_date_hosts
+        dating = [
+            u
+            for u in units
+            if (u.name in allowed if allowed else any(ep.tls for ep in u.endpoints))
+        ]
+        hosts = ", ".join(dict.fromkeys(u.name for u in dating)) or ", ".join(allowed)
+        failures = [f for u in dating if (f := u.first_failure()) is not None]
+        compared = f"the clock could only be compared with the HTTPS Date header of {hosts}"
+        if failures:
+            first = failures[0]
+            why = _STEP_NAMES.get(first.check, first.check.value)
+            fix = first.fix or f"make {first.target} reachable"
+            also = f"; or {ntp_fix}" if ntp_fix else ""
+            return (
+                f"{ntp}: {compared}, and no HTTPS answer came ({why} failed: {first.finding})",
+                f"{fix} (the gateway reads the time from its HTTPS answers){also}",
+            )
+        return (
+            f"{ntp}: {compared}, and no HTTPS answer carried a Date header",
+            ntp_fix or "give the gateway an NTP server (DHCP option 42)",
         )
 
     # --- captive portal ----------------------------------------------------------------------
@@ -1403,6 +1712,16 @@ class _Run:
                 )
             )
         return results
+
+
+_STEP_NAMES = {
+    Check.DNS: "DNS",
+    Check.ROUTE: "the route",
+    Check.PROXY: "the proxy",
+    Check.TCP: "TCP",
+    Check.TLS: "TLS",
+    Check.APP: "the application answer",
+}
 
 
 def _replace(result: CheckResult, **changes: object) -> CheckResult:
