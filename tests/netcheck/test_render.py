@@ -136,3 +136,67 @@ def test_nftables_fix_adds_to_the_sites_rules_and_replaces_nothing() -> None:
     assert all(line.endswith("tcp dport 443 accept") for line in inserted)
     # No drop rule of its own: the site's full ruleset keeps restricting everything else.
     assert not any(line.strip().endswith("drop") for line in commands)
+
+
+SHARED_DNS = CheckResult(
+    check=Check.DNS,
+    target="tether.site.test @ 127.0.0.53:53 (resolv.conf)",
+    status=Status.FAIL,
+    finding="127.0.0.53:53 (resolv.conf) says tether.site.test does not exist (NXDOMAIN)",
+    fix="ask the DNS admins why 127.0.0.53:53 (resolv.conf) answers NXDOMAIN for "
+    "tether.site.test (DNS filtering or split horizon): it must resolve to its public address",
+    endpoint="control",
+    endpoints=("control", "enrollment", "ingest", "updates", "logs", "support"),
+)
+LONG_TARGET = CheckResult(
+    check=Check.TCP,
+    target="localhost:28443 (IPv6)",
+    status=Status.WARN,
+    finding="TCP 28443 to ::1 refused (TCP reset): a firewall rejects it, or nothing listens "
+    "there; IPv4 works, so the gateway falls back late",
+    fix="allow outbound TCP 28443 over IPv6 to localhost too, or remove the IPv6 default route",
+    endpoint="control",
+    endpoints=("control", "enrollment"),
+    firewall=True,
+)
+
+
+def test_piped_table_neither_wraps_nor_cuts_a_cell() -> None:
+    out = io.StringIO()  # not a terminal: as `tether net check | less` or `> report.txt`
+    console = Console(file=out, width=80)
+    assert not console.is_terminal
+    r = report(SHARED_DNS, LONG_TARGET, FAIL_TCP, WARN_WS)
+    print_report(r, console, formats_hint=("fqdn", "squid"))
+    lines = out.getvalue().splitlines()
+    for result in r.results:
+        # every cell whole, on the row's one line, with the endpoints it is about
+        [row] = [line for line in lines if result.target in line]
+        assert result.finding in row
+        assert f"→ {result.fix}" in row
+        assert f"[{', '.join(result.about())}]" in row
+    assert any(
+        line.startswith("Add --firewall-format FORMAT") and "squid)." in line for line in lines
+    )
+    assert max(len(line) for line in lines) < 600  # sized to its cells, not to the pipe width
+
+
+def test_terminal_table_names_every_endpoint_of_a_shared_row() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=120, force_terminal=True, color_system=None)
+    print_report(report(SHARED_DNS), console)
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 120
+    for endpoint_id in SHARED_DNS.endpoints:
+        assert endpoint_id in text
+
+
+def test_reports_without_the_endpoints_field_still_read() -> None:
+    data = json.loads(report_json(report(FAIL_TCP)))
+    del data["results"][0]["endpoints"]  # as an agent of the previous release uploads it
+    old = decode_report(json.dumps(data))
+    assert old.results[0].about() == ("ingest",)
+    assert old.blocked_endpoints() == ("ingest",)
+    assert old.for_endpoint("ingest") == old.results
+    shared = report(SHARED_DNS, LONG_TARGET)
+    assert shared.blocked_endpoints() == ("control", "enrollment")
+    assert shared.for_endpoint("logs") == (SHARED_DNS,)

@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from tether.cli.output import PIPE_WIDTH
 from tether.netcheck.report import CheckReport, Status
 from tether.netcheck.runner import ProgressEvent
 from tether.netreq.model import Manifest, TimePolicy
@@ -72,34 +73,15 @@ def print_report(
     fix: RuleOutput | None = None,
     formats_hint: tuple[str, ...] = (),
 ) -> None:
-    title = (
-        f"Preflight: {report.manifest_product} (manifest {report.manifest_version}, "
-        f"{report.manifest_publisher}) from {report.host or 'this machine'}"
-    )
-    table = Table(title=title, title_justify="left", show_lines=False, expand=True)
-    table.add_column("", no_wrap=True, width=4)
-    table.add_column("check", no_wrap=True)
-    table.add_column("target", overflow="fold", ratio=2)
-    table.add_column("finding / fix", overflow="fold", ratio=5)
-    last_endpoint: str | None = "\0"
-    for result in report.results:
-        if result.endpoint != last_endpoint:
-            if last_endpoint != "\0":
-                table.add_section()
-            last_endpoint = result.endpoint
-        cell = Text(result.finding)
-        if result.fix:
-            cell.append("\n→ " + result.fix, style="cyan")
-        label = result.check.value
-        if result.endpoint:
-            label = f"{label}\n[{result.endpoint}]"
-        table.add_row(
-            Text(result.status.value.upper(), style=_STYLE[result.status]),
-            Text(label),
-            Text(result.target),
-            cell,
-        )
-    console.print(table)
+    """The report as a table, the verdict, and the fix rules.
+
+    On a terminal the table fits its width. Into a pipe or a file nothing is wrapped or cut:
+    each row is one line (``tether net check | grep ingest`` finds what it shows).
+    """
+    piped = not console.is_terminal
+    if piped:
+        console = Console(width=PIPE_WIDTH, file=console.file, no_color=console.no_color)
+    console.print(_table(report, piped=piped))
     counts = report.counts()
     summary = " · ".join(f"{s.value.upper()} {counts[s]}" for s in Status if counts[s])
     verdict = report.status
@@ -121,14 +103,55 @@ def print_report(
         )
         console.print(fix.text.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
         for gap in fix.gaps:
-            console.print(f"note: {gap}", markup=False, highlight=False)
+            console.print(f"note: {gap}", markup=False, highlight=False, soft_wrap=True)
     elif report.blocked_endpoints() and formats_hint:
         console.print(
             "\nAdd --firewall-format FORMAT for the allow rules in your firewall's terms "
             f"(one of: {', '.join(formats_hint)}).",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
+
+
+def _table(report: CheckReport, *, piped: bool) -> Table:
+    """One row per result, a section per group of endpoints, each row naming its endpoints."""
+    title = (
+        f"Preflight: {report.manifest_product} (manifest {report.manifest_version}, "
+        f"{report.manifest_publisher}) from {report.host or 'this machine'}"
+    )
+    # Into a pipe the table takes the width its cells need, on one line each; on a terminal
+    # it fills the width and folds long cells.
+    table = Table(title=Text(title), title_justify="left", show_lines=False, expand=not piped)
+    table.add_column("", no_wrap=True, width=4)
+    if piped:
+        for name in ("check", "target", "finding / fix"):
+            table.add_column(name, no_wrap=True)
+    else:
+        table.add_column("check", overflow="fold", min_width=12, ratio=1)
+        table.add_column("target", overflow="fold", ratio=2)
+        table.add_column("finding / fix", overflow="fold", ratio=5)
+    separator = "  " if piped else "\n"
+    last: tuple[str, ...] | None = None
+    for result in report.results:
+        about = result.about()
+        if about != last:
+            if last is not None:
+                table.add_section()
+            last = about
+        cell = Text(result.finding)
+        if result.fix:
+            cell.append(f"{separator}→ {result.fix}", style="cyan")
+        label = result.check.value
+        if about:
+            label = f"{label}{separator}[{', '.join(about)}]"
+        table.add_row(
+            Text(result.status.value.upper(), style=_STYLE[result.status]),
+            Text(label),
+            Text(result.target),
+            cell,
+        )
+    return table
 
 
 @contextmanager
