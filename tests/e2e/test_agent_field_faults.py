@@ -171,6 +171,7 @@ async def test_drops_at_the_spool_bound_are_logged_locally(
     dead = DEAD_URL.format(port=free_port())
     gw = await start_agent("bounded", linked=False, cloud_url=dead, spool_max_bytes=128 * 1024)
     spool = await wait_for(lambda: gw.agent.spool, what="the spool to open")
+    assert spool is not None
     appended = 0
     for batch in range(50):  # bounded: the bound holds about three of these appends
         await gw.agent.append("building", _observations(2000, batch * 2000))
