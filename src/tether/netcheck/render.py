@@ -128,9 +128,9 @@ def _table(report: CheckReport, *, piped: bool) -> Table:
         for name in ("check", "target", "finding / fix"):
             table.add_column(name, no_wrap=True)
     else:
-        table.add_column("check", overflow="fold", min_width=12, ratio=1)
-        table.add_column("target", overflow="fold", ratio=2)
-        table.add_column("finding / fix", overflow="fold", ratio=5)
+        table.add_column("check", no_wrap=True)  # the endpoints pre-wrapped, at commas
+        table.add_column("target", overflow="fold", ratio=2, max_width=32)
+        table.add_column("finding / fix", overflow="fold", ratio=3)
     separator = "  " if piped else "\n"
     last: tuple[str, ...] | None = None
     for result in report.results:
@@ -144,7 +144,7 @@ def _table(report: CheckReport, *, piped: bool) -> Table:
             cell.append(f"{separator}→ {result.fix}", style="cyan")
         label = result.check.value
         if about:
-            label = f"{label}{separator}[{', '.join(about)}]"
+            label += separator + _endpoint_list(about, width=None if piped else _LABEL_WIDTH)
         table.add_row(
             Text(result.status.value.upper(), style=_STYLE[result.status]),
             Text(label),
@@ -152,6 +152,23 @@ def _table(report: CheckReport, *, piped: bool) -> Table:
             cell,
         )
     return table
+
+
+_LABEL_WIDTH = 16  # of the check column on a terminal
+
+
+def _endpoint_list(ids: tuple[str, ...], *, width: int | None) -> str:
+    """``[a, b, c]``, broken after commas into lines of at most ``width`` (None: one line)."""
+    text = f"[{', '.join(ids)}]"
+    if width is None:
+        return text
+    lines = [""]
+    for i, word in enumerate(text.split(" ")):
+        if i and len(lines[-1]) + 1 + len(word) > width:
+            lines.append(word)
+        else:
+            lines[-1] = f"{lines[-1]} {word}" if i else word
+    return "\n".join(lines)
 
 
 @contextmanager
