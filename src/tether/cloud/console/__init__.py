@@ -34,6 +34,7 @@ from tether.cloud.console.pages import (
     error_page,
     html,
     is_tls,
+    optional_session,
     render,
     safe_next,
     same_secret,
@@ -168,6 +169,14 @@ async def root(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound(location=PREFIX + "/")
 
 
+async def not_found(request: web.Request) -> web.StreamResponse:
+    """Any other console address: the console's own page, with the menu when logged in."""
+    session = await optional_session(request) if is_tls(request) else None
+    return error_page(
+        request, 404, "Not found", "There is nothing at this address.", session=session
+    )
+
+
 def routes() -> list[web.RouteDef]:
     defs = [
         web.get("/", root),
@@ -177,6 +186,7 @@ def routes() -> list[web.RouteDef]:
         web.get(f"{PREFIX}/static/{{name}}", static),
     ]
     defs += [web.route(r.method, r.path, wrap(r)) for r in ROUTES]
+    defs.append(web.route("*", f"{PREFIX}/{{tail:.*}}", not_found))  # last: only what is left
     return defs
 
 

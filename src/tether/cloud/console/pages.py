@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +36,7 @@ from tether.cloud.accounts import (
     Accounts,
     csrf_matches,
 )
-from tether.cloud.api import PERMISSIONS, Principal
+from tether.cloud.api import PERMISSION_WORDS, PERMISSIONS, Principal
 from tether.cloud.state import STATE_KEY, CloudState
 from tether.cloud.store.accounts import SessionRecord, UserRecord
 
@@ -48,9 +49,12 @@ __all__ = [
     "html",
     "is_tls",
     "json_response",
+    "optional_session",
     "secure_headers",
     "wrap",
 ]
+
+log = logging.getLogger(__name__)
 
 PREFIX: Final = "/console"
 DASH: Final = "\u2013"  # shown for a missing value
@@ -270,13 +274,39 @@ def _login_redirect(request: web.Request, *, expired: bool) -> web.HTTPException
     return web.HTTPSeeOther(location=location)
 
 
-def error_page(request: web.Request, status: int, title: str, message: str) -> web.Response:
+def error_page(
+    request: web.Request,
+    status: int,
+    title: str,
+    message: str,
+    *,
+    session: SessionRecord | None = None,
+) -> web.Response:
+    """The console's error page (JSON for a background refresh); with *session*, in the layout
+    of that person's pages (their menu, their logout button)."""
     if _wants_json(request):
         return json_response({"error": message}, status=status)
+    context: dict[str, Any] = {"user": None}
+    if session is not None:
+        role = session.user.role
+        context = {
+            "user": session.user,
+            "csrf": session.csrf_token,
+            "can": lambda permission: role in PERMISSIONS[permission],
+            "now": datetime.now(UTC),
+        }
     return html(
-        render("error.html", title=title, message=message, status=status, user=None, nav=""),
+        render("error.html", title=title, message=message, status=status, nav="", **context),
         status=status,
     )
+
+
+async def optional_session(request: web.Request) -> SessionRecord | None:
+    """The session the request carries, if any and still valid (not touched: no use made)."""
+    secret = request.cookies.get(SESSION_COOKIE)
+    if not secret:
+        return None
+    return await request.app[ACCOUNTS_KEY].session(secret, touch=False)
 
 
 async def _csrf_token_of(request: web.Request) -> str | None:
@@ -304,11 +334,13 @@ def wrap(route: ConsoleRoute) -> Callable[[web.Request], Awaitable[web.StreamRes
                 return json_response({"error": "the session ended; log in again"}, status=401)
             raise _login_redirect(request, expired=bool(secret))
         if session.user.role not in PERMISSIONS[route.permission]:
+            words = PERMISSION_WORDS.get(route.permission, route.permission)
             return error_page(
                 request,
                 403,
                 "Not allowed",
-                f"Your role ({session.user.role}) may not {route.permission}.",
+                f"Your role ({session.user.role}) may not {words}.",
+                session=session,
             )
         if request.method == "POST" and not csrf_matches(await _csrf_token_of(request), session):
             return error_page(
@@ -316,9 +348,26 @@ def wrap(route: ConsoleRoute) -> Callable[[web.Request], Awaitable[web.StreamRes
                 403,
                 "Form expired",
                 "The form's security token is missing or wrong. Reload the page and try again.",
+                session=session,
             )
         ctx = Ctx(request=request, state=request.app[STATE_KEY], accounts=accounts, session=session)
-        response = await route.handler(ctx)
+        try:
+            response = await route.handler(ctx)
+        except web.HTTPNotFound:
+            return error_page(
+                request, 404, "Not found", "There is nothing at this address.", session=session
+            )
+        except web.HTTPException:
+            raise  # redirects
+        except Exception:  # a bug: logged with its traceback, the person gets the console's page
+            log.exception("console %s %s failed", request.method, request.path)
+            return error_page(
+                request,
+                500,
+                "Something went wrong",
+                "The cloud could not answer this page; its log has the details. Try again later.",
+                session=session,
+            )
         secure_headers(response)
         return response
 

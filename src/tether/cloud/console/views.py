@@ -8,7 +8,6 @@ form posts, the console runs the operator API's own handler for it, then redirec
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections import defaultdict
@@ -551,19 +550,40 @@ async def send_command(ctx: Ctx) -> web.StreamResponse:
     ttl = form.get("ttl", "3600")
     error = None
     try:
-        args = json.loads(raw_args)
-        if not isinstance(args, dict):
-            raise ValueError('arguments must be a JSON object, e.g. {"log_level": "debug"}')
-        body = {"kind": kind, "args": args, "ttl_seconds": float(ttl)}
-        command = await call_api(ctx, api.send_command, body, gateway_id=gateway_id)
-    except ValueError as exc:
-        error, status = f"Arguments: {exc}", 400
-    except ApiRefused as exc:
-        error, status = exc.args[0], exc.status
+        ttl_seconds = float(ttl)
+    except ValueError:
+        ttl_seconds = math.nan
+    if not math.isfinite(ttl_seconds):
+        error, status = "Expires after: a number of seconds.", 400
+    else:
+        try:
+            args = json.loads(raw_args)
+            if not isinstance(args, dict):
+                raise ValueError('arguments must be a JSON object, e.g. {"log_level": "debug"}')
+            body = {"kind": kind, "args": args, "ttl_seconds": ttl_seconds}
+            command = await call_api(ctx, api.send_command, body, gateway_id=gateway_id)
+        except ValueError as exc:
+            error, status = f"Arguments: {exc}", 400
+        except ApiRefused as exc:
+            error, status = exc.args[0], exc.status
     if error is None:
         raise web.HTTPSeeOther(
             location=f"{PREFIX}/gateways/{gateway_id}?sent={command.id}#commands"
         )
+    return await _gateway_with_error(
+        ctx, gateway_id, error, status, form={"kind": kind, "args": raw_args, "ttl": ttl}
+    )
+
+
+async def _gateway_with_error(
+    ctx: Ctx,
+    gateway_id: str,
+    error: str,
+    status: int,
+    *,
+    form: dict[str, str] | None = None,
+) -> web.Response:
+    """The gateway page again after a refused action, the refusal shown above its commands."""
     try:
         data = await _gateway(ctx, gateway_id, None)
     except web.HTTPNotFound:
@@ -576,7 +596,7 @@ async def send_command(ctx: Ctx) -> web.StreamResponse:
         kinds=COMMAND_KINDS,
         ttls=TTL_CHOICES,
         form_error=error,
-        form={"kind": kind, "args": raw_args, "ttl": ttl},
+        form=form or {"kind": "ping", "args": "{}", "ttl": "3600"},
         **data,
     )
 
@@ -586,8 +606,17 @@ async def cancel_command(ctx: Ctx) -> web.StreamResponse:
     record = await ctx.state.store.get_command(command_id)
     if record is None:
         raise web.HTTPNotFound()
-    with contextlib.suppress(ApiRefused):  # it moved on meanwhile; the page shows its state
+    try:
         await call_api(ctx, api.cancel_command, command_id=command_id)
+    except ApiRefused as exc:  # it moved on meanwhile: say so, and show where it is now
+        now = await ctx.state.store.get_command(command_id)
+        state = (now or record).state.value
+        return await _gateway_with_error(
+            ctx,
+            record.gateway_id,
+            f"{record.kind} was not cancelled: it is already {state} ({exc}).",
+            exc.status,
+        )
     raise web.HTTPSeeOther(location=f"{PREFIX}/gateways/{record.gateway_id}#commands")
 
 
@@ -690,7 +719,7 @@ async def create_token(ctx: Ctx) -> web.StreamResponse:
     name = form.get("name", "").strip() or None
     try:
         hours = float(form.get("hours", "24") or "24")
-        if not 0 < hours <= 720:
+        if not 1 <= hours <= 720:  # also refuses NaN
             raise ValueError
     except ValueError:
         return await _tokens_page(ctx, error="Valid for: 1 to 720 hours.", status=400)
@@ -861,8 +890,10 @@ async def account_action(ctx: Ctx) -> web.StreamResponse:
             )
             message = "Password changed; your other sessions ended."
         elif action == "token":
-            days = form.get("days", "90")
-            ttl = float(days) * 86400 if days and days != "0" else None
+            days = float(form.get("days", "90") or "0")
+            if not math.isfinite(days) or days < 0:
+                raise ValueError
+            ttl = days * 86400 if days else None
             out = await call_api(
                 ctx, acc.create_own_token, {"label": form.get("label", ""), "ttl_seconds": ttl}
             )
