@@ -195,3 +195,45 @@ def test_formats_lists_everything() -> None:
     assert {"kind": "rules", "name": "paloalto-edl"} in rows
     assert {"kind": "reference", "name": "mapped-gateway"} in rows
     assert "nftables" in _run("formats").stdout
+
+
+def test_a_bare_reference_name_means_the_reference_even_beside_a_directory_of_that_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mapped-gateway").mkdir()
+    result = _run("docs", "-f", "csv", "-m", "mapped-gateway")
+    assert result.exit_code == 0, result.output
+    assert "cloudlink.mgmt.edge.mapped.com" in result.stdout
+
+    as_path = _run("docs", "-m", "./mapped-gateway")  # a path: the directory, said as such
+    assert as_path.exit_code == 1
+    assert "./mapped-gateway: a directory, not a manifest file" in as_path.stderr
+
+
+def test_an_unknown_bare_name_lists_the_references(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = _run("rules", "-f", "fqdn", "-m", "maped-gateway")
+    assert result.exit_code == 1
+    assert "unknown format" not in result.stderr
+    assert "'maped-gateway' is not a shipped reference manifest" in result.stderr
+    assert "mapped-gateway, " in result.stderr or ", mapped-gateway" in result.stderr
+    # a file that exists is read as one (and its real problem said), whatever its name
+    (tmp_path / "site-manifest").write_text("x")
+    named = _run("docs", "-m", "site-manifest")
+    assert named.exit_code == 1
+    assert "unknown format: use a .toml or .json file" in named.stderr
+    # a file named like a reference is reached by its path
+    (tmp_path / "mapped-gateway.toml").write_text(reference_text("mapped-gateway").decode())
+    by_path = _run("docs", "-f", "csv", "-m", "./mapped-gateway.toml")
+    assert by_path.exit_code == 0, by_path.output
+
+
+def test_manifest_help_says_how_a_name_is_read() -> None:
+    result = runner.invoke(app, ["net", "check", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "a bare reference name always means the reference" in text
+    assert "write ./NAME for a file named like a reference" in text

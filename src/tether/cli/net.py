@@ -1,12 +1,14 @@
 """``tether net …``: network-requirements documents, firewall rules and the preflight check.
 
 ``docs``, ``rules`` and ``diff`` read tether's own manifest (generated from ``--hostname`` /
-``TETHER_HOSTNAME``) unless ``--manifest`` names another one: a TOML or JSON file, an
-``https://`` URL of a served manifest, or a shipped reference (``tether net formats`` lists them).
+``TETHER_HOSTNAME``) unless ``--manifest`` names another one: an ``https://`` URL of a served
+manifest, a shipped reference (``tether net formats`` lists them; a bare reference name always
+means the reference, even beside a file or directory of that name), or a TOML or JSON file.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -37,10 +39,13 @@ app = typer.Typer(help="Network requirements: documents, firewall rules, preflig
 _FETCH_TIMEOUT = 15.0
 
 _MANIFEST_HELP = (
-    "Manifest to read: a .toml/.json file, an https:// URL or a shipped reference name. "
-    "Default: tether's own manifest for --hostname."
+    "Manifest to read: an https:// URL; a shipped reference name (tether net formats lists "
+    "them; a bare reference name always means the reference, even beside a file or directory "
+    "of that name); else a .toml or .json file (write ./NAME for a file named like a "
+    "reference). Default: tether's own manifest for --hostname."
 )
 _HOSTNAME_HELP = "The cloud's hostname, for tether's own manifest."
+_MANIFEST_SUFFIXES = (".toml", ".json")
 
 
 #: A usage error (an unknown format, …) exits with this status, as everywhere in ``tether``.
@@ -79,12 +84,30 @@ def _read(ref: str | None, hostname: str, ca: Path | None = None) -> Manifest:
             return _build_own(DeploymentSettings(hostname=hostname.lower()))
         if ref.startswith(("https://", "http://")):
             return _fetch(ref, ca)
-        path = Path(ref)
-        if not path.exists() and ref in REFERENCE_MANIFESTS:
+        if ref in REFERENCE_MANIFESTS:
             return load_reference(ref)
-        return load_manifest(path)
+        return load_manifest(_manifest_file(ref))
     except (ManifestError, SettingsError) as exc:
         raise _Failed(str(exc)) from exc
+
+
+def _manifest_file(ref: str) -> Path:
+    """``ref`` as a manifest file, or a failure that says what ``ref`` was taken for.
+
+    A name with a path separator or a manifest suffix, or one that names an existing file, is a
+    file; any other bare name was meant as a reference manifest, and none is called that.
+    """
+    path = Path(ref)
+    bare = "/" not in ref and os.sep not in ref
+    if bare and path.suffix.lower() not in _MANIFEST_SUFFIXES and not path.is_file():
+        raise _Failed(
+            f"{ref!r} is not a shipped reference manifest (those are: "
+            f"{', '.join(REFERENCE_MANIFESTS)}) nor a manifest file: a file must end in "
+            ".toml or .json"
+        )
+    if path.is_dir():
+        raise _Failed(f"{ref}: a directory, not a manifest file (.toml or .json)")
+    return path
 
 
 def _write(path: Path, text: str) -> None:
@@ -163,8 +186,10 @@ def rules(
 
 @app.command("diff")
 def diff(
-    old: str = typer.Argument(..., help="The manifest the site has configured (file, URL, name)."),
-    new: str = typer.Argument(..., help="The new manifest (file, URL or reference name)."),
+    old: str = typer.Argument(
+        ..., help="The manifest the site has configured (as --manifest of the other commands)."
+    ),
+    new: str = typer.Argument(..., help="The new manifest (as --manifest)."),
     fmt: str = typer.Option("text", "--format", "-f", help=f"One of: {', '.join(DIFF_FORMATS)}."),
     as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
     exit_code: bool = typer.Option(
@@ -195,7 +220,9 @@ def formats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
         print_json([{"kind": k, "name": n} for k, n in rows])
         return
     table("Network-requirements formats", ["kind", "name"], rows)
-    console.print("Use: tether net docs -f FORMAT | tether net rules -f FORMAT [-m MANIFEST]")
+    console.print(
+        "Use: tether net docs -f FORMAT | tether net rules -f FORMAT [-m MANIFEST]", soft_wrap=True
+    )
 
 
 @app.command("check")
