@@ -1,9 +1,10 @@
 """The gateway agent: holds the link, runs commands at most once, renews its certificate.
 
 The agent's core is tier-agnostic: a tier calls :meth:`Agent.on_link_open` with a ``send``
-function, feeds every message from the cloud to :meth:`Agent.on_message`, and calls
-:meth:`Agent.on_link_closed`. Anything that must not be lost (command outcomes) is durable and
-re-sent on each new link until the cloud acknowledges it.
+function and the cloud's Welcome (whose ``server_time`` checks the host clock), feeds every
+message from the cloud to :meth:`Agent.on_message`, and calls :meth:`Agent.on_link_closed`.
+Anything that must not be lost (command outcomes) is durable and re-sent on each new link
+until the cloud acknowledges it.
 """
 
 from __future__ import annotations
