@@ -67,7 +67,32 @@ def test_json_pass(
     report = decode_report(out)
     assert code == 0, out
     assert report.exit_code == 0
-    assert {r.endpoint for r in report.results} >= {"control", "ingest"}
+    assert {e for r in report.results for e in r.about()} >= {"control", "ingest"}
+
+
+def test_piped_table_has_one_row_per_shared_probe_each_on_one_line(
+    tmp_path: Path,
+    app_factory: Callable[..., AppServer],
+    dns_factory: Callable[..., DNSServer],
+    ca_file: Path,
+) -> None:
+    app = app_factory([HOST])
+    dns = dns_factory({HOST: ["127.0.0.1"]})
+    manifest = _manifest(tmp_path, app.port)
+    result = CliRunner().invoke(  # stdout is not a terminal here, as in `| tee report.txt`
+        cli, ["net", "check", "-m", str(manifest), *_common(tmp_path, dns, ca_file)]
+    )
+    assert result.exit_code == 0, result.stdout
+    lines = result.stdout.splitlines()
+    all_six = "[control, enrollment, ingest, updates, logs, support]"
+    [dns_row] = [line for line in lines if " dns " in line]
+    assert all_six in dns_row
+    assert f"{HOST} @ 127.0.0.1:{dns.port}" in dns_row
+    [tls_row] = [line for line in lines if " tls " in line]
+    assert all_six in tls_row
+    assert f"{HOST}:{app.port}" in tls_row  # the target whole, never cut mid-port
+    [ws_row] = [line for line in lines if " websocket " in line]
+    assert "[control]" in ws_row
 
 
 def test_warning_exits_1(
