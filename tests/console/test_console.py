@@ -276,3 +276,106 @@ def test_an_open_page_says_so_when_its_session_ends(
     banner.get_by_role("link", name="Log in again").click()
     expect(page).to_have_url(re.compile(r"/console/login\?next="))
     context.close()
+
+
+#: Text whose contrast with its background is below WCAG AA (4.5:1; 3:1 for large text), as
+#: "ratio tag.class 'text'" lines; backgrounds are found up the tree (the first opaque one).
+_LOW_CONTRAST = """() => {
+  function rgba(c) { return (c.match(/[\\d.]+/g) || ["0", "0", "0", "0"]).map(Number); }
+  function lum(c) {
+    const [r, g, b] = rgba(c).slice(0, 3).map(v => {
+      v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  }
+  function background(el) {
+    for (; el; el = el.parentElement) {
+      const c = getComputedStyle(el).backgroundColor, a = rgba(c);
+      if (a.length < 4 || a[3] > 0.9) { return c; }
+    }
+    return "rgb(255, 255, 255)";
+  }
+  const low = new Set();
+  document.querySelectorAll("body *").forEach(el => {
+    if (el.getClientRects().length === 0) { return; }
+    const text = [...el.childNodes].filter(n => n.nodeType === 3).map(n => n.textContent)
+      .join("").trim();
+    if (!text) { return; }
+    const style = getComputedStyle(el), a = lum(style.color), b = lum(background(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const size = parseFloat(style.fontSize), bold = parseInt(style.fontWeight, 10) >= 700;
+    const needed = size >= 24 || (size >= 18.66 && bold) ? 3 : 4.5;
+    if (ratio < needed) {
+      const tag = `${el.tagName.toLowerCase()}.${el.className}`;
+      low.add(`${ratio.toFixed(2)} ${tag} '${text.slice(0, 24)}'`);
+    }
+  });
+  return [...low];
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_text_and_buttons_are_readable_in_light_and_dark(
+    browser: Browser, demo: Demo, scheme: str
+) -> None:
+    context = browser.new_context(viewport=LAPTOP, color_scheme=scheme)  # type: ignore[arg-type]
+    page = context.new_page()
+    log_in(page, demo, "admin", demo.admin_password)
+    gateway_id = page.locator("tr[data-gateway-id]").first.get_attribute("data-gateway-id")
+    low: list[str] = []
+    for path in ("/console/", f"/console/gateways/{gateway_id}", "/console/tokens"):
+        page.goto(demo.url + path)
+        expect(page.locator("h1").first).to_be_visible()
+        low += [f"{path}: {x}" for x in page.evaluate(_LOW_CONTRAST)]
+    for path in ("/console/users", "/console/account", "/console/login?bye=1"):
+        page.goto(demo.url + path)
+        low += [f"{path}: {x}" for x in page.evaluate(_LOW_CONTRAST)]
+    assert low == []
+    context.close()
+
+
+def test_live_refresh_keeps_what_the_reader_opened_and_the_keyboard_focus(
+    browser: Browser, demo: Demo
+) -> None:
+    context = browser.new_context(viewport=LAPTOP)
+    page = context.new_page()
+    log_in(page, demo, "admin", demo.admin_password)
+    gateway_id = page.locator("tr[data-gateway-id]").first.get_attribute("data-gateway-id")
+    with _admin_api(demo) as api:
+        sent = api.post(f"/api/v1/gateways/{gateway_id}/commands", json={"kind": "metrics"})
+    assert sent.status_code == 201, sent.text
+    page.goto(f"{demo.url}/console/gateways/{gateway_id}")
+    result = page.locator(f'details[data-keep="result-{sent.json()["id"]}"]')
+    expect(result).to_be_visible(timeout=WAIT_MS)  # the agent answered
+    result.locator("summary").click()
+    history = page.locator('details[data-keep="tier-history"]')
+    history.locator("summary").click()
+    page.locator("h1").click()  # the reader moves on; no field of the regions has the focus
+    page.evaluate(
+        "document.querySelectorAll('details[data-keep]').forEach(d => { d.__before = true; })"
+    )
+    # both regions were rendered again (new elements) while the page stayed open ...
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('details[data-keep]')].every(d => !d.__before)",
+        timeout=WAIT_MS,
+    )
+    # ... and what was open is open
+    assert result.evaluate("d => d.open")
+    assert history.evaluate("d => d.open")
+
+    # On the fleet, a keyboard user on a gateway's link stays on it when the rows change.
+    page.goto(demo.url + "/console/")
+    rows = page.locator("#fleet-rows tr[data-gateway-id]")
+    expect(rows).to_have_count(2)
+    ids = [rows.nth(i).get_attribute("data-gateway-id") for i in range(2)]
+    other = ids[1] if ids[0] == gateway_id else ids[0]
+    link = page.locator(f'#fleet-rows a[href="/console/gateways/{other}"]')
+    link.focus()
+    page.evaluate("document.activeElement.__before = true")
+    with _admin_api(demo) as api:  # a change every row list shows: a revoked gateway
+        assert api.post(f"/api/v1/gateways/{gateway_id}/revoke").status_code == 200
+    expect(page.locator(f'#fleet-rows tr[data-gateway-id="{gateway_id}"]')).to_have_attribute(
+        "data-status", "revoked", timeout=WAIT_MS
+    )
+    assert page.evaluate("document.activeElement.__before") is None  # a new element ...
+    expect(link).to_be_focused()  # ... with the focus
+    context.close()

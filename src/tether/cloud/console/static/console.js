@@ -2,7 +2,8 @@
  *
  * - live regions: a page whose <main> has data-live-url polls it every few seconds (while
  *   visible) and swaps each [data-region] with the server-rendered HTML it returns;
- *   a region with data-live-every="N" is refreshed on every Nth poll only;
+ *   a region with data-live-every="N" is refreshed on every Nth poll only; a details[data-keep]
+ *   opened by the reader stays open, and a focused link keeps the focus;
  * - filters: an input with data-filter="ID" hides rows of #ID whose data-search (or text)
  *   lacks every word typed; a select with data-filter-status="ID" keeps rows of one state;
  * - forms with data-confirm ask first; buttons with data-copy copy a field;
@@ -128,6 +129,22 @@
     showStamp(false);
   }
 
+  /* Replace a region's HTML, keeping what the reader opened (details[data-keep] stay open)
+   * and where the keyboard was (a focused link is focused again by its address). */
+  function swap(el, html) {
+    var open = $all("details[data-keep][open]", el).map(function (d) { return d.getAttribute("data-keep"); });
+    var active = document.activeElement;
+    var href = active && active.tagName === "A" && el.contains(active) ? active.getAttribute("href") : null;
+    el.innerHTML = html;
+    $all("details[data-keep]", el).forEach(function (d) {
+      if (open.indexOf(d.getAttribute("data-keep")) !== -1) { d.open = true; }
+    });
+    if (href !== null) {
+      var again = $all("a[href]", el).filter(function (a) { return a.getAttribute("href") === href; })[0];
+      if (again) { again.focus({ preventScroll: true }); }
+    }
+  }
+
   function poll() {
     timer = null;
     if (stopped || document.hidden) { return; }
@@ -150,7 +167,7 @@
         if (!el) { return; }
         var active = document.activeElement;
         if (active && el.contains(active) && active.tagName !== "A") { return; }  // do not yank a field in use
-        if (el.innerHTML !== data.regions[name]) { el.innerHTML = data.regions[name]; }
+        if (el.innerHTML !== data.regions[name]) { swap(el, data.regions[name]); }
       });
       applyFilters();
       showStamp(true);
