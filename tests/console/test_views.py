@@ -8,6 +8,8 @@ agents send, then the console is used through a logged-in session.
 
 from __future__ import annotations
 
+import html
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +17,14 @@ from pathlib import Path
 import httpx
 from markupsafe import escape
 from tests.support.cloudproc import Cloud, running_cloud
-from tests.support.console import ConsoleSession, console_client, console_login, create_user
+from tests.support.console import (
+    LOGIN_COOKIE,
+    ConsoleSession,
+    console_client,
+    console_login,
+    create_user,
+    set_cookie,
+)
 
 from tether.cloud.store import Store
 from tether.cloud.store.health import HealthStore
@@ -185,3 +194,53 @@ async def test_names_and_messages_from_gateways_are_shown_as_text(tmp_path: Path
         assert escaped in pages["gateway"]  # shown, as text
         assert escaped in pages["fleet"]
         assert f"reading {escaped} failed" in pages["live gw-logs"]
+
+
+async def test_a_mistyped_password_keeps_the_username_and_where_the_person_was_going(
+    tmp_path: Path,
+) -> None:
+    async with running_cloud(tmp_path / "cloud") as cloud, console_client(cloud) as client:
+        target = "/console/gateways/gw-1?sent=c1"
+        form_page = await client.get("/console/login", params={"next": target})
+        client.cookies.clear()
+        login_token = re.search(r'name="login_token" value="([^"]+)"', form_page.text)
+        login_cookie = set_cookie(form_page, LOGIN_COOKIE)
+        assert login_token is not None
+        assert login_cookie is not None
+        cookie = {"Cookie": f"{LOGIN_COOKIE}={login_cookie[0]}"}
+        hidden_next = re.search(r'name="next" value="([^"]+)"', form_page.text)
+        assert hidden_next is not None
+        fields = {"login_token": login_token.group(1), "next": html.unescape(hidden_next.group(1))}
+
+        refused = await client.post(
+            "/console/login",
+            data={**fields, "username": "admin", "password": "not the password"},
+            headers=cookie,
+        )
+        client.cookies.clear()
+        assert refused.status_code == 401
+        assert 'id="username"' in refused.text
+        assert 'value="admin"' in refused.text  # typed once
+        assert re.search(r'id="password"[^>]*autofocus', refused.text)  # the field to fill
+        again = re.search(r'name="next" value="([^"]+)"', refused.text)
+        assert again is not None
+        assert html.unescape(again.group(1)) == target
+
+        token = re.search(r'name="login_token" value="([^"]+)"', refused.text)
+        cookie_again = set_cookie(refused, LOGIN_COOKIE)
+        assert token is not None
+        assert cookie_again is not None
+        password = (cloud.data_dir / "admin.password").read_text().strip()
+        logged_in = await client.post(
+            "/console/login",
+            data={
+                "login_token": token.group(1),
+                "next": html.unescape(again.group(1)),
+                "username": "admin",
+                "password": password,
+            },
+            headers={"Cookie": f"{LOGIN_COOKIE}={cookie_again[0]}"},
+        )
+        client.cookies.clear()
+        assert logged_in.status_code == 303
+        assert logged_in.headers["location"] == target

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from importlib import resources
 from typing import Final
 
@@ -81,9 +81,16 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
 
 
 def _login_form(
-    request: web.Request, *, error: str | None = None, status: int = 200
+    request: web.Request,
+    *,
+    error: str | None = None,
+    status: int = 200,
+    form: Mapping[str, object] | None = None,
 ) -> web.Response:
+    """The form; after a refused attempt (*form*: what was posted) it keeps the username and
+    where the person was going, so only the password is typed again."""
     token = secrets.token_urlsafe(24)
+    posted = {k: v for k, v in (form or {}).items() if isinstance(v, str)}
     message = None
     if request.query.get("expired"):
         message = "Your session ended. Log in again."
@@ -96,10 +103,10 @@ def _login_form(
             nav="",
             title="Log in",
             login_token=token,
-            next=safe_next(request.query.get("next")),
+            next=safe_next(posted.get("next", request.query.get("next"))),
             error=error,
             message=message,
-            username=request.query.get("username", ""),
+            username=posted.get("username", request.query.get("username", ""))[:64],
         ),
         status=status,
     )
@@ -128,18 +135,20 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     if not same_secret(
         request.cookies.get(LOGIN_COOKIE), token if isinstance(token, str) else None
     ):
-        return _login_form(request, error="The login form expired. Please try again.", status=403)
+        return _login_form(
+            request, error="The login form expired. Please try again.", status=403, form=form
+        )
     if not isinstance(username, str) or not isinstance(password, str) or not username:
-        return _login_form(request, error="Enter a username and a password.", status=400)
+        return _login_form(request, error="Enter a username and a password.", status=400, form=form)
     accounts = request.app[ACCOUNTS_KEY]
     try:
         secret, _session = await accounts.login(username, password, source=request.remote)
     except LoginThrottled as exc:
-        response = _login_form(request, error=str(exc), status=429)
+        response = _login_form(request, error=str(exc), status=429, form=form)
         response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
         return response
     except LoginRefused as exc:
-        return _login_form(request, error=str(exc), status=401)
+        return _login_form(request, error=str(exc), status=401, form=form)
     target = form.get("next")
     response = web.HTTPSeeOther(location=safe_next(target if isinstance(target, str) else None))
     response.set_cookie(
