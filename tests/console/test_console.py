@@ -379,3 +379,25 @@ def test_live_refresh_keeps_what_the_reader_opened_and_the_keyboard_focus(
     assert page.evaluate("document.activeElement.__before") is None  # a new element ...
     expect(link).to_be_focused()  # ... with the focus
     context.close()
+
+
+def test_a_filter_that_hides_every_row_says_so(admin_page: Page, demo: Demo) -> None:
+    page = admin_page
+    page.goto(demo.url + "/console/")
+    rows = page.locator("#fleet-rows tr[data-gateway-id]")
+    expect(rows.first).to_be_visible()
+    total = rows.count()
+    page.fill("#q", "no gateway is called this")
+    expect(page.locator("#fleet-rows tr[data-gateway-id]:visible")).to_have_count(0)
+    expect(page.locator("#fleet-rows")).to_contain_text("Nothing matches this filter.")
+    expect(page.locator('[data-filter-count="fleet-rows"]')).to_have_text(f"0 of {total} shown")
+    page.fill("#q", "")
+    expect(page.locator("#fleet-rows tr[data-gateway-id]:visible")).to_have_count(total)
+    expect(page.locator("#fleet-rows")).not_to_contain_text("Nothing matches")
+    expect(page.locator('[data-filter-count="fleet-rows"]')).to_have_text("")
+
+    page.goto(demo.url + f"/console/gateways/{rows.first.get_attribute('data-gateway-id')}")
+    expect(page.locator("tr[data-point-id]").first).to_be_visible(timeout=WAIT_MS)
+    page.fill("#pq", "no point is called this")
+    expect(page.locator("#points-body")).to_contain_text("Nothing matches this filter.")
+    page.context.close()

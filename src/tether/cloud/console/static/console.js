@@ -6,6 +6,7 @@
  *   opened by the reader stays open, and a focused link keeps the focus;
  * - filters: an input with data-filter="ID" hides rows of #ID whose data-search (or text)
  *   lacks every word typed; a select with data-filter-status="ID" keeps rows of one state;
+ *   when every row is hidden the target says so, and [data-filter-count="ID"] tells how many show;
  * - forms with data-confirm ask first; buttons with data-copy copy a field;
  * - "/" focuses the page's filter box.
  */
@@ -37,7 +38,36 @@
         var rows = $all("tr[data-search]", group);
         group.hidden = rows.length > 0 && rows.every(function (r) { return r.hidden; });
       });
+      var rows = $all("tr[data-search]", target);
+      var shown = rows.filter(function (r) { return !r.hidden; }).length;
+      filterOutcome(target, rows.length > 0 && shown === 0);
+      var count = $('[data-filter-count="' + target.id + '"]');
+      if (count) {
+        count.textContent = words.length || status ? shown + " of " + rows.length + " shown" : "";
+      }
     });
+  }
+
+  /* Say so when a filter hides every row (an empty table reads as "no data"). */
+  function filterOutcome(target, none) {
+    var note = $("[data-filter-empty]", target);
+    if (!none) { if (note) { note.remove(); } return; }
+    if (note) { return; }
+    if (target.tagName === "TBODY") {
+      var head = target.parentNode.querySelector("thead tr");
+      note = document.createElement("tr");
+      note.className = "empty-row";
+      var cell = document.createElement("td");
+      cell.colSpan = head ? head.children.length : 1;
+      cell.textContent = "Nothing matches this filter.";
+      note.appendChild(cell);
+    } else {
+      note = document.createElement("p");
+      note.className = "empty";
+      note.textContent = "Nothing matches this filter.";
+    }
+    note.setAttribute("data-filter-empty", "");
+    target.appendChild(note);
   }
 
   function remember(input) {
