@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.gateway.agent import Agent
-from tether.protocol.messages import ConfigAck, Message, TelemetryAck
+from tether.protocol.messages import ConfigAck, Message, TelemetryAck, Welcome
 from tether.protocol.telemetry import Observation
 
 SCRIPT = Path(__file__).resolve()
@@ -87,8 +87,10 @@ class RecordingAgent(Agent):
             _emit({"config": version, "ok": ack.ok, "error": ack.error, "last_seqs": last_seqs})
         return ack
 
-    def on_link_open(self, send: Callable[[Message], None], tier: str) -> None:
-        super().on_link_open(send, tier)
+    def on_link_open(
+        self, send: Callable[[Message], None], tier: str, *, welcome: Welcome, round_trip: float
+    ) -> None:
+        super().on_link_open(send, tier, welcome=welcome, round_trip=round_trip)
         _emit({"linked": tier})
 
 

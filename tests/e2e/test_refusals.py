@@ -35,7 +35,7 @@ from tether.pki.errors import EnrollmentRefused
 from tether.pki.estclient import client_ssl_context
 from tether.pki.keys import build_csr, generate_private_key, private_key_pem, write_file_atomic
 from tether.protocol.enrollment import decode_code, encode_code
-from tether.protocol.messages import Message
+from tether.protocol.messages import Message, Welcome
 
 
 class _Core:
@@ -45,7 +45,9 @@ class _Core:
         self.opened = 0
         self.messages: list[Message] = []
 
-    def on_link_open(self, send: Callable[[Message], None], tier: str) -> None:
+    def on_link_open(
+        self, send: Callable[[Message], None], tier: str, *, welcome: Welcome, round_trip: float
+    ) -> None:
         self.opened += 1
 
     async def on_message(self, message: Message) -> None:
