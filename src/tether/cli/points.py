@@ -18,13 +18,14 @@ from rich.text import Text
 from tether.cli.client import api_command, api_path, client_from_env
 from tether.cli.ops import within
 from tether.cli.output import age, console, fail, print_json, table, utc
+from tether.protocol.config import LOG_LEVEL_NAMES
 
 points_app = typer.Typer(help="Discovered points and their observations.", no_args_is_help=True)
 config_app = typer.Typer(help="Gateway configuration pushed from the cloud.", no_args_is_help=True)
 
 
 #: The levels ``tether logs --level`` takes, lowest first (the agent's and the cloud's).
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_LEVELS = LOG_LEVEL_NAMES
 #: ``tether logs --limit`` and ``tether points query --limit``: what the cloud answers at most.
 MAX_LOGS = 5000
 MAX_OBSERVATIONS = 100_000

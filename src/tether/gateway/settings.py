@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tether.protocol.config import LOG_LEVEL_NAMES
+
 __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
@@ -44,7 +46,7 @@ MAX_UPLOAD_BATCH = 20_000
 #: The largest ``upload_window``: batches in flight are held in the agent's memory.
 MAX_UPLOAD_WINDOW = 64
 #: What ``--log-level`` and ``--log-format`` take.
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_LEVELS = LOG_LEVEL_NAMES
 LOG_FORMATS = ("text", "json")
 
 

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from tether.cloud.store.models import JSONDocument, metadata
 from tether.cloud.store.store import write_transaction
+from tether.protocol.config import LOG_LEVEL_NAMES
 
 __all__ = [
     "HEALTH_FIGURES",
@@ -333,5 +334,5 @@ class HealthStore:
 
 
 #: Log levels, lowest first: a query for one level finds it and every level above it.
-LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+LOG_LEVELS: Final = LOG_LEVEL_NAMES
 _LEVELS_FROM = {lvl: LOG_LEVELS[i:] for i, lvl in enumerate(LOG_LEVELS)}
