@@ -7,7 +7,9 @@ Use from a conftest::
 then ``await postgres_server.create_database()`` returns a fresh ``postgresql+asyncpg://`` URL.
 The cluster lives in a temporary directory owned by the ``postgres`` user (PostgreSQL refuses to
 run as root), listens on 127.0.0.1 on a free port with trust authentication, and is stopped and
-removed at the end of the session.
+removed at the end of the session. A test run that was killed cannot stop its cluster; the next
+run stops and removes every cluster whose owning test process is gone (each cluster's directory
+names its owner, by PID and start time, so a reused PID is not mistaken for it).
 """
 
 from __future__ import annotations
@@ -27,10 +29,53 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-__all__ = ["PostgresServer", "find_postgres_bin", "postgres_server"]
+__all__ = ["PostgresServer", "find_postgres_bin", "postgres_server", "sweep_stale"]
 
 _PG_ROOT = Path("/usr/lib/postgresql")
 _START_ATTEMPTS = 3
+_PREFIX = "tether-pg-"
+_OWNER = "owner"
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process *pid* (clock ticks since boot), or None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
+def _owner_line(pid: int) -> str:
+    return f"{pid} {_process_start(pid)}"
+
+
+def sweep_stale(tmp: Path | None = None) -> list[Path]:
+    """Stop and remove the clusters left by test runs that were killed; the directories removed.
+
+    Only directories this module made (``tether-pg-*`` with an owner file) are looked at, and
+    only those whose owner is no longer running are touched."""
+    swept: list[Path] = []
+    for root in sorted((tmp or Path(tempfile.gettempdir())).glob(f"{_PREFIX}*")):
+        try:
+            pid_text, _, start = (root / _OWNER).read_text().strip().partition(" ")
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            continue
+        if _process_start(pid) == start:
+            continue  # its run is still going
+        cluster = _Cluster.__new__(_Cluster)
+        cluster.bin_dir = find_postgres_bin()
+        cluster.root = root
+        cluster.data = root / "data"
+        cluster._as_user = _as_postgres()
+        cluster.stop(mode="immediate")
+        swept.append(root)
+    return swept
+
+
+def _as_postgres() -> list[str]:
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
 
 def find_postgres_bin() -> Path:
@@ -98,17 +143,17 @@ class _Cluster:
         self.bin_dir = bin_dir
         #: More server settings (``-c name=value``), e.g. ``max_connections`` for many clients.
         self.settings = dict(settings or {})
-        self.root = Path(tempfile.mkdtemp(prefix="tether-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix=_PREFIX))
+        (self.root / _OWNER).write_text(_owner_line(os.getpid()) + "\n")
         self.data = self.root / "data"
         self.sockets = self.root / "sockets"
         self.log = self.root / "server.log"
         self.sockets.mkdir()
-        self._as_user: list[str] = []
-        if os.geteuid() == 0:
+        self._as_user = _as_postgres()
+        if self._as_user:
             account = pwd.getpwnam("postgres")
             for path in (self.root, self.sockets):
                 os.chown(path, account.pw_uid, account.pw_gid)
-            self._as_user = ["runuser", "-u", "postgres", "--"]
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -159,16 +204,17 @@ class _Cluster:
         self._check(outcome, "start")
         raise AssertionError("unreachable")
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
         try:
             if (self.data / "postmaster.pid").exists():
-                self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+                self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
+    sweep_stale()
     cluster = _Cluster(find_postgres_bin())
     try:
         port = cluster.start()
