@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import ssl
+import sys
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,23 @@ import typer
 
 from tether.cli.output import console
 from tether.cli.runtime import run_async, setup_logging
+
+
+def tether_command(cwd: Path | None = None) -> str:
+    """How to run this installation's ``tether`` from *cwd* (default: here): the script beside
+    this interpreter, relative when it is below *cwd* (``.venv/bin/tether`` in a checkout), else
+    absolute; plain ``tether`` when that is what the shell would find anyway."""
+    script = Path(sys.executable).parent / "tether"
+    if not script.is_file():
+        return "tether"
+    found = shutil.which("tether")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "tether"
+    here = (cwd or Path.cwd()).resolve()
+    try:
+        return str(script.absolute().relative_to(here))
+    except ValueError:
+        return str(script.absolute())
 
 
 def _free_port(preferred: int) -> int:
@@ -114,16 +132,17 @@ async def _run_demo(gateways: int, seconds: float | None, data_dir: Path, port: 
         f"export TETHER_CA={ca_path.resolve()}\n"
     )
     console.print("In another terminal:\n", style="bold")
+    tether = tether_command()
     tries = [
         f"source {env_file.resolve()}",
-        ".venv/bin/tether gateways list",
-        f".venv/bin/tether command send {first} ping --wait",
-        f".venv/bin/tether command send {first} metrics --wait",
-        ".venv/bin/tether command list",
-        f".venv/bin/tether points list {first}",
-        f".venv/bin/tether points tail {first}",
-        ".venv/bin/tether token create --name another-building",
-        ".venv/bin/tether net docs --format md",
+        f"{tether} gateways list",
+        f"{tether} command send {first} ping --wait",
+        f"{tether} command send {first} metrics --wait",
+        f"{tether} command list",
+        f"{tether} points list {first}",
+        f"{tether} points tail {first}",
+        f"{tether} token create --name another-building",
+        f"{tether} net docs --format md",
         f"curl --cacert {ca_path.resolve()} {settings.public_url}/api/v1/openapi.json",
     ]
     for line in tries:  # whole lines, never wrapped, to be copied as they are
