@@ -247,6 +247,11 @@ async def test_metrics_are_prometheus_text_for_a_token_with_read_access(
     assert 0.0 < families["tether_gateway_memory_percent"][mine] <= 100.0
     assert mine in families["tether_gateway_cpu_percent"]
     assert families["tether_gateway_spool_dropped"][mine] == 0.0
+    # The serving process's own figures, under Prometheus's usual names.
+    assert families["process_resident_memory_bytes"][()] > 10 * 2**20
+    assert families["process_open_fds"][()] >= 3
+    assert families["process_cpu_seconds"][()] > 0.0
+    assert any(dict(labels)["implementation"] == "CPython" for labels in families["python_info"])
 
 
 # --- logs ------------------------------------------------------------------------------------

@@ -14,7 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -76,12 +82,19 @@ class HealthService:
 
 
 class FleetCollector(Collector):
-    """Reads a snapshot prepared just before each scrape (collect() itself cannot await)."""
+    """Reads a snapshot prepared just before each scrape (collect() itself cannot await).
+
+    The serving process's own figures come too, under Prometheus's usual names
+    (``process_cpu_seconds_total``, ``process_resident_memory_bytes``, ``process_open_fds``,
+    ``python_info``...): with ``--workers``, each scrape is answered by one worker."""
 
     def __init__(self) -> None:
         self.snapshot: dict[str, Any] = {}
+        self._own = (ProcessCollector(registry=None), PlatformCollector(registry=None))
 
     def collect(self) -> Iterator[Any]:
+        for own in self._own:
+            yield from own.collect()
         snap = self.snapshot
         gateways = GaugeMetricFamily("tether_gateways", "Gateways by link state", labels=["state"])
         for state, count in snap.get("states", {}).items():
