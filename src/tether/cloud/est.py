@@ -13,11 +13,12 @@ import secrets
 from datetime import UTC, datetime
 
 from aiohttp import web
+from cryptography import x509
 
 from tether.cloud.identity import IdentityError
 from tether.cloud.state import STATE_KEY, CloudState
 from tether.cloud.store.errors import TokenAlreadyUsed, TokenExpired, TokenUnknown
-from tether.pki.ca import certificate_fingerprint, certificate_serial_hex
+from tether.pki.ca import certificate_fingerprint, certificate_serial_hex, check_csr
 from tether.pki.errors import CsrInvalid, EstDecodeError
 from tether.pki.est import CONTENT_TYPE_CERTS_ONLY, decode_csr, encode_certs_only
 
@@ -51,16 +52,32 @@ async def cacerts(request: web.Request) -> web.Response:
     return _certs_response(encode_certs_only([state.ca.certificate]))
 
 
-async def _read_csr(request: web.Request):  # type: ignore[no-untyped-def]
+async def _read_body(request: web.Request) -> bytes:
+    """The whole request body, however many pieces it arrives in; 413 past :data:`_MAX_CSR`."""
     if request.content_length is not None and request.content_length > _MAX_CSR:
         raise _refuse(413, "certificate request too large")
-    body = await request.content.read(_MAX_CSR + 1)
-    if len(body) > _MAX_CSR:
-        raise _refuse(413, "certificate request too large")
+    body = bytearray()
+    while len(body) <= _MAX_CSR:
+        # read(n) answers with what has arrived so far (up to n), not with n bytes.
+        chunk = await request.content.read(_MAX_CSR + 1 - len(body))
+        if not chunk:
+            return bytes(body)
+        body += chunk
+    raise _refuse(413, "certificate request too large")
+
+
+async def _read_csr(request: web.Request) -> x509.CertificateSigningRequest:
+    """The request's CSR, checked as the CA checks it (signature, key) before anything is spent."""
+    body = await _read_body(request)
     try:
-        return decode_csr(body)
+        csr = decode_csr(body)
     except EstDecodeError as exc:
         raise _refuse(400, f"malformed certificate request: {exc}") from None
+    try:
+        check_csr(csr)
+    except CsrInvalid as exc:
+        raise _refuse(400, f"certificate request refused: {exc}") from None
+    return csr
 
 
 async def _issue(request: web.Request, gateway_id: str) -> web.Response:
@@ -99,7 +116,9 @@ async def simpleenroll(request: web.Request) -> web.Response:
     state: CloudState = request.app[STATE_KEY]
     secret = _bearer(request)
     now = datetime.now(UTC)
-    # Parse the request before spending the token: a malformed CSR must not burn it.
+    # Read and check the request before spending the token: a CSR the CA would refuse (not
+    # base64, a bad signature, a weak key) must neither burn the token nor leave a gateway
+    # without a certificate behind.
     csr_checked = await _read_csr(request)
     try:
         token = await state.store.consume_enrollment_token(secret, now=now)
@@ -108,16 +127,13 @@ async def simpleenroll(request: web.Request) -> web.Response:
         raise _refuse(401, f"enrollment refused: {exc}") from None
     gateway_id = "gw-" + secrets.token_hex(8)
     name = token.gateway_name or gateway_id
+    cert = state.ca.issue_client(
+        csr_checked,
+        gateway_id=gateway_id,
+        lifetime=state.settings.certificate_lifetime,
+        now=now,
+    )
     await state.store.create_gateway(gateway_id=gateway_id, name=name, now=now)
-    try:
-        cert = state.ca.issue_client(
-            csr_checked,
-            gateway_id=gateway_id,
-            lifetime=state.settings.certificate_lifetime,
-            now=now,
-        )
-    except CsrInvalid as exc:
-        raise _refuse(400, f"certificate request refused: {exc}") from None
     await state.store.record_certificate(
         gateway_id=gateway_id,
         serial_hex=certificate_serial_hex(cert),

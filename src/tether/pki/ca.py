@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tether.pki.errors import (
@@ -70,6 +71,7 @@ __all__ = [
     "WeakKey",
     "certificate_fingerprint",
     "certificate_serial_hex",
+    "check_csr",
     "check_public_key",
     "gateway_id_from_certificate",
     "spki_sha256",
@@ -154,6 +156,27 @@ def check_public_key(key: object) -> None:
         f"{type(key).__name__.removeprefix('_')} keys are refused: use EC P-256, P-384, "
         f"Ed25519 or RSA >= {_MIN_RSA_BITS}"
     )
+
+
+def check_csr(csr: x509.CertificateSigningRequest) -> CertificatePublicKeyTypes:
+    """The CSR's public key if the CA would sign it, else raise :class:`CsrInvalid`.
+
+    The CSR must carry a valid self-signature (proof of possession) and an acceptable key
+    (:func:`check_public_key`, else :class:`WeakKey`, a :class:`CsrInvalid`). Enrollment checks
+    this before it spends a one-time token, so a request the CA would refuse costs nothing.
+    """
+    try:
+        signature_ok = csr.is_signature_valid
+    except (ValueError, TypeError) as exc:  # unsupported key or signature algorithm
+        raise CsrInvalid(f"CSR signature cannot be checked: {exc}") from exc
+    if not signature_ok:
+        raise CsrInvalid("CSR signature is invalid: the request was not signed by its key")
+    try:
+        public_key = csr.public_key()
+    except (ValueError, TypeError) as exc:
+        raise WeakKey(f"CSR public key unusable: {exc}") from exc
+    check_public_key(public_key)
+    return public_key
 
 
 def _check_aware(now: datetime) -> datetime:
@@ -427,17 +450,7 @@ class CertificateAuthority:
         clientAuth, keyUsage digitalSignature, AKI/SKI.
         """
         _check_gateway_id(gateway_id)
-        try:
-            signature_ok = csr.is_signature_valid
-        except (ValueError, TypeError) as exc:  # unsupported key or signature algorithm
-            raise CsrInvalid(f"CSR signature cannot be checked: {exc}") from exc
-        if not signature_ok:
-            raise CsrInvalid("CSR signature is invalid: the request was not signed by its key")
-        try:
-            public_key = csr.public_key()
-        except (ValueError, TypeError) as exc:
-            raise WeakKey(f"CSR public key unusable: {exc}") from exc
-        check_public_key(public_key)
+        public_key = check_csr(csr)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id)])
         builder = (
             self._leaf_builder(subject, public_key, lifetime=lifetime, now=now)
