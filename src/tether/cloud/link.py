@@ -381,7 +381,7 @@ class WebSocketLink:
             for event in self.session.events():
                 if isinstance(event, LinkClosed):
                     log.info(
-                        "gateway %s link closed: %s %s", self.gateway_id, event.code, event.reason
+                        "gateway %s link closed: %r %r", self.gateway_id, event.code, event.reason
                     )
             self._flush()
 
@@ -437,13 +437,14 @@ class WebSocketLink:
                 agent_version=event.hello.agent_version,
                 peer=self.peer,
             )
-            log.info("gateway %s linked (agent %s)", self.gateway_id, event.hello.agent_version)
+            # What the gateway sent is logged quoted (%r): a newline in it cannot forge a line.
+            log.info("gateway %s linked (agent %r)", self.gateway_id, event.hello.agent_version)
         elif isinstance(event, LinkOpened):
             self._in_background(self.deliver(link_opened=True))
         elif isinstance(event, LinkClosed):
-            log.info("gateway %s link closed: %s %s", self.gateway_id, event.code, event.reason)
+            log.info("gateway %s link closed: %r %r", self.gateway_id, event.code, event.reason)
         elif isinstance(event, FrameRejected):
-            log.warning("gateway %s sent a refused frame: %s", self.gateway_id, event.reason)
+            log.warning("gateway %s sent a refused frame: %r", self.gateway_id, event.reason)
         elif isinstance(event, TelemetryBatch):
             # Acknowledged after the group commit: do not stop reading while it happens, so a
             # window of batches (and any command update between them) keeps flowing.
@@ -483,7 +484,7 @@ class WebSocketLink:
         if done.cancelled() or done.exception() is not None:
             # Ingest answers every batch it took; should it fail to, the gateway sends it again.
             log.error(
-                "gateway %s: batch %s %d..%d went unanswered by ingest",
+                "gateway %s: batch %r %d..%d went unanswered by ingest",
                 self.gateway_id,
                 batch.stream,
                 batch.first_seq,

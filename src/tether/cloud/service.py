@@ -305,8 +305,8 @@ class GatewayService:
             None if message.ok else (message.error or "refused"),
         )
         if not message.ok:
-            log.warning(
-                "gateway %s refused %s v%d: %s",
+            log.warning(  # what the gateway sent is quoted (%r): it cannot forge a log line
+                "gateway %s refused %r v%d: %r",
                 gateway_id,
                 message.section,
                 message.version,
@@ -348,5 +348,5 @@ class GatewayService:
         except IllegalTransition as exc:
             # A repeated update after a relink, or one that lost a race with expiry/cancel:
             # the cloud's record stands; acknowledge so the agent stops resending.
-            log.info("command %s: update %s ignored (%s)", message.command_id, message.state, exc)
+            log.info("command %r: update %r ignored (%s)", message.command_id, message.state, exc)
         return [CommandUpdateAck(command_id=message.command_id, state=message.state)]
