@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from tests.cli.stub import Stub, clean_env, invoke, no_traceback, tether
 
+from tether.cli import ops
 from tether.cli.client import api_path
 
 
@@ -64,6 +66,58 @@ def test_an_answer_of_an_unexpected_shape_is_an_error_not_a_traceback(stub: Stub
         1,
         "error: the cloud's answer is not JSON (HTTP 200)\n",
     )
+
+
+_GATEWAY = {
+    "id": "GW1",
+    "name": "roof",
+    "created_at": "2025-01-02T03:04:05+00:00",
+    "revoked": False,
+    "linked": True,
+    "tier": "websocket",
+    "last_seen": "2025-01-02T03:04:06Z",
+    "agent_version": "1.0",
+    "peer": "127.0.0.1",
+    "cert_not_after": "2026-01-02T03:04:05+00:00",
+    "a_field_this_client_does_not_know": [1],
+}
+
+
+def test_an_answer_is_checked_where_it_is_decoded_and_the_error_names_the_field(
+    stub: Stub,
+) -> None:
+    stub.answer(200, json.dumps([{**_GATEWAY, "last_seen": "soon"}]).encode())
+    done = invoke("gateways", "list", env=stub.env())
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: the cloud's answer has an unexpected shape"), done.stderr
+    assert "$[0].last_seen" in done.stderr
+    done = invoke("gateways", "list", "--json", env=stub.env())
+    assert done.returncode == 0  # --json prints the answer as it came, unchecked
+    assert json.loads(done.stdout)[0]["last_seen"] == "soon"
+
+
+def test_json_prints_the_answer_as_it_came_and_a_table_shows_what_it_knows(stub: Stub) -> None:
+    stub.answer(200, json.dumps([_GATEWAY]).encode())
+    done = invoke("gateways", "list", "--json", env=stub.env())
+    assert done.returncode == 0
+    assert json.loads(done.stdout) == [_GATEWAY]
+    done = invoke("gateways", "list", env=stub.env())
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if "GW1" in line)
+    for shown in ("roof", "linked", "2026-01-02"):
+        assert shown in row
+
+
+def test_an_error_in_the_commands_own_code_is_not_said_to_be_the_clouds(
+    stub: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> str:
+        raise KeyError("a bug of the command line's own")
+
+    stub.answer(200, json.dumps([_GATEWAY]).encode())
+    monkeypatch.setattr(ops, "age", broken)
+    with pytest.raises(KeyError, match="a bug of the command line's own"):
+        invoke("gateways", "list", env=stub.env())
 
 
 def test_error_answers_say_the_message_once_with_the_status(stub: Stub) -> None:

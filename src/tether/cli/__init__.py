@@ -5,7 +5,8 @@ months: they load the agent's side only, not the operator client's HTTP stack, t
 the network tooling, so the agent's memory goes to its work (``bench/agent_footprint``); and
 ``run``, once its options are parsed, hands its process over to :mod:`tether.gateway.service`,
 which keeps none of the command line's own libraries. Every other command, and ``tether
---help``, builds the whole application (:data:`app`).
+--help``, builds the whole application (:data:`app`), which says its errors, click's usage errors
+too, as one JSON object on stderr when ``--json`` is on the command line.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ def build_app() -> typer.Typer:
     import typer
 
     from tether.cli import cloud, demo, gateway, net, ops, points, users
+    from tether.cli.usage import TetherGroup
 
     app = typer.Typer(
+        cls=TetherGroup,  # with --json, click's usage errors are JSON too
         name="tether",
         help="Link building/IoT edge gateways to their cloud through one outbound TLS port.",
         no_args_is_help=True,
@@ -57,7 +60,7 @@ def build_app() -> typer.Typer:
     app.command("logs")(points.logs)
     app.add_typer(net.app, name="net")
     app.add_typer(users.user_app, name="user")
-    app.command("audit")(users.audit)
+    app.add_typer(users.audit_app, name="audit")
     app.command("demo")(demo.demo)
 
     @app.callback()

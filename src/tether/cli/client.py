@@ -7,8 +7,9 @@ Every ID a command puts in an API path goes through :func:`api_path`, one percen
 segment each: an ID is never read as a path, a query or a dot segment. Failures become
 :class:`ApiError` with the cloud's own message (its ``{"error": ...}`` body) and the HTTP
 status apart; no error text that could hold the ``Authorization`` header (the token) is shown.
-:func:`api_command` wraps each command: it says an :class:`ApiError`, or an answer of an
-unexpected shape, as one error line (a JSON object with ``--json``) and exits 1.
+:func:`decode` reads an answer as the struct a command shows (:mod:`tether.cli.answers`): an
+answer of another shape is an :class:`UnexpectedAnswer`. :func:`api_command` wraps each command:
+it says an :class:`ApiError` as one error line (a JSON object with ``--json``) and exits 1.
 """
 
 from __future__ import annotations
@@ -19,14 +20,24 @@ import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote
 
 import httpx
+import msgspec
 
 from tether.cli.output import fail, json_errors
 
-__all__ = ["API", "ApiClient", "ApiError", "api_command", "api_path", "client_from_env"]
+__all__ = [
+    "API",
+    "ApiClient",
+    "ApiError",
+    "UnexpectedAnswer",
+    "api_command",
+    "api_path",
+    "client_from_env",
+    "decode",
+]
 
 API = "/api/v1"
 
@@ -34,6 +45,7 @@ API = "/api/v1"
 _MAX_MESSAGE = 500
 
 P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -43,6 +55,21 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class UnexpectedAnswer(ApiError):
+    """The cloud answered, but not in the shape a command reads."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(None, f"the cloud's answer has an unexpected shape ({problem})")
+
+
+def decode(answer: Any, shape: type[T]) -> T:
+    """*answer* (decoded JSON) as *shape*; :class:`UnexpectedAnswer` saying what does not fit."""
+    try:
+        return msgspec.convert(answer, shape)
+    except msgspec.ValidationError as exc:
+        raise UnexpectedAnswer(str(exc)) from None
 
 
 def _segment(value: str) -> str:
@@ -182,8 +209,8 @@ def client_from_env() -> ApiClient:
 
 
 def api_command(command: Callable[P, None]) -> Callable[P, None]:
-    """Wrap an operator command: errors as ``--json`` asks, an API failure or an answer of an
-    unexpected shape as one error line (exit 1), never a traceback."""
+    """Wrap an operator command: errors as ``--json`` asks, an API failure (an answer of an
+    unexpected shape too) as one error line (exit 1), never a traceback."""
 
     @functools.wraps(command)
     def run(*args: P.args, **kwargs: P.kwargs) -> None:
@@ -192,9 +219,5 @@ def api_command(command: Callable[P, None]) -> Callable[P, None]:
             command(*args, **kwargs)
         except ApiError as exc:
             raise fail(exc.message, 1, exc.status) from None
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-            raise fail(
-                f"the cloud's answer has an unexpected shape ({type(exc).__name__}: {exc})"
-            ) from None
 
     return run

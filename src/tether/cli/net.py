@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import typer
 
-from tether.cli.output import console, print_json, table
+from tether.cli.output import console, fail, print_json, table
 from tether.netreq.catalog import REFERENCE_MANIFESTS, load_reference
 from tether.netreq.diff import DIFF_FORMATS
 from tether.netreq.loader import ManifestError, load_manifest, parse_manifest
@@ -54,11 +54,6 @@ EXIT_USAGE = 2
 
 class _Failed(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def _fetch(url: str, ca: Path | None = None) -> Manifest:
@@ -134,9 +129,9 @@ def docs(
         else:
             _write(output, text)
     except UnknownFormat as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
+        raise fail(str(exc), EXIT_USAGE) from None
     except _Failed as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 @app.command("rules")
@@ -177,9 +172,9 @@ def rules(
                 _write(output_dir / name, content)
                 typer.echo(f"wrote {output_dir / name}", err=True)
     except UnknownFormat as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
+        raise fail(str(exc), EXIT_USAGE) from None
     except _Failed as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     for gap in out.gaps:
         typer.echo(f"note: {gap}", err=True)
 
@@ -198,12 +193,12 @@ def diff(
 ) -> None:
     """What changed between two manifests, and what a site must change in its firewall."""
     if not as_json and fmt not in DIFF_FORMATS:
-        raise _fail(f"unknown diff format {fmt!r} (one of {', '.join(DIFF_FORMATS)})", EXIT_USAGE)
+        raise fail(f"unknown diff format {fmt!r} (one of {', '.join(DIFF_FORMATS)})", EXIT_USAGE)
     try:
         d = diff_manifests(_read(old, DEFAULT_HOSTNAME), _read(new, DEFAULT_HOSTNAME))
         sys.stdout.write(render_diff(d, "json" if as_json else fmt))
     except (_Failed, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if exit_code and d.action_required:
         raise typer.Exit(3)
 
@@ -276,6 +271,5 @@ def check(
     try:
         code = run_command(_read(manifest, hostname, ca), command)
     except (_Failed, UsageError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_UNUSABLE) from None
+        raise fail(str(exc), EXIT_UNUSABLE) from None
     raise typer.Exit(code)

@@ -11,7 +11,8 @@ import typer
 from rich.markup import escape
 from rich.text import Text
 
-from tether.cli.client import api_command, api_path, client_from_env
+from tether.cli.answers import Command, EnrollmentToken, Gateway, GatewayDetail, NewEnrollmentToken
+from tether.cli.client import api_command, api_path, client_from_env, decode
 from tether.cli.output import age, console, fail, print_json, table, utc
 from tether.protocol.commands import FINAL_STATES
 
@@ -34,10 +35,6 @@ def within(option: str, value: float, most: float) -> float:
     return value
 
 
-def _state(g: dict[str, Any]) -> str:
-    return "revoked" if g["revoked"] else ("linked" if g["linked"] else "offline")
-
-
 @gateways_app.command("list")
 @api_command
 def gateways_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
@@ -46,20 +43,21 @@ def gateways_list(as_json: bool = typer.Option(False, "--json", help="Print JSON
     if as_json:
         print_json(data)
         return
+    gateways = decode(data, list[Gateway])
     table(
-        f"{len(data)} gateways",
+        f"{len(gateways)} gateways",
         ["id", "name", "link", "tier", "last seen", "agent", "cert expires (UTC)"],
         [
             [
-                g["id"],
-                g["name"],
-                _state(g),
-                g["tier"],
-                age(g["last_seen"]),
-                g["agent_version"],
-                utc(g["cert_not_after"])[:10],
+                g.id,
+                g.name,
+                g.state,
+                g.tier,
+                age(g.last_seen),
+                g.agent_version,
+                utc(g.cert_not_after)[:10],
             ]
-            for g in data
+            for g in gateways
         ],
     )
 
@@ -74,51 +72,42 @@ def gateways_show(
     if as_json:
         print_json(data)
         return
-    g = data["gateway"]
-    rows = [
-        ["name", g["name"]],
-        ["state", _state(g)],
-        ["tier", g["tier"]],
-        ["tier reason", data["tier_reason"] or "-"],
-        ["on this tier since", age(data["tier_since"])],
-        ["last seen", age(g["last_seen"])],
-        ["agent", g["agent_version"]],
-        ["peer", g["peer"]],
-        ["certificate expires (UTC)", utc(g["cert_not_after"])],
-        ["enrolled (UTC)", utc(g["created_at"])],
+    detail = decode(data, GatewayDetail)
+    g = detail.gateway
+    rows: list[list[Any]] = [
+        ["name", g.name],
+        ["state", g.state],
+        ["tier", g.tier],
+        ["tier reason", detail.tier_reason or "-"],
+        ["on this tier since", age(detail.tier_since)],
+        ["last seen", age(g.last_seen)],
+        ["agent", g.agent_version],
+        ["peer", g.peer],
+        ["certificate expires (UTC)", utc(g.cert_not_after)],
+        ["enrolled (UTC)", utc(g.created_at)],
     ]
     table(f"gateway {gateway}", ["field", "value"], rows)
-    preflight = data.get("preflight")
+    preflight = detail.preflight
     if preflight:
-        report = preflight["report"]
-        problems = [r for r in report.get("results", []) if r.get("status") in ("warn", "fail")]
+        problems = [r for r in preflight.report.results if r.status in ("warn", "fail")]
         table(
-            f"preflight run by the gateway: {str(preflight['status']).upper()}",
+            f"preflight run by the gateway: {preflight.status.upper()}",
             ["status", "check", "target", "finding", "fix"],
-            [
-                [
-                    str(r["status"]).upper(),
-                    r["check"],
-                    r["target"],
-                    r["finding"],
-                    r.get("fix") or "-",
-                ]
-                for r in problems[:20]
-            ],
+            [[r.status.upper(), r.check, r.target, r.finding, r.fix or "-"] for r in problems[:20]],
         )
-    if data["tier_history"]:
+    if detail.tier_history:
         table(
             "tier history",
             ["at (UTC)", "tier", "reason"],
-            [[utc(h["at"]), h["tier"], h["reason"] or "-"] for h in data["tier_history"][-10:]],
+            [[utc(h.at), h.tier, h.reason or "-"] for h in detail.tier_history[-10:]],
         )
 
 
 @api_command
 def revoke(gateway: str) -> None:
     """Revoke a gateway: its link closes at once and its certificates are refused."""
-    data = client_from_env().post(api_path("gateways", gateway, "revoke"))
-    console.print(f"gateway [bold]{escape(str(data['id']))}[/bold] revoked", highlight=False)
+    revoked = decode(client_from_env().post(api_path("gateways", gateway, "revoke")), Gateway)
+    console.print(f"gateway [bold]{escape(revoked.id)}[/bold] revoked", highlight=False)
 
 
 def _parse_args(pairs: list[str]) -> dict[str, Any]:
@@ -151,35 +140,35 @@ def command_send(
         body["ttl_seconds"] = within("--ttl", ttl, MAX_TTL)
     within("--timeout", timeout, MAX_TTL)
     client = client_from_env()
-    command = client.post(api_path("gateways", gateway, "commands"), body)
+    answer = client.post(api_path("gateways", gateway, "commands"), body)
+    command = decode(answer, Command)
     if wait:
         deadline = time.monotonic() + timeout
         what = escape(f"{kind} on {gateway}")
-        with console.status(f"{what}: {escape(command['state'])}", spinner="dots") as status:
-            while command["state"] not in _FINAL and time.monotonic() < deadline:
+        with console.status(f"{what}: {escape(command.state)}", spinner="dots") as status:
+            while command.state not in _FINAL and time.monotonic() < deadline:
                 time.sleep(0.2)
-                command = client.get(api_path("commands", command["id"]))
-                status.update(f"{what}: {escape(command['state'])}")
+                answer = client.get(api_path("commands", command.id))
+                command = decode(answer, Command)
+                status.update(f"{what}: {escape(command.state)}")
     if as_json:
-        print_json(command)
+        print_json(answer)
     else:
         _show_command(command)
-    if wait and command["state"] not in _FINAL:
-        raise fail(f"no outcome within {timeout:.0f} s (state {command['state']})", 3)
-    if wait and command["state"] != "succeeded":
+    if wait and command.state not in _FINAL:
+        raise fail(f"no outcome within {timeout:.0f} s (state {command.state})", 3)
+    if wait and command.state != "succeeded":
         raise typer.Exit(1)
 
 
-def _show_command(c: dict[str, Any]) -> None:
-    color = {"succeeded": "green", "failed": "red", "expired": "yellow"}.get(c["state"], "cyan")
-    line = Text.assemble(
-        "command ", (str(c["id"]), "bold"), f" {c['kind']} → ", (str(c["state"]), color)
-    )
+def _show_command(c: Command) -> None:
+    color = {"succeeded": "green", "failed": "red", "expired": "yellow"}.get(c.state, "cyan")
+    line = Text.assemble("command ", (c.id, "bold"), f" {c.kind} → ", (c.state, color))
     console.print(line, highlight=False, soft_wrap=True)
-    if c.get("error"):
-        console.print(Text(f"  error: {c['error']}"), highlight=False, soft_wrap=True)
-    if c.get("result") is not None:
-        console.print_json(json.dumps(c["result"]))
+    if c.error:
+        console.print(Text(f"  error: {c.error}"), highlight=False, soft_wrap=True)
+    if c.result is not None:
+        console.print_json(json.dumps(c.result))
 
 
 @command_app.command("list")
@@ -195,20 +184,13 @@ def command_list(
     if as_json:
         print_json(data)
         return
+    commands = decode(data, list[Command])
     table(
-        f"{len(data)} commands",
+        f"{len(commands)} commands",
         ["id", "gateway", "kind", "state", "created", "by", "error"],
         [
-            [
-                c["id"],
-                c["gateway_id"],
-                c["kind"],
-                c["state"],
-                age(c["created_at"]),
-                c["created_by"],
-                c["error"],
-            ]
-            for c in data
+            [c.id, c.gateway_id, c.kind, c.state, age(c.created_at), c.created_by, c.error]
+            for c in commands
         ],
     )
 
@@ -223,7 +205,7 @@ def command_show(
     if as_json:
         print_json(data)
     else:
-        _show_command(data)
+        _show_command(decode(data, Command))
 
 
 @token_app.command("create")
@@ -241,11 +223,12 @@ def token_create(
     if as_json:
         print_json(data)
         return
+    token = decode(data, NewEnrollmentToken)
     console.print(
-        Text(f"enrollment token {data['token_id']} (expires {utc(data['expires_at'])} UTC):"),
+        Text(f"enrollment token {token.token_id} (expires {utc(token.expires_at)} UTC):"),
         highlight=False,
     )
-    console.print(data["enrollment_code"], soft_wrap=True, highlight=False, markup=False)
+    console.print(token.enrollment_code, soft_wrap=True, highlight=False, markup=False)
     console.print("\non the gateway: [bold]tether gateway enroll -[/bold] (the code on stdin)")
 
 
@@ -257,19 +240,20 @@ def token_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
     if as_json:
         print_json(data)
         return
+    tokens = decode(data, list[EnrollmentToken])
     table(
-        f"{len(data)} tokens",
+        f"{len(tokens)} tokens",
         ["id", "name", "created", "expires (UTC)", "used", "revoked"],
         [
             [
-                t["token_id"],
-                t["name"],
-                age(t["created_at"]),
-                utc(t["expires_at"]),
-                age(t["used_at"]),
-                age(t.get("revoked_at")),
+                t.token_id,
+                t.name,
+                age(t.created_at),
+                utc(t.expires_at),
+                age(t.used_at),
+                age(t.revoked_at),
             ]
-            for t in data
+            for t in tokens
         ],
     )
 
@@ -284,4 +268,5 @@ def token_revoke(
     if as_json:
         print_json(data)
         return
-    console.print(Text(f"enrollment token {data['token_id']} revoked"), highlight=False)
+    token = decode(data, EnrollmentToken)
+    console.print(Text(f"enrollment token {token.token_id} revoked"), highlight=False)

@@ -74,16 +74,20 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _parse(iso: str) -> datetime:
-    then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+def _parse(when: str | datetime) -> datetime:
+    """*when* (a datetime, or an ISO timestamp) as an aware datetime: naive ones are in UTC."""
+    if isinstance(when, datetime):
+        then = when
+    else:
+        then = datetime.fromisoformat(when.replace("Z", "+00:00"))
     return then if then.tzinfo is not None else then.replace(tzinfo=UTC)
 
 
-def age(iso: str | None) -> str:
-    """'3 s ago', '5 min ago'… from an ISO timestamp; '-' for none."""
-    if not iso:
+def age(when: str | datetime | None) -> str:
+    """'3 s ago', '5 min ago'… from a datetime or an ISO timestamp; '-' for none."""
+    if not when:
         return "-"
-    seconds = (datetime.now(UTC) - _parse(iso)).total_seconds()
+    seconds = (datetime.now(UTC) - _parse(when)).total_seconds()
     if seconds < 0:
         return f"in {int(-seconds)} s"
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
@@ -92,8 +96,9 @@ def age(iso: str | None) -> str:
     return f"{int(seconds)} s ago"
 
 
-def utc(when: str | float | None, *, seconds: bool = True) -> str:
-    """An ISO timestamp or a Unix time as ``YYYY-MM-DD HH:MM[:SS]`` in UTC; '-' for none.
+def utc(when: str | datetime | float | None, *, seconds: bool = True) -> str:
+    """A datetime, an ISO timestamp or a Unix time as ``YYYY-MM-DD HH:MM[:SS]`` in UTC; '-' for
+    none.
 
     Tables that show these say "(UTC)" in the column's header.
     """

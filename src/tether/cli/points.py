@@ -15,7 +15,8 @@ from typing import Any
 import typer
 from rich.text import Text
 
-from tether.cli.client import api_command, api_path, client_from_env
+from tether.cli.answers import ConfigSection, ConfigStored, LogRecord, Observation, Point
+from tether.cli.client import api_command, api_path, client_from_env, decode
 from tether.cli.ops import within
 from tether.cli.output import age, console, fail, print_json, table, utc
 from tether.protocol.config import LOG_LEVEL_NAMES
@@ -70,10 +71,11 @@ def points_list(
     if as_json:
         print_json(data)
         return
+    points = decode(data, list[Point])
     table(
-        f"{len(data)} points of {gateway}",
+        f"{len(points)} points of {gateway}",
         ["point", "name", "unit", "last value", "at (UTC)"],
-        [[p["point_id"], p["name"], p["unit"], p["last_value"], utc(p["last_ts"])] for p in data],
+        [[p.point_id, p.name, p.unit, p.last_value, utc(p.last_ts)] for p in points],
     )
 
 
@@ -100,16 +102,18 @@ def points_query(
     )
     if as_json:
         print_json(data)
-    elif as_csv:
+        return
+    observations = decode(data, list[Observation])
+    if as_csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(["time", "ts", "point_id", "value", "quality"])
-        for o in data:
-            writer.writerow([_iso_utc(o["ts"]), o["ts"], o["point_id"], o["value"], o["quality"]])
+        for o in observations:
+            writer.writerow([_iso_utc(o.ts), o.ts, o.point_id, o.value, o.quality])
     else:
         table(
-            f"{len(data)} observations of {point}",
+            f"{len(observations)} observations of {point}",
             ["time (UTC)", "value", "quality"],
-            [[utc(o["ts"]), o["value"], o["quality"]] for o in data],
+            [[utc(o.ts), o.value, o.quality] for o in observations],
         )
 
 
@@ -131,13 +135,13 @@ def points_tail(
     try:
         while count is None or shown < count:
             rows = client.get(path, point=point, after=repr(cursor), limit=1000)
-            for o in rows:
+            for row, o in zip(rows, decode(rows, list[Observation]), strict=True):
                 if as_json:
-                    sys.stdout.write(json.dumps(o) + "\n")
+                    sys.stdout.write(json.dumps(row) + "\n")
                 else:
-                    line = f"{utc(o['ts'])}Z  {o['point_id']:<40} {o['value']}"
+                    line = f"{utc(o.ts)}Z  {o.point_id:<40} {o.value}"
                     console.print(Text(line), highlight=False, soft_wrap=True)
-                cursor = max(cursor, o["ts"])
+                cursor = max(cursor, o.ts)
                 shown += 1
                 if count is not None and shown >= count:
                     break
@@ -173,7 +177,8 @@ def config_set(
     if as_json:
         print_json(data)
     else:
-        console.print(Text(f"{section} v{data['version']} stored; pushed to {gateway}"))
+        stored = decode(data, ConfigStored)
+        console.print(Text(f"{section} v{stored.version} stored; pushed to {gateway}"))
 
 
 @config_app.command("show")
@@ -190,14 +195,8 @@ def config_show(
         f"configuration of {gateway}",
         ["section", "version", "applied", "error", "updated"],
         [
-            [
-                c["section"],
-                c["version"],
-                c["applied_version"],
-                c["applied_error"],
-                age(c["updated_at"]),
-            ]
-            for c in data
+            [c.section, c.version, c.applied_version, c.applied_error, age(c.updated_at)]
+            for c in decode(data, list[ConfigSection])
         ],
     )
 
@@ -237,14 +236,14 @@ def logs(
                 limit=limit,
                 after=repr(cursor) if cursor is not None else None,
             )
-            for r in rows:
+            for row, r in zip(rows, decode(rows, list[LogRecord]), strict=True):
                 if as_json:
-                    sys.stdout.write(json.dumps(r) + "\n")
+                    sys.stdout.write(json.dumps(row) + "\n")
                 else:
-                    color = colors.get(r["level"], "")
-                    line = f"{utc(r['ts'])}Z {r['level']:<8} {r['source']}: {r['message']}"
+                    color = colors.get(r.level, "")
+                    line = f"{utc(r.ts)}Z {r.level:<8} {r.source}: {r.message}"
                     console.print(Text(line, style=color), highlight=False, soft_wrap=True)
-                cursor = max(cursor or 0.0, r["ts"])
+                cursor = max(cursor or 0.0, r.ts)
             sys.stdout.flush()
             if not follow:
                 return
