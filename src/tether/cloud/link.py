@@ -484,7 +484,7 @@ class WebSocketLink:
         if done.cancelled() or done.exception() is not None:
             # Ingest answers every batch it took; should it fail to, the gateway sends it again.
             log.error(
-                "gateway %s: batch %r %d..%d went unanswered by ingest",
+                "gateway %s: batch %s %d..%d went unanswered by ingest",
                 self.gateway_id,
                 batch.stream,
                 batch.first_seq,
