@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 from rich.console import Console
@@ -200,3 +203,16 @@ def test_reports_without_the_endpoints_field_still_read() -> None:
     shared = report(SHARED_DNS, LONG_TARGET)
     assert shared.blocked_endpoints() == ("control", "enrollment")
     assert shared.for_endpoint("logs") == (SHARED_DNS,)
+
+
+def test_the_preflight_loads_no_part_of_the_command_line() -> None:
+    probe = (
+        "import sys, tether.netcheck.render, tether.netcheck.command; "
+        "print(sorted(m for m in sys.modules if m.startswith(('tether.netcheck', 'tether.cli'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = ast.literal_eval(done.stdout)
+    assert "tether.netcheck.render" in loaded
+    assert [m for m in loaded if m == "tether.cli" or m.startswith("tether.cli.")] == []

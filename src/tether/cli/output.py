@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tether.terminal import pipe_console
+
 if TYPE_CHECKING:
     import typer
 
@@ -37,9 +39,6 @@ __all__ = [
 
 console = Console()
 err = Console(stderr=True)
-
-#: The width tables get when stdout is a pipe or a file: rows are never wrapped or cut there.
-PIPE_WIDTH = 1_000_000
 
 _errors_as_json = False
 
@@ -122,4 +121,4 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     if console.is_terminal:
         console.print(t)
     else:
-        Console(width=PIPE_WIDTH, file=console.file).print(t)
+        pipe_console(console).print(t)

@@ -20,11 +20,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from tether.cli.output import PIPE_WIDTH
 from tether.netcheck.report import CheckReport, Status
 from tether.netcheck.runner import ProgressEvent
 from tether.netreq.model import Manifest, TimePolicy
 from tether.netreq.render import RuleOptions, RuleOutput, build_rules
+from tether.terminal import pipe_console
 
 __all__ = ["firewall_fix", "print_report", "progress_display", "report_json"]
 
@@ -80,7 +80,7 @@ def print_report(
     """
     piped = not console.is_terminal
     if piped:
-        console = Console(width=PIPE_WIDTH, file=console.file, no_color=console.no_color)
+        console = pipe_console(console)
     console.print(_table(report, piped=piped))
     counts = report.counts()
     summary = " · ".join(f"{s.value.upper()} {counts[s]}" for s in Status if counts[s])
