@@ -10,7 +10,7 @@ import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from tests.cli.stub import Stub, invoke
+from tests.cli.stub import Stub, invoke, tether
 from tests.support.cloudproc import Cloud, running_cloud, tether_script
 from tests.support.console import console_client, console_login
 
@@ -154,3 +154,88 @@ def test_audit_checks_its_output_path_before_asking(stub: Stub, tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == b'{"id": 1}\n'
     assert "since=2026-09-21T14%3A13%3A20%2B00%3A00" in stub.seen[0]
+
+
+async def test_audit_list_and_export_take_only_what_the_filters_name(tmp_path: Path) -> None:
+    async with running_cloud(tmp_path / "cloud") as cloud:
+        await _tether(cloud, "user", "create", "olga", "--role", "operator")
+        minted = await _tether(cloud, "user", "token", "create", "olga", "--json")
+        olga = json.loads(minted.stdout)["secret"]
+        made = await _tether(cloud, "token", "create", "--name", "boiler-room", token=olga)
+        assert made.returncode == 0, made.stderr
+        await _tether(cloud, "token", "create", "--name", "plant-room")
+
+        async def listed(*args: str) -> list[dict[str, object]]:
+            done = await _tether(cloud, "audit", "list", *args, "--json")
+            assert done.returncode == 0, done.stderr
+            entries: list[dict[str, object]] = json.loads(done.stdout)
+            return entries
+
+        hers = await listed("--actor", "olga (operator)")
+        assert [(e["action"], e["actor"]) for e in hers] == [("token.create", "olga (operator)")]
+        family = await listed("--action", "token.*")
+        assert [e["actor"] for e in family] == ["bootstrap token (admin)", "olga (operator)"]
+        assert {e["action"] for e in await listed("--action", "api-token.*")} == {
+            "api-token.create"
+        }
+        first = await listed("--action", "token.*", "--limit", "1")
+        second = await listed(
+            "--action", "token.*", "--limit", "1", "--before", str(first[0]["id"])
+        )
+        assert first + second == family
+
+        shown = await _tether(cloud, "audit", "list", "--action", "token.*", "--limit", "1")
+        assert shown.returncode == 0, shown.stderr
+        assert "1 audit entries" in shown.stdout
+        assert "token.create" in shown.stdout
+        assert f"--before {first[0]['id']}" in shown.stdout  # where the next page starts
+
+        exported = await _tether(cloud, "audit", "--actor", "olga (operator)")
+        assert exported.returncode == 0, exported.stderr
+        assert [json.loads(x)["action"] for x in exported.stdout.splitlines()] == ["token.create"]
+
+        refused = await _tether(cloud, "audit", "list", "--action", "token*")
+        assert refused.returncode == 1
+        assert "action must be an action (token.create)" in refused.stderr
+        assert refused.stderr.endswith("(HTTP 400)\n")
+        misplaced = await _tether(cloud, "audit", "--actor", "olga (operator)", "list")
+        assert misplaced.returncode == 2
+        assert "put the options after `tether audit list`" in misplaced.stderr
+
+        # times without an offset are this computer's (five hours ahead of UTC here)
+        local = timezone(timedelta(hours=5))
+        an_hour_ago = (datetime.now(local) - timedelta(hours=1)).replace(tzinfo=None)
+        env = {**cloud.cli_env(), "TZ": "XXX-5"}
+        window = ("--since", an_hour_ago.isoformat(), "--until")
+        inside = await _tether_env(
+            env, "audit", "list", *window, (an_hour_ago + timedelta(hours=2)).isoformat(), "--json"
+        )
+        assert inside.returncode == 0, inside.stderr
+        assert len(json.loads(inside.stdout)) == len(await listed())
+        before = await _tether_env(
+            env, "audit", "list", "--until", an_hour_ago.isoformat(), "--json"
+        )
+        assert (before.returncode, json.loads(before.stdout)) == (0, [])
+
+
+def test_audit_list_sends_local_times_with_their_offset(stub: Stub) -> None:
+    done = tether(
+        "audit",
+        "list",
+        "--action",
+        "token.*",
+        "--since",
+        "2030-01-01T09:00",
+        "--until",
+        "1790000000",
+        "--json",
+        env=stub.env(TZ="XXX-5"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+    [request] = stub.seen
+    assert request.startswith("GET /api/v1/audit?")
+    assert "since=2030-01-01T09%3A00%3A00%2B05%3A00" in request
+    assert "until=2026-09-21T14%3A13%3A20%2B00%3A00" in request
+    assert "action=token.%2A" in request
+    assert "limit=50" in request

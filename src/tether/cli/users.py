@@ -1,4 +1,4 @@
-"""``tether user …`` and ``tether audit``: operator accounts, their API tokens, the audit log.
+"""``tether user …`` and ``tether audit [list]``: operator accounts, their tokens, the audit log.
 
 Everything goes through the cloud's operator API (``TETHER_URL``, ``TETHER_TOKEN``), so each
 change is checked against the caller's role and audited like any other.
@@ -213,22 +213,84 @@ def _check_writable(output: Path) -> None:
         raise fail(f"{output}: not writable", 2)
 
 
+#: ``tether audit list --limit``: what the cloud answers at most.
+MAX_AUDIT = 10_000
+_TIME_HELP = "ISO 8601 or Unix time; without an offset, this computer's time zone."
+
+
+def _audit_filters(
+    actor: str | None,
+    action: str | None,
+    target: str | None,
+    since: str | None,
+    until: str | None,
+) -> dict[str, str]:
+    """The audit filters as the cloud reads them: times in ISO 8601 with their offset."""
+    params = {
+        name: value
+        for name, value in (("actor", actor), ("action", action), ("target", target))
+        if value is not None
+    }
+    if since is not None:
+        params["since"] = _iso("--since", since)
+    if until is not None:
+        params["until"] = _iso("--until", until)
+    return params
+
+
+def _actor_option() -> Any:
+    return typer.Option(
+        None, "--actor", help="Only entries by this actor, as the log names it ('olga (admin)')."
+    )
+
+
+def _action_option() -> Any:
+    return typer.Option(
+        None, "--action", help="Only this action (token.revoke), or a family: token.*."
+    )
+
+
+def _target_option() -> Any:
+    return typer.Option(None, "--target", help="Only entries about this gateway, token or user.")
+
+
+def _since_option() -> Any:
+    return typer.Option(None, "--since", help=f"From this time, inclusive. {_TIME_HELP}")
+
+
+def _until_option() -> Any:
+    return typer.Option(None, "--until", help=f"Before this time, exclusive. {_TIME_HELP}")
+
+
+audit_app = typer.Typer(
+    help="The audit log (admin only): export it (the default), or list a page of it.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+@audit_app.callback()
 @api_command
 def audit(
+    ctx: typer.Context,
     fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl or csv."),
-    since: str | None = typer.Option(
-        None,
-        "--since",
-        help="From this time (ISO 8601; without an offset, this computer's time zone).",
-    ),
+    actor: str | None = _actor_option(),
+    action: str | None = _action_option(),
+    target: str | None = _target_option(),
+    since: str | None = _since_option(),
+    until: str | None = _until_option(),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file."),
 ) -> None:
-    """Export the audit log (admin only), oldest first, as JSON lines or CSV."""
+    """Export the audit log (admin only), oldest first, as JSON lines or CSV; the filters take
+    only what they name. ``tether audit list`` shows a page of it, newest first."""
+    if ctx.invoked_subcommand is not None:
+        given = (actor, action, target, since, until, output)
+        if fmt != "jsonl" or any(value is not None for value in given):
+            raise fail(f"put the options after `tether audit {ctx.invoked_subcommand}`", 2)
+        return
     if fmt not in ("jsonl", "csv"):
         raise fail("--format takes jsonl or csv", 2)
-    params = {"format": fmt}
-    if since is not None:
-        params["since"] = _since(since)
+    params = {"format": fmt, **_audit_filters(actor, action, target, since, until)}
     if output is not None:
         _check_writable(output)
     client = client_from_env()
@@ -246,9 +308,40 @@ def audit(
         raise fail(f"{output or 'stdout'}: {exc.strerror or exc}") from None
 
 
-def _since(value: str) -> str:
-    """The export takes ISO 8601 only: a Unix time is made one (in UTC)."""
-    given = instant("--since", value)
+@audit_app.command("list")
+@api_command
+def audit_list(
+    actor: str | None = _actor_option(),
+    action: str | None = _action_option(),
+    target: str | None = _target_option(),
+    since: str | None = _since_option(),
+    until: str | None = _until_option(),
+    before: int | None = typer.Option(
+        None, "--before", min=1, help="Only entries with an id below this (the next page)."
+    ),
+    limit: int = typer.Option(50, "--limit", min=1, max=MAX_AUDIT, help="At most this many."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """A page of the audit log, newest first (admin only), filtered by the cloud."""
+    params = _audit_filters(actor, action, target, since, until)
+    data = client_from_env().get(api_path("audit"), **params, before=before, limit=limit)
+    if as_json:
+        print_json(data)
+        return
+    table(
+        f"{len(data)} audit entries",
+        ["id", "at (UTC)", "actor", "action", "target", "from"],
+        [[e["id"], utc(e["at"]), e["actor"], e["action"], e["target"], e["source"]] for e in data],
+    )
+    if len(data) == limit:
+        console.print(
+            Text(f"older entries: the same with --before {data[-1]['id']}"), highlight=False
+        )
+
+
+def _iso(option: str, value: str) -> str:
+    """The audit log takes ISO 8601 only: a Unix time is made one (in UTC)."""
+    given = instant(option, value)
     try:
         seconds = float(given)
     except ValueError:

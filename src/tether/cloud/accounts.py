@@ -59,6 +59,7 @@ from tether.cloud.store.accounts import (
     UserUnknown,
 )
 from tether.cloud.store.errors import UnknownRole
+from tether.cloud.store.store import AUDIT_FILTER_FIELDS, AuditFilter, AuditFilterInvalid
 
 if TYPE_CHECKING:
     from tether.cloud.api import Principal
@@ -942,18 +943,14 @@ def audit_csv_row(a: AuditRecord) -> list[str]:
 
 
 async def export_audit(request: web.Request, state: CloudState, p: Principal) -> web.StreamResponse:
-    """The whole audit log (or since a time), oldest first, as JSON lines or CSV."""
+    """The audit log (all of it, or what the filters take), oldest first, as JSON lines or CSV."""
     fmt = request.query.get("format", "jsonl")
     if fmt not in ("jsonl", "csv"):
         raise _json_error(web.HTTPBadRequest, "format must be jsonl or csv")
-    since = None
-    if raw := request.query.get("since"):
-        try:
-            since = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
-            raise _json_error(web.HTTPBadRequest, "since must be an ISO 8601 time") from None
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
+    try:
+        where = AuditFilter.from_query(request.query)
+    except AuditFilterInvalid as exc:
+        raise _json_error(web.HTTPBadRequest, str(exc)) from None
     accounts = _accounts(request)
     stamp = accounts.clock().strftime("%Y%m%dT%H%M%SZ")
     response = web.StreamResponse(
@@ -970,7 +967,7 @@ async def export_audit(request: web.Request, state: CloudState, p: Principal) ->
         await response.write(buffer.getvalue().encode("utf-8"))
     after = 0
     while True:
-        page = await accounts.users.audit_page(after_id=after, limit=_EXPORT_PAGE, since=since)
+        page = await accounts.users.audit_page(after_id=after, limit=_EXPORT_PAGE, where=where)
         if not page:
             break
         if fmt == "jsonl":
@@ -1118,9 +1115,9 @@ API_ROUTES: tuple[RouteSpec, ...] = (
         "/api/v1/audit/export",
         export_audit,
         "audit",
-        "The whole audit log, oldest first, as JSON lines or CSV (a download)",
+        "The audit log, oldest first, as JSON lines or CSV (a download); filtered as the list",
         None,
         str,
-        query=(("format", "jsonl (default) or csv"), ("since", "from (ISO 8601)")),
+        query=(("format", "jsonl (default) or csv"), *AUDIT_FILTER_FIELDS),
     ),
 )

@@ -48,6 +48,7 @@ from tether.cloud.store.records import (
     EnrollmentTokenRecord,
     GatewayRecord,
 )
+from tether.cloud.store.store import AUDIT_FILTER_FIELDS, AuditFilter, AuditFilterInvalid
 from tether.protocol.commands import (
     COMMAND_KINDS,
     CommandEvent,
@@ -741,10 +742,33 @@ async def revoke_token(request: web.Request, state: CloudState, p: Principal) ->
     return _token_info(record)
 
 
+def audit_filter(request: web.Request) -> AuditFilter:
+    """The audit filter a request's query names (``actor``, ``action``, ``target``, ``since``,
+    ``until``), or a 400 answer saying what is wrong with it."""
+    try:
+        return AuditFilter.from_query(request.query)
+    except AuditFilterInvalid as exc:
+        raise _error(400, str(exc)) from None
+
+
 async def list_audit(request: web.Request, state: CloudState, p: Principal) -> list[AuditOut]:
+    """A page of the audit log, newest first; the next page is ``before`` the last id."""
     limit = _int_param(request, "limit", 200)
     if not 1 <= limit <= 10_000:
         raise _error(400, "limit must be within 1..10000")
+    before = _int_param(request, "before", 0) if request.query.get("before") else None
+    if before is not None and before < 1:
+        raise _error(400, "before must be an entry's id (1 or more)")
+    where = audit_filter(request)
+    records = await state.store.list_audit(
+        actor=where.actor,
+        action=where.action,
+        target=where.target,
+        since=where.since,
+        until=where.until,
+        before_id=before,
+        limit=limit,
+    )
     return [
         AuditOut(
             id=a.audit_id,
@@ -755,7 +779,7 @@ async def list_audit(request: web.Request, state: CloudState, p: Principal) -> l
             detail=a.detail,
             source=a.source,
         )
-        for a in await state.store.list_audit(limit=limit)
+        for a in records
     ]
 
 
@@ -1124,10 +1148,14 @@ ROUTES: tuple[ApiRoute, ...] = (
         "/api/v1/audit",
         list_audit,
         "audit",
-        "The audit log, newest first",
+        "The audit log, newest first; filtered by actor, action, target and time",
         None,
         list[AuditOut],
-        query=(("limit", "at most this many"),),
+        query=(
+            *AUDIT_FILTER_FIELDS,
+            ("before", "only entries with an id below this (the last id of the previous page)"),
+            ("limit", "at most this many (1..10000; default 200)"),
+        ),
     ),
     *(ApiRoute(*spec) for spec in accounts.API_ROUTES),  # users, their tokens, audit export
 )

@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
+from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from aiohttp import web
@@ -32,6 +33,7 @@ from tether.cloud.console.pages import (
 )
 from tether.cloud.store.health import HEALTH_FIGURES, figure, health_reports
 from tether.cloud.store.records import ROLES, CommandRecord, GatewayRecord
+from tether.cloud.store.store import AuditFilter, AuditFilterInvalid
 from tether.cloud.store.telemetry import observations
 from tether.protocol.commands import FINAL_STATES
 
@@ -742,22 +744,56 @@ async def revoke_token(ctx: Ctx) -> web.StreamResponse:
 # --- audit ----------------------------------------------------------------------------------
 
 
+#: Audit entries on one page of the console.
+AUDIT_PAGE: Final = 100
+
+
+def _form_time(at: datetime | None) -> str:
+    """A time as a ``datetime-local`` field holds it (the console's times are UTC)."""
+    if at is None:
+        return ""
+    at = at.astimezone(UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%S" if at.second else "%Y-%m-%dT%H:%M")
+
+
 async def audit_page(ctx: Ctx) -> web.StreamResponse:
+    """The audit log, newest first, a page at a time, filtered by the server: times without
+    an offset are UTC, as every time the console shows."""
+    query = ctx.request.query
     try:
-        before = int(ctx.request.query.get("before", "0"))
+        before = int(query.get("before", "0"))
     except ValueError:
         before = 0
-    page_size = 100
-    entries = await ctx.accounts.users.audit_before(before_id=before or None, limit=page_size + 1)
-    more = len(entries) > page_size
-    entries = entries[:page_size]
+    error = None
+    try:
+        where = AuditFilter.from_query(query, assume=UTC)
+    except AuditFilterInvalid as exc:
+        where, error = AuditFilter(), str(exc)
+    form = {name: query.get(name, "").strip() for name in ("actor", "action", "target")}
+    form |= {"since": _form_time(where.since), "until": _form_time(where.until)}
+    entries = []
+    if error is None:
+        entries = await ctx.accounts.users.audit_before(
+            before_id=before if before > 0 else None, limit=AUDIT_PAGE + 1, where=where
+        )
+    more = len(entries) > AUDIT_PAGE
+    entries = entries[:AUDIT_PAGE]
+    kept = where.query_items()  # what every link of the page keeps: the filters, in UTC
     return ctx.page(
         "audit.html",
+        code=400 if error else 200,
         nav="audit",
         title="Audit log",
         entries=entries,
-        older=entries[-1].audit_id if more and entries else None,
+        error=error,
+        form=form,
+        filtered=where.narrowed or error is not None,
+        newest=f"{PREFIX}/audit" + (f"?{urlencode(kept)}" if kept else ""),
+        older=f"{PREFIX}/audit?{urlencode({**kept, 'before': entries[-1].audit_id})}"
+        if more and entries
+        else None,
         before=before,
+        export={fmt: urlencode({"format": fmt, **kept}) for fmt in ("jsonl", "csv")},
     )
 
 

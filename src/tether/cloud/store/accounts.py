@@ -8,7 +8,8 @@ database does not hand out live sessions. API tokens stay in ``api_tokens``; the
 tokens and changing their role changes their tokens' role.
 
 Audit entries are written by the callers (:mod:`tether.cloud.accounts`), which know who acted
-and from where; :func:`audit_page` reads the append-only log in id order for exports.
+and from where; :meth:`AccountStore.audit_page` and :meth:`AccountStore.audit_before` read the
+append-only log in id order, filtered (:class:`~.store.AuditFilter`), for exports and the console.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .errors import StoreError, UnknownRole
 from .models import UTCDateTime, api_tokens, audit_log, metadata
 from .records import ROLES, ApiTokenRecord, AuditRecord
-from .store import _WRITE, Store, _api_token, _audit
+from .store import _WRITE, AuditFilter, Store, _api_token, _audit, audit_select
 
 __all__ = [
     "AccountStore",
@@ -506,21 +507,19 @@ class AccountStore:
     # --- audit export ---------------------------------------------------------------------
 
     async def audit_page(
-        self, *, after_id: int, limit: int, since: datetime | None = None
+        self, *, after_id: int, limit: int, where: AuditFilter | None = None
     ) -> list[AuditRecord]:
-        """Audit entries with an id above *after_id*, oldest first (for exports)."""
-        a = audit_log.c
-        query = sa.select(audit_log).where(a.audit_id > after_id).order_by(a.audit_id).limit(limit)
-        if since is not None:
-            query = query.where(a.at >= since)
+        """Audit entries with an id above *after_id* that match *where*, oldest first (for
+        exports, which read forward a page at a time)."""
+        query = audit_select(where or AuditFilter(), after_id=after_id, limit=limit)
         async with self._read() as conn:
             return [_audit(r._mapping) for r in await conn.execute(query)]
 
-    async def audit_before(self, *, before_id: int | None, limit: int) -> list[AuditRecord]:
-        """Audit entries newest first, below *before_id* when given (for paging)."""
-        a = audit_log.c
-        query = sa.select(audit_log).order_by(a.audit_id.desc()).limit(limit)
-        if before_id is not None:
-            query = query.where(a.audit_id < before_id)
+    async def audit_before(
+        self, *, before_id: int | None, limit: int, where: AuditFilter | None = None
+    ) -> list[AuditRecord]:
+        """Audit entries that match *where*, newest first, below *before_id* when given (for
+        paging back through the log)."""
+        query = audit_select(where or AuditFilter(), before_id=before_id, limit=limit)
         async with self._read() as conn:
             return [_audit(r._mapping) for r in await conn.execute(query)]

@@ -38,7 +38,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -101,7 +102,15 @@ from .records import (
     GatewayRecord,
 )
 
-__all__ = ["Store", "dialect_insert", "write_transaction"]
+__all__ = [
+    "AUDIT_FILTER_FIELDS",
+    "AuditFilter",
+    "AuditFilterInvalid",
+    "Store",
+    "audit_select",
+    "dialect_insert",
+    "write_transaction",
+]
 
 MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
@@ -208,6 +217,154 @@ def _audit(row: RowMapping) -> AuditRecord:
         detail=None if row["detail"] is None else dict(row["detail"]),
         source=row["source"],
     )
+
+
+# --- audit filters --------------------------------------------------------------------------
+
+
+class AuditFilterInvalid(ValueError):
+    """An audit filter that cannot mean anything (a time without a UTC offset, *until* not
+    after *since*, a malformed action); the message says which, in an operator's words."""
+
+
+#: An action (``token.create``) or, ending in ``.*``, every action of a family (``token.*``).
+_ACTION_FILTER: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*(?:\.\*)?")
+#: The longest actor, target or action a filter may name (the columns' own width).
+AUDIT_FILTER_MAX: Final = 255
+_ACTION_MAX: Final = 64
+
+
+#: The filter's fields as a query string or a form names them, with what each does (the operator
+#: API's documentation of its audit routes).
+AUDIT_FILTER_FIELDS: Final = (
+    ("actor", "only entries by this actor, exactly as the log names it (e.g. 'alice (admin)')"),
+    ("action", "only this action (token.revoke), or a family of them ending in .* (token.*)"),
+    ("target", "only entries about this target (a gateway, token or user), exactly"),
+    ("since", "from this time, inclusive (ISO 8601 with a UTC offset: …Z or …+01:00)"),
+    ("until", "before this time, exclusive (ISO 8601 with a UTC offset)"),
+)
+
+
+def _audit_time(name: str, raw: str, assume: tzinfo | None) -> datetime:
+    """*raw* (ISO 8601) as an aware time; without an offset, in *assume*, or refused."""
+    try:
+        at = datetime.fromisoformat(raw)
+    except ValueError:
+        raise AuditFilterInvalid(
+            f"{name} must be an ISO 8601 time with a UTC offset "
+            f"(e.g. 2030-01-31T09:00:00+01:00 or 2030-01-31T08:00:00Z), not {raw[:40]!r}"
+        ) from None
+    if at.tzinfo is None and assume is not None:
+        at = at.replace(tzinfo=assume)
+    return at
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which audit entries to read: each field given narrows the set (all must hold).
+
+    *actor* and *target* match exactly; *action* matches exactly, or, written ``family.*``,
+    every action that begins ``family.`` (``token.*`` takes ``token.create`` and
+    ``token.revoke``, not ``api-token.create``); *since* is inclusive and *until* exclusive,
+    both aware times (a naive one would be read in no particular time zone, so is refused).
+    """
+
+    actor: str | None = None
+    action: str | None = None
+    target: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        for name, text in (("actor", self.actor), ("target", self.target)):
+            if text is not None and len(text) > AUDIT_FILTER_MAX:
+                raise AuditFilterInvalid(f"{name} must be at most {AUDIT_FILTER_MAX} characters")
+        if self.action is not None and (
+            len(self.action) > _ACTION_MAX or not _ACTION_FILTER.fullmatch(self.action)
+        ):
+            raise AuditFilterInvalid(
+                "action must be an action (token.create) or a family of them ending in .* "
+                f"(token.*), not {self.action[:40]!r}"
+            )
+        for name, at in (("since", self.since), ("until", self.until)):
+            if at is not None and (at.tzinfo is None or at.utcoffset() is None):
+                raise AuditFilterInvalid(
+                    f"{name} must carry a UTC offset (…Z or …+01:00): "
+                    f"{at.isoformat()} could be any time zone's"
+                )
+        if self.since is not None and self.until is not None and self.until <= self.since:
+            raise AuditFilterInvalid(
+                f"until ({self.until.isoformat()}) must be later than since "
+                f"({self.since.isoformat()})"
+            )
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str], *, assume: tzinfo | None = None) -> AuditFilter:
+        """The filter a query string or a form names (``actor``, ``action``, ``target``,
+        ``since``, ``until``; empty fields are left out). Times are ISO 8601; one without an
+        offset is read in *assume*, or refused when it is None."""
+        text = {
+            name: value.strip()
+            for name, _ in AUDIT_FILTER_FIELDS
+            if (value := query.get(name)) is not None and value.strip()
+        }
+        since, until = text.get("since"), text.get("until")
+        return cls(
+            actor=text.get("actor"),
+            action=text.get("action"),
+            target=text.get("target"),
+            since=None if since is None else _audit_time("since", since, assume),
+            until=None if until is None else _audit_time("until", until, assume),
+        )
+
+    @property
+    def narrowed(self) -> bool:
+        """Whether any field is given (else every entry matches)."""
+        return any(
+            value is not None
+            for value in (self.actor, self.action, self.target, self.since, self.until)
+        )
+
+    def query_items(self) -> dict[str, str]:
+        """The fields given, as :meth:`from_query` reads them back (times in UTC)."""
+        items = {"actor": self.actor, "action": self.action, "target": self.target}
+        for name, at in (("since", self.since), ("until", self.until)):
+            if at is not None:
+                items[name] = at.astimezone(UTC).isoformat()
+        return {name: value for name, value in items.items() if value is not None}
+
+
+def audit_select(
+    where: AuditFilter,
+    *,
+    before_id: int | None = None,
+    after_id: int | None = None,
+    limit: int,
+) -> sa.Select[Any]:
+    """The query of :meth:`Store.list_audit` (the console's pages and the export run it too):
+    newest first below *before_id*, or oldest first above *after_id* when that is given."""
+    a = audit_log.c
+    clauses: list[sa.ColumnElement[bool]] = []
+    if where.actor is not None:
+        clauses.append(a.actor == where.actor)
+    if where.target is not None:
+        clauses.append(a.target == where.target)
+    if where.action is not None and where.action.endswith(".*"):
+        # A prefix compared as it is: LIKE would ignore case on SQLite and needs escaping.
+        prefix = where.action[:-1]
+        clauses.append(sa.func.substr(a.action, 1, len(prefix)) == prefix)
+    elif where.action is not None:
+        clauses.append(a.action == where.action)
+    if where.since is not None:
+        clauses.append(a.at >= where.since)
+    if where.until is not None:
+        clauses.append(a.at < where.until)
+    if before_id is not None:
+        clauses.append(a.audit_id < before_id)
+    if after_id is not None:
+        clauses.append(a.audit_id > after_id)
+    order = a.audit_id.asc() if after_id is not None else a.audit_id.desc()
+    return sa.select(audit_log).where(*clauses).order_by(order).limit(limit)
 
 
 # --- engine set-up -------------------------------------------------------------------------
@@ -1281,13 +1438,23 @@ class Store:
         await self._transact(append)
 
     async def list_audit(
-        self, *, limit: int = 200, since: datetime | None = None
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        limit: int = 200,
     ) -> list[AuditRecord]:
-        """Audit entries, newest first; with *since*, only those at or after it."""
-        a = audit_log.c
-        query = sa.select(audit_log).order_by(a.audit_id.desc()).limit(limit)
-        if since is not None:
-            query = query.where(a.at >= since)
+        """Audit entries that match every filter given (see :class:`AuditFilter`), at most
+        *limit*: newest first, below *before_id* when given (a page's last id, for the next
+        page); or, with *after_id*, oldest first above it (reading forward, as an export does).
+        Raises :class:`AuditFilterInvalid` for a filter that cannot mean anything."""
+        where = AuditFilter(actor=actor, action=action, target=target, since=since, until=until)
+        query = audit_select(where, before_id=before_id, after_id=after_id, limit=limit)
         async with self._read() as conn:
             return [_audit(r._mapping) for r in await conn.execute(query)]
 

@@ -8,7 +8,7 @@
  *   lacks every word typed; a select with data-filter-status="ID" keeps rows of one state;
  *   when every row is hidden the target says so, and [data-filter-count="ID"] tells how many show;
  * - forms with data-confirm ask first; buttons with data-copy copy a field;
- * - "/" focuses the page's filter box.
+ * - "/" focuses the page's filter box (the field with aria-keyshortcuts="/").
  */
 (function () {
   "use strict";
@@ -81,7 +81,10 @@
     el.addEventListener("input", function () { applyFilters(); remember(el); });
     el.addEventListener("change", function () { applyFilters(); remember(el); });
   });
+  /* A search form of rows already on the page filters them here; one without (the audit
+   * log's, which searches the whole log) is sent to the server. */
   $all("form[role=search]").forEach(function (form) {
+    if (!$("[data-filter]", form)) { return; }
     form.addEventListener("submit", function (ev) { ev.preventDefault(); applyFilters(); });
   });
 
@@ -89,7 +92,7 @@
     if (ev.key !== "/" || ev.ctrlKey || ev.metaKey || ev.altKey) { return; }
     var tag = (document.activeElement && document.activeElement.tagName) || "";
     if (tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT") { return; }
-    var box = $("[data-filter]");
+    var box = $('[aria-keyshortcuts="/"]') || $("[data-filter]");
     if (box) { ev.preventDefault(); box.focus(); box.select(); }
   });
 
