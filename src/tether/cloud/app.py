@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from tether import __version__
 from tether.aio import cancel_and_wait
-from tether.cloud import api, console, est, poll
+from tether.cloud import api, console, est, poll, wsserver
 from tether.cloud.accounts import Accounts
 from tether.cloud.health import FleetCollector, HealthService, metrics_handler
 from tether.cloud.identity import (
@@ -78,6 +78,11 @@ log = logging.getLogger(__name__)
 
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name, not a secret)
 SWEEP_INTERVAL = 5.0
+#: Seconds a connection may stay idle between two requests (aiohttp's own default is an
+#: hour); above the longest long-poll hold, so an agent's next exchange finds it open.
+KEEPALIVE_TIMEOUT = 75.0
+#: Seconds a new connection has to send its first request head (see wsserver.HEAD_TIMEOUT).
+HEAD_TIMEOUT = wsserver.HEAD_TIMEOUT
 #: Links offered their waiting commands together after lost wake-ups (their lookups group).
 CATCH_UP_CHUNK = 1000
 #: A gateway on the periodic-poll tier counts as linked this long after its last poll.
@@ -304,8 +309,12 @@ class FrontDoorSite(web.BaseSite):
         async def opener(head: RequestHead, connection: LinkConnection) -> WebSocketLink:
             return await open_link(state, head, connection)
 
+        head_timeout = HEAD_TIMEOUT
+
         def front_door() -> FrontDoor:
-            return FrontDoor(http, opener, max_message=max_message, tasks=opening)
+            return FrontDoor(
+                http, opener, max_message=max_message, tasks=opening, head_timeout=head_timeout
+            )
 
         assert self._ssl_context is not None
         self._tls = start_tls_server(
@@ -526,7 +535,13 @@ async def run(
     ca = CertificateAuthority.load_or_create(settings.pki_dir)
     ctx = server_context(settings, ca)
     app = build_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=2.0,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+    )
     await runner.setup()
     site = FrontDoorSite(
         runner,

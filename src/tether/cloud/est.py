@@ -8,6 +8,7 @@ issues a new one for the same gateway.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from datetime import UTC, datetime
@@ -27,6 +28,10 @@ __all__ = ["routes"]
 log = logging.getLogger(__name__)
 
 _MAX_CSR = 16 * 1024
+#: Seconds the CSR body may take to arrive once its head has: it is read before the caller has
+#: shown anything (the token is checked afterwards), so a body trickling in would hold the
+#: connection for as long as the sender liked. 16 KiB in 30 s is half a KiB per second.
+BODY_TIMEOUT = 30.0
 
 
 def _certs_response(body: bytes) -> web.Response:
@@ -43,6 +48,7 @@ def _refuse(status: int, text: str) -> web.HTTPException:
         400: web.HTTPBadRequest,
         401: web.HTTPUnauthorized,
         403: web.HTTPForbidden,
+        408: web.HTTPRequestTimeout,
     }[status]
     return exc_type(text=text + "\n")
 
@@ -57,12 +63,16 @@ async def _read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > _MAX_CSR:
         raise _refuse(413, "certificate request too large")
     body = bytearray()
-    while len(body) <= _MAX_CSR:
-        # read(n) answers with what has arrived so far (up to n), not with n bytes.
-        chunk = await request.content.read(_MAX_CSR + 1 - len(body))
-        if not chunk:
-            return bytes(body)
-        body += chunk
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            while len(body) <= _MAX_CSR:
+                # read(n) answers with what has arrived so far (up to n), not with n bytes.
+                chunk = await request.content.read(_MAX_CSR + 1 - len(body))
+                if not chunk:
+                    return bytes(body)
+                body += chunk
+    except TimeoutError:
+        raise _refuse(408, f"certificate request not received within {BODY_TIMEOUT:g} s") from None
     raise _refuse(413, "certificate request too large")
 
 

@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: A request head larger than this is not a link upgrade; aiohttp answers it (431 or 400).
 MAX_HEAD = 32 * 1024
+#: Seconds a new connection has to send its first request head (as nginx's
+#: ``client_header_timeout``). Clients send at once; without a limit, connections that send
+#: nothing, or a header line now and then, would be held for good, one descriptor each,
+#: before anyone has shown who they are.
+HEAD_TIMEOUT = 30.0
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -178,6 +183,7 @@ def http_response(
         400: "Bad Request",
         401: "Unauthorized",
         403: "Forbidden",
+        408: "Request Timeout",
         426: "Upgrade Required",
         503: "Service Unavailable",
     }
@@ -462,9 +468,22 @@ LinkOpener = Callable[[RequestHead, LinkConnection], Awaitable[LinkReceiver]]
 
 
 class FrontDoor(asyncio.Protocol):
-    """The first protocol of every connection: a link upgrade, or aiohttp's."""
+    """The first protocol of every connection: a link upgrade, or aiohttp's.
 
-    __slots__ = ("_head", "_http", "_max_message", "_opener", "_tasks", "_transport")
+    The first request head must arrive within *head_timeout* seconds of the connection, else
+    the connection is closed (408 if part of a head came).
+    """
+
+    __slots__ = (
+        "_head",
+        "_head_timeout",
+        "_http",
+        "_max_message",
+        "_opener",
+        "_tasks",
+        "_timer",
+        "_transport",
+    )
 
     def __init__(
         self,
@@ -473,6 +492,7 @@ class FrontDoor(asyncio.Protocol):
         *,
         max_message: int,
         tasks: set[asyncio.Task[None]],
+        head_timeout: float = HEAD_TIMEOUT,
     ) -> None:
         self._http = http
         self._opener = opener
@@ -480,10 +500,31 @@ class FrontDoor(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._head = b""
         self._tasks = tasks
+        self._head_timeout = head_timeout
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is a Transport in all but its class hierarchy.
         self._transport = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(
+            self._head_timeout, self._head_timed_out
+        )
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None or transport.is_closing() or transport.get_protocol() is not self:
+            return
+        if self._head:
+            reason = f"no whole request head within {self._head_timeout:g} s"
+            transport.write(http_response(408, reason, body=reason + "\n"))
+        self._head = b""
+        transport.close()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def data_received(self, data: bytes) -> None:
         self._head += data
@@ -496,6 +537,7 @@ class FrontDoor(asyncio.Protocol):
         if head is None or not is_link_upgrade(head):
             self._hand_over()
             return
+        self._stop_timer()
         transport = self._transport
         assert transport is not None
         connection = LinkConnection(transport, self._max_message)
@@ -539,6 +581,7 @@ class FrontDoor(asyncio.Protocol):
         transport.resume_reading()
 
     def _hand_over(self) -> None:
+        self._stop_timer()
         transport = self._transport
         assert transport is not None
         handler = self._http()
@@ -551,4 +594,5 @@ class FrontDoor(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
         self._transport = None
