@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tether.netcheck.dhcp import Lease, parse_dhclient, parse_networkd, read_leases
+from tether.netcheck.dhcp import (
+    Lease,
+    ip_addresses,
+    parse_dhclient,
+    parse_networkd,
+    read_leases,
+)
 
 NETWORKD = """\
 # This is private data. Do not parse.
@@ -106,3 +112,14 @@ def test_read_leases_from_every_known_place(tmp_path: Path) -> None:
 
 def test_no_leases_anywhere(tmp_path: Path) -> None:
     assert read_leases(tmp_path) == []
+
+
+def test_ip_addresses_keeps_each_address_once_in_order() -> None:
+    given = ["10.0.0.2", "ntp.example", "::1", "10.0.0.2", "", "10.0.0.256"]
+    assert ip_addresses(given) == ("10.0.0.2", "::1")
+
+
+def test_lease_values_may_be_quoted_or_padded() -> None:
+    lease = parse_networkd('DNS= "10.0.0.53"  10.0.0.54 10.0.0.53\nNTP=\n')
+    assert lease.dns_servers == ("10.0.0.53", "10.0.0.54")
+    assert lease.ntp_servers == ()

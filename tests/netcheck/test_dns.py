@@ -136,3 +136,12 @@ def test_hosts_file(tmp_path: Path) -> None:
     assert hosts_file_addresses("commented.test", hosts) == ()
     assert hosts_file_addresses("line.test", hosts) == ()
     assert hosts_file_addresses("x.test", tmp_path / "missing") == ()
+
+
+def test_hosts_file_names_each_address_once_without_its_zone(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text(
+        "fe80::1%eth0 router.test\n10.0.0.7 router.test.\n"
+        '10.0.0.7 router.test\n"10.0.0.8" router.test\n'
+    )
+    assert hosts_file_addresses("router.test", hosts) == ("fe80::1", "10.0.0.7")

@@ -23,6 +23,7 @@ from pathlib import Path
 __all__ = [
     "LEASE_GLOBS",
     "Lease",
+    "ip_addresses",
     "parse_dhclient",
     "parse_networkd",
     "read_leases",
@@ -51,17 +52,21 @@ LEASE_GLOBS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _ips(values: Iterable[str]) -> tuple[str, ...]:
-    found: list[str] = []
-    for raw in values:
-        value = raw.strip().strip('"')
+def ip_addresses(values: Iterable[str]) -> tuple[str, ...]:
+    """The *values* that are IP addresses, each once, in the order first seen; others dropped."""
+    found: dict[str, None] = {}
+    for value in values:
         try:
             ipaddress.ip_address(value)
         except ValueError:
             continue
-        if value not in found:
-            found.append(value)
+        found.setdefault(value)
     return tuple(found)
+
+
+def _ips(values: Iterable[str]) -> tuple[str, ...]:
+    """The addresses a lease lists (its values may be quoted or padded)."""
+    return ip_addresses(value.strip().strip('"') for value in values)
 
 
 def parse_networkd(text: str, *, source: str = "", interface: str = "") -> Lease:

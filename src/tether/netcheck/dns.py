@@ -21,6 +21,8 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
+from tether.netcheck.dhcp import ip_addresses
+
 __all__ = [
     "Answer",
     "Outcome",
@@ -206,16 +208,9 @@ def hosts_file_addresses(name: str, path: Path = Path("/etc/hosts")) -> tuple[st
     except OSError:
         return ()
     wanted = name.lower().rstrip(".")
-    found: list[str] = []
+    given: list[str] = []
     for line in text.splitlines():
         fields = line.split("#", 1)[0].split()
-        if len(fields) < 2 or wanted not in (f.lower().rstrip(".") for f in fields[1:]):
-            continue
-        address = fields[0].split("%", 1)[0]
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            continue
-        if address not in found:
-            found.append(address)
-    return tuple(found)
+        if len(fields) >= 2 and wanted in (f.lower().rstrip(".") for f in fields[1:]):
+            given.append(fields[0].split("%", 1)[0])  # without an IPv6 zone
+    return ip_addresses(given)
