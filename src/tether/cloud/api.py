@@ -51,6 +51,7 @@ from tether.cloud.store.records import (
 from tether.cloud.store.store import AUDIT_FILTER_FIELDS, AuditFilter, AuditFilterInvalid
 from tether.protocol.commands import (
     COMMAND_KINDS,
+    DIAGNOSTIC_COMMAND_KINDS,
     CommandEvent,
     CommandState,
     IllegalTransition,
@@ -77,6 +78,7 @@ log = logging.getLogger(__name__)
 PERMISSION_WORDS: Final[dict[str, str]] = {
     "read": "read the fleet",
     "command": "send or cancel commands and change configuration",
+    "diagnose": "send or cancel diagnostic commands",
     "enroll": "create or revoke enrollment tokens",
     "revoke": "revoke gateways",
     "audit": "read the audit log",
@@ -86,6 +88,8 @@ PERMISSION_WORDS: Final[dict[str, str]] = {
 PERMISSIONS: dict[str, frozenset[str]] = {
     "read": frozenset({"admin", "operator", "viewer", "support"}),
     "command": frozenset({"admin", "operator"}),
+    #: Diagnostic commands (DIAGNOSTIC_COMMAND_KINDS: they change nothing on the gateway).
+    "diagnose": frozenset({"admin", "operator", "support"}),
     "enroll": frozenset({"admin", "operator"}),
     "revoke": frozenset({"admin"}),
     "audit": frozenset({"admin"}),
@@ -587,6 +591,7 @@ async def send_command(request: web.Request, state: CloudState, p: Principal) ->
     if body.kind not in COMMAND_KINDS and body.kind not in state.settings.extra_command_kinds:
         known = ", ".join(sorted({*COMMAND_KINDS, *state.settings.extra_command_kinds}))
         raise _error(400, f"unknown command kind {body.kind!r} (known: {known})")
+    _may_send(p, body.kind)
     ttl = state.settings.command_ttl
     if body.ttl_seconds is not None:
         if not 0 < body.ttl_seconds <= 30 * 86400:
@@ -649,8 +654,22 @@ async def get_command(request: web.Request, state: CloudState, p: Principal) -> 
     return _command_out(record)
 
 
+def _may_send(p: Principal, kind: str) -> None:
+    """Refuse a role that may send only diagnostic commands any other kind (403)."""
+    if kind not in DIAGNOSTIC_COMMAND_KINDS and p.role not in PERMISSIONS["command"]:
+        diagnostic = ", ".join(sorted(DIAGNOSTIC_COMMAND_KINDS))
+        raise _error(
+            403, f"role {p.role!r} may send or cancel only diagnostic commands ({diagnostic})"
+        )
+
+
 async def cancel_command(request: web.Request, state: CloudState, p: Principal) -> CommandOut:
     command_id = request.match_info["command_id"]
+    if p.role not in PERMISSIONS["command"]:
+        found = await state.store.get_command(command_id)
+        if found is None:
+            raise _error(404, f"no command {command_id!r}")
+        _may_send(p, found.kind)
     try:
         record = await state.store.apply_command_event(
             command_id, CommandEvent.CANCEL, now=datetime.now(UTC)
@@ -998,8 +1017,8 @@ ROUTES: tuple[ApiRoute, ...] = (
         "POST",
         "/api/v1/gateways/{gateway_id}/commands",
         send_command,
-        "command",
-        "Queue a command for a gateway",
+        "diagnose",
+        "Queue a command for a gateway (a support role: only diagnostic kinds, ping and metrics)",
         CommandIn,
         CommandOut,
         201,
@@ -1025,8 +1044,8 @@ ROUTES: tuple[ApiRoute, ...] = (
         "POST",
         "/api/v1/commands/{command_id}/cancel",
         cancel_command,
-        "command",
-        "Cancel a command that has not started",
+        "diagnose",
+        "Cancel a command that has not started (a support role: only a diagnostic one)",
         None,
         CommandOut,
     ),

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 __all__ = [
     "COMMAND_KINDS",
+    "DIAGNOSTIC_COMMAND_KINDS",
     "FINAL_STATES",
     "TRANSITIONS",
     "CommandEvent",
@@ -41,6 +42,9 @@ __all__ = [
 COMMAND_KINDS: frozenset[str] = frozenset(
     {"ping", "metrics", "reboot", "shutdown", "restart-service", "set-config"}
 )
+
+#: The kinds that only look: they change nothing on the gateway, so a support role may send them.
+DIAGNOSTIC_COMMAND_KINDS: frozenset[str] = frozenset({"ping", "metrics"})
 
 
 class CommandState(enum.StrEnum):
