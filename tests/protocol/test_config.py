@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from tether.protocol.config import ConfigInvalid, agent_section, logs_section
+from tether.protocol.config import (
+    ConfigInvalid,
+    agent_section,
+    check_instance_name,
+    logs_section,
+)
 
 
 @pytest.mark.parametrize(
@@ -56,3 +61,17 @@ def test_a_logs_section_names_a_level_in_any_case_and_its_sources() -> None:
 def test_a_bad_logs_section_is_refused_saying_why(data: dict[str, Any], words: str) -> None:
     with pytest.raises(ConfigInvalid, match=words):
         logs_section(data)
+
+
+@pytest.mark.parametrize("name", ["a", "meter-1", "B.2_x", "9" * 63])
+def test_an_instance_name_of_letters_digits_dots_dashes_and_underscores_is_taken(
+    name: str,
+) -> None:
+    check_instance_name(name)
+
+
+@pytest.mark.parametrize("name", ["", "-meter", ".hidden", "bad name!", "a/b", "é", "9" * 64])
+def test_any_other_instance_name_is_refused_saying_the_rule(name: str) -> None:
+    with pytest.raises(ConfigInvalid, match="name must be letters, digits") as refused:
+        check_instance_name(name)
+    assert repr(name) in str(refused.value)

@@ -13,13 +13,15 @@ from typing import Any
 
 import msgspec
 
-from tether.gateway.connectors.core import (
-    INSTANCE_NAME,
-    ConnectorsConfigInvalid,
-    decode_connectors_config,
-)
+from tether.gateway.connectors.core import ConnectorsConfigInvalid, decode_connectors_config
 from tether.gateway.connectors.registry import UnknownConnector, builtin_registry
-from tether.protocol.config import CONFIG_SECTIONS, ConfigInvalid, agent_section, logs_section
+from tether.protocol.config import (
+    CONFIG_SECTIONS,
+    ConfigInvalid,
+    agent_section,
+    check_instance_name,
+    logs_section,
+)
 
 __all__ = ["check_section"]
 
@@ -50,11 +52,7 @@ def _connectors(data: Mapping[str, Any]) -> None:
         raise ConfigInvalid(str(exc)) from None
     registry = builtin_registry()
     for name, instance in config.instances.items():
-        if not INSTANCE_NAME.fullmatch(name):
-            raise ConfigInvalid(
-                f"instance {name!r}: name must be letters, digits, '.', '_' or '-'"
-                " (at most 63, starting with a letter or digit)"
-            )
+        check_instance_name(name)
         try:
             registration = registry.get(instance.connector)
         except UnknownConnector:

@@ -3,21 +3,25 @@
 An operator sets a section (``tether config set``); the cloud checks it before storing it, so a
 section no agent would take is refused where the operator is, not later on the gateway. The
 agent checks again (it may be older or newer than the cloud). ``connectors`` is checked by the
-cloud against the connectors it knows (see :mod:`tether.cloud.configcheck`).
+cloud against the connectors it knows (see :mod:`tether.cloud.configcheck`), each instance's
+name by the rule both sides share (:func:`check_instance_name`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
 __all__ = [
     "CONFIG_SECTIONS",
     "HEALTH_INTERVAL_RANGE",
+    "INSTANCE_NAME",
     "LOG_LEVEL_NAMES",
     "ConfigInvalid",
     "agent_section",
+    "check_instance_name",
     "logs_section",
 ]
 
@@ -27,6 +31,9 @@ CONFIG_SECTIONS: Final = ("agent", "connectors", "logs")
 HEALTH_INTERVAL_RANGE: Final = (5.0, 86400.0)
 #: The log levels a ``logs`` section may name, lowest first.
 LOG_LEVEL_NAMES: Final = ("debug", "info", "warning", "error", "critical")
+#: A connector instance's name: a letter or a digit, then letters, digits, '.', '_' or '-'; 63 at
+#: most (it names the instance in logs, metrics and point ids).
+INSTANCE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 class ConfigInvalid(ValueError):
@@ -38,6 +45,15 @@ def _only(section: str, data: Mapping[str, Any], known: tuple[str, ...]) -> None
     if unknown:
         names = ", ".join(repr(k) for k in unknown)
         raise ConfigInvalid(f"{section}: unknown setting {names} (known: {', '.join(known)})")
+
+
+def check_instance_name(name: str) -> None:
+    """Raise :class:`ConfigInvalid` unless *name* may name a connector instance."""
+    if not INSTANCE_NAME.fullmatch(name):
+        raise ConfigInvalid(
+            f"instance {name!r}: name must be letters, digits, '.', '_' or '-'"
+            " (at most 63, starting with a letter or digit)"
+        )
 
 
 def agent_section(data: Mapping[str, Any], *, default_interval: float) -> float:

@@ -217,6 +217,7 @@ async def test_invalid_instances_are_reported_by_name_and_field(
     assert "colour" in result.invalid["extra"]
     assert "modbus-tcp" in result.invalid["ghost"]
     assert "known: probe" in result.invalid["ghost"]
+    assert "name must be letters, digits" in result.invalid["bad name!"]
     stats = await until(runner, state_is("good", InstanceState.RUNNING))
     for name in result.invalid:
         assert stats[name].state is InstanceState.FAILED

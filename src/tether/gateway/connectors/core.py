@@ -24,7 +24,6 @@ import enum
 import logging
 import math
 import random
-import re
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
@@ -44,6 +43,7 @@ from tether.gateway.connectors.base import (
 from tether.gateway.connectors.registry import ConnectorRegistry, Registration, UnknownConnector
 from tether.gateway.spool import SpoolError
 from tether.protocol.backoff import backoff_delays
+from tether.protocol.config import ConfigInvalid, check_instance_name
 from tether.protocol.telemetry import Discovery, Observation
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
     "decode_connectors_config",
 ]
 
-INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _log = logging.getLogger(__name__)
 
 
@@ -317,8 +316,10 @@ class ConnectorRunner:
         error: str | None = None
         registration: Registration[Any] | None = None
         config: msgspec.Struct | None = None
-        if not INSTANCE_NAME.fullmatch(name):
-            error = f"instance {name!r}: name must be letters, digits, '.', '_' or '-'"
+        try:
+            check_instance_name(name)
+        except ConfigInvalid as exc:
+            error = str(exc)
         else:
             try:
                 registration = self._registry.get(wanted.connector)
