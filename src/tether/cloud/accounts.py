@@ -7,8 +7,11 @@ password (hashed with argon2id); a session is a random 256-bit secret in a cooki
 that every state-changing request must echo (form field or header). A session ends after
 :attr:`AccountPolicy.session_idle` without use, and at the latest after
 :attr:`AccountPolicy.session_lifetime`. Failed logins are audited and throttled per username
-and source, counted in the audit log, which every worker process shares. People can also hold
-API tokens with their own role.
+and source, counted in the audit log, which every worker process shares; a wrong current
+password given to change one's own password counts as a failed login. A process checks the
+password attempts of one source one at a time, so attempts sent together are counted as the
+ones before them were and cannot all slip under the limit. People can also hold API tokens
+with their own role.
 
 Errors::
 
@@ -27,6 +30,7 @@ Errors::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import hashlib
 import hmac
@@ -34,7 +38,7 @@ import io
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -210,6 +214,29 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class _OneAtATime:
+    """Async locks by key, forgotten when no one holds or waits for them."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 # --- the service ----------------------------------------------------------------------------
 
 
@@ -231,6 +258,9 @@ class Accounts:
         self.clock = clock
         self._hashing = asyncio.Semaphore(_HASHING_AT_ONCE)
         self._dummy_hash: str | None = None
+        # Password attempts of one source, one at a time: each is checked against the
+        # failures the ones before it recorded (sent together, they would all see none).
+        self._attempts = _OneAtATime()
 
     # -- passwords --
 
@@ -349,16 +379,14 @@ class Accounts:
     async def change_own_password(
         self, user: UserRecord, current: str, new: str, *, source: str | None, keep: str | None
     ) -> None:
-        """A person changes their own password; other sessions end (*keep* stays, hashed)."""
-        creds = await self.users.credentials(user.username)
-        if creds is None or not await self._verify(creds[1], current):
-            await self.audit(
-                actor=actor_of(user),
-                action="user.password-failed",
-                target=user.username,
-                source=source,
-            )
-            raise LoginRefused("wrong current password")
+        """A person changes their own password; other sessions end (*keep* stays, hashed).
+
+        The current password is guessed no faster than at the login form: a wrong one is a
+        failed login (audited as such, with the reason) and the login throttle applies, so a
+        stolen session or API token does not become a way to find the password.
+        """
+        async with self._attempts.hold(source or ""):
+            await self._check_current_password(user, current, source=source)
         password_hash = await self.hash_password(new)
         await self.users.set_password_hash(
             user.username, password_hash, now=self.clock(), end_sessions=False
@@ -367,6 +395,30 @@ class Accounts:
         await self.audit(
             actor=actor_of(user), action="user.password", target=user.username, source=source
         )
+
+    async def _check_current_password(
+        self, user: UserRecord, current: str, *, source: str | None
+    ) -> None:
+        wait = await self._retry_after(user.username, source)
+        if wait is not None:
+            await self.audit(
+                actor=actor_of(user),
+                action=LOGIN_THROTTLED,
+                target=user.username,
+                source=source,
+                detail={"reason": "throttled", "retry_after": round(wait, 1), "via": "password"},
+            )
+            raise LoginThrottled(wait)
+        creds = await self.users.credentials(user.username)
+        if creds is None or not await self._verify(creds[1], current):
+            await self.audit(
+                actor=actor_of(user),
+                action=LOGIN_FAILED,
+                target=user.username,
+                source=source,
+                detail={"reason": "wrong current password", "via": "password"},
+            )
+            raise LoginRefused("wrong current password")
 
     # -- sessions --
 
@@ -378,6 +430,12 @@ class Accounts:
             name = normalize_username(username)
         except InvalidUsername:
             name = username.strip().lower()[:64]
+        async with self._attempts.hold(source or ""):
+            return await self._login(name, password, source=source)
+
+    async def _login(
+        self, name: str, password: str, *, source: str | None
+    ) -> tuple[str, SessionRecord]:
         wait = await self._retry_after(name, source)
         if wait is not None:
             await self.audit(
@@ -728,6 +786,10 @@ def _refused(exc: Exception) -> web.HTTPException:
         return _json_error(web.HTTPConflict, str(exc))
     if isinstance(exc, LoginRefused):
         return _json_error(web.HTTPForbidden, "the current password is wrong")
+    if isinstance(exc, LoginThrottled):
+        throttled = _json_error(web.HTTPTooManyRequests, str(exc))
+        throttled.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return throttled
     return _json_error(web.HTTPBadRequest, str(exc))
 
 
