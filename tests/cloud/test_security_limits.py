@@ -1,6 +1,7 @@
-"""Slow clients against a real cloud on loopback: a connection that sends nothing, a request
-head or an enrollment body that trickles in, an idle kept-alive connection are all closed after
-their limit (shortened here), while requests made in time, even held ones, are served."""
+"""Slow and hoarding clients against a real cloud on loopback: a connection that sends nothing,
+a request head or an enrollment body that trickles in, an idle kept-alive connection are all
+closed after their limit (shortened here), while requests made in time, even held ones, are
+served; probes, which need no certificate, are held at most a few at once per address."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from tests.support.cloudproc import Cloud, running_cloud
 
@@ -104,3 +106,41 @@ async def test_a_request_made_in_time_is_served_even_when_held_past_the_limits(
     finally:
         writer.close()
     assert head.startswith(b"HTTP/1.1 204 ")
+
+
+@pytest.fixture
+async def few_probes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cloud]:
+    monkeypatch.setattr(app, "PROBES_PER_SOURCE", 2)
+    async with running_cloud(tmp_path / "cloud") as running:
+        yield running
+
+
+async def test_probes_held_from_one_address_are_bounded(few_probes: Cloud) -> None:
+    cloud = few_probes
+    url = f"{cloud.url}/link?probe=1"
+    async with aiohttp.ClientSession(trust_env=False) as http:
+        first = await http.ws_connect(url, ssl=cloud.ssl_context())
+        second = await http.ws_connect(url, ssl=cloud.ssl_context())
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url, ssl=cloud.ssl_context())
+        assert refused.value.status == 503
+        async with http.get(f"{cloud.url}/link/poll?wait=0", ssl=cloud.ssl_context()) as held:
+            assert held.status == 503
+        await first.close()
+        # The slot is given back once the cloud has seen the close: a new probe then passes.
+        third = await _probe_when_free(http, url, cloud)
+        await second.close()
+        await third.close()
+
+
+async def _probe_when_free(
+    http: aiohttp.ClientSession, url: str, cloud: Cloud
+) -> aiohttp.ClientWebSocketResponse:
+    deadline = asyncio.get_running_loop().time() + WITHIN
+    while True:
+        try:
+            return await http.ws_connect(url, ssl=cloud.ssl_context())
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status != 503 or asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)

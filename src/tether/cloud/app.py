@@ -19,7 +19,7 @@ import os
 import resource
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -177,6 +177,46 @@ async def hello(request: web.Request) -> web.Response:
 
 
 PROBE_HOLD = 600.0  # a preflight's idle-survival probe may hold a probe link this long
+#: Probes (WebSocket and long-poll) held at once from one source address, and in all. They
+#: need no certificate and each holds a descriptor for minutes: without a bound, anyone could
+#: hold every descriptor the process has and leave no room for the gateways' links.
+PROBES_PER_SOURCE = 32
+PROBES_IN_ALL = 1024
+
+
+class ProbeSlots:
+    """How many probes each source holds now; refuses one past the bounds (503)."""
+
+    def __init__(self, *, per_source: int, in_all: int) -> None:
+        self.per_source = per_source
+        self.in_all = in_all
+        self._held: dict[str, int] = {}
+        self._total = 0
+
+    @contextlib.contextmanager
+    def take(self, source: str | None) -> Iterator[None]:
+        key = source or ""
+        held = self._held.get(key, 0)
+        if held >= self.per_source or self._total >= self.in_all:
+            whose = "from this address" if held >= self.per_source else "in all"
+            raise web.HTTPServiceUnavailable(
+                text=f"too many probes held {whose} now; try again later\n",
+                headers={"Retry-After": "10"},
+            )
+        self._held[key] = held + 1
+        self._total += 1
+        try:
+            yield
+        finally:
+            self._total -= 1
+            left = self._held[key] - 1
+            if left:
+                self._held[key] = left
+            else:
+                del self._held[key]
+
+
+PROBE_SLOTS_KEY = web.AppKey("probe_slots", ProbeSlots)
 
 
 async def link_probe(request: web.Request) -> web.StreamResponse:
@@ -185,14 +225,15 @@ async def link_probe(request: web.Request) -> web.StreamResponse:
     Preflight checks and agents on an HTTPS tier open it; it answers pings (idle-survival
     probes) and ends when the client closes or after :data:`PROBE_HOLD` seconds.
     """
-    ws = web.WebSocketResponse(autoping=True, heartbeat=None, compress=False, max_msg_size=4096)
-    await ws.prepare(request)
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(PROBE_HOLD):
-            async for _ in ws:
-                pass  # data on a probe link means nothing; pings are answered by aiohttp
-    await ws.close()
-    return ws
+    with request.app[PROBE_SLOTS_KEY].take(request.remote):
+        ws = web.WebSocketResponse(autoping=True, heartbeat=None, compress=False, max_msg_size=4096)
+        await ws.prepare(request)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(PROBE_HOLD):
+                async for _ in ws:
+                    pass  # data on a probe link means nothing; pings are answered by aiohttp
+        await ws.close()
+        return ws
 
 
 async def long_poll_probe(request: web.Request) -> web.Response:
@@ -203,7 +244,8 @@ async def long_poll_probe(request: web.Request) -> web.Response:
         wait = min(poll.MAX_WAIT, max(0.0, float(request.query.get("wait", "2"))))
     except ValueError:
         raise web.HTTPBadRequest(text="wait must be a number of seconds\n") from None
-    await asyncio.sleep(wait)
+    with request.app[PROBE_SLOTS_KEY].take(request.remote):
+        await asyncio.sleep(wait)
     return web.Response(status=204)
 
 
@@ -403,6 +445,7 @@ async def _catch_up(state: CloudState) -> None:
 def build_app(settings: CloudSettings) -> web.Application:
     app = web.Application(client_max_size=2 * settings.max_frame, middlewares=[api.json_errors])
     app[SETTINGS_KEY] = settings
+    app[PROBE_SLOTS_KEY] = ProbeSlots(per_source=PROBES_PER_SOURCE, in_all=PROBES_IN_ALL)
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
