@@ -3,6 +3,7 @@ forge log lines, and no secret (API token, enrollment token, password) is ever l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -123,3 +124,35 @@ async def test_no_secret_reaches_the_log(
     assert re.search(r"enroll", text)  # the log did record the enrollment
     leaked = [name for name, secret in secrets.items() if secret in text]
     assert leaked == []
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Authorization: Bearer {token}\x01",
+        "Authorization : Bearer {token}",
+        "Cookie: __Host-tether-session={token}\x7f",
+        "Authorization: Bearer {token}" + "A" * 9000,
+    ],
+    ids=["control-character", "space-before-colon", "cookie", "too-long"],
+)
+async def test_a_malformed_request_is_logged_in_one_line_without_its_bytes(
+    cloud: Cloud, caplog: pytest.LogCaptureFixture, header: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = cloud.admin_token
+    reader, writer = await asyncio.open_connection("127.0.0.1", cloud.port, ssl=cloud.ssl_context())
+    try:
+        line = header.format(token=token)
+        writer.write(f"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\n{line}\r\n\r\n".encode())
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 15)
+    finally:
+        writer.close()
+    assert b" 400 " in answer.split(b"\r\n", 1)[0]
+    refused = [r for r in caplog.records if "malformed request" in r.getMessage()]
+    assert len(refused) == 1
+    assert refused[0].levelno == logging.WARNING
+    assert refused[0].exc_info is None
+    assert token not in caplog.text
+    assert all(token not in r.getMessage() for r in caplog.records)

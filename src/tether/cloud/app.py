@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
@@ -521,6 +522,27 @@ def build_app(settings: CloudSettings) -> web.Application:
     return app
 
 
+class MalformedRequestLog(logging.Filter):
+    """aiohttp logs a request it cannot parse at ERROR, with a traceback quoting the offending
+    bytes: a bearer token or a session cookie in a malformed header line would be written to
+    the log as it is, and anyone may send such requests by the thousand. This says it in one
+    warning line naming the error's kind, without the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.getMessage()}: malformed request ({type(exc).__name__}), 400"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.WARNING
+            record.levelname = logging.getLevelName(logging.WARNING)
+        return True
+
+
+_MALFORMED_REQUEST_LOG = MalformedRequestLog()
+
+
 def _raise_fd_limit() -> None:
     """One descriptor per link: lift the soft limit (often 1,024) to the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -574,6 +596,7 @@ async def run(
     """Serve until *stop* is set (or forever). *own_process*: the process serves nothing else,
     so process-wide settings (the garbage collector's) may be tuned for the cloud."""
     _raise_fd_limit()
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUEST_LOG)  # once per process
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca = CertificateAuthority.load_or_create(settings.pki_dir)
     ctx = server_context(settings, ca)
