@@ -76,7 +76,7 @@ from tether.protocol.messages import (
 from tether.protocol.telemetry import Discovery as FoundDiscovery
 from tether.protocol.telemetry import Observation
 
-__all__ = ["Agent", "AgentStopped", "LinkStatus"]
+__all__ = ["Agent", "AgentStopped", "LinkStatus", "open_spool"]
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +170,29 @@ class LossLog:
             self._logged_at[kind] = now
 
 
+async def open_spool(settings: AgentSettings) -> AsyncSpool:
+    """The spool the agent's *settings* name, bounded as they say."""
+    return await AsyncSpool.open(
+        settings.spool_path, max_bytes=settings.spool_max_bytes, max_age=settings.spool_max_age
+    )
+
+
 class Agent:
+    """The gateway agent.
+
+    *ledger* and *spool*, when given, are the agent's own already opened (its start-up checks
+    open them, once): the agent takes them over and closes them when :meth:`run` ends. Else it
+    opens them itself.
+    """
+
     def __init__(
         self,
         settings: AgentSettings,
         identity: GatewayIdentity,
         *,
         clock: Callable[[], float] = time.time,
+        ledger: CommandLedger | None = None,
+        spool: AsyncSpool | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -188,7 +204,8 @@ class Agent:
         self.clock_offset_uncertainty: float | None = None
         self._skew_warned_at: float | None = None
         self.boot_id = uuid.uuid4().hex
-        self.ledger = CommandLedger(settings.state_db)
+        self.ledger = ledger if ledger is not None else CommandLedger(settings.state_db)
+        self._opened_spool = spool
         self.status = LinkStatus()
         self.runtime_config: dict[str, Any] = self.ledger.get_value("runtime_config") or {}
         self.linked = asyncio.Event()
@@ -530,11 +547,8 @@ class Agent:
         return report
 
     async def _start_telemetry(self) -> None:
-        self.spool = await AsyncSpool.open(
-            self.settings.spool_path,
-            max_bytes=self.settings.spool_max_bytes,
-            max_age=self.settings.spool_max_age,
-        )
+        self.spool = self._opened_spool or await open_spool(self.settings)
+        self._opened_spool = None
         self.uploader = Uploader(
             self.spool,
             max_batch=self.settings.upload_batch,

@@ -12,8 +12,9 @@ the command runs :func:`serve` directly.
 Before the agent starts, everything an operator must fix is checked and said in one line (exit
 2): settings, the identity's files (certificate, key, pinned CA), the data directory, a second
 agent on it, a damaged command ledger. A damaged spool is moved aside instead (see
-:func:`_open_spool`). The spool is opened before the ledger: on a full disk it gives its reserve
-back first.
+:func:`_open_spool`). The spool and the ledger are opened once, by these checks, and handed to
+the agent, which keeps them (and their locks) until it stops. The spool is opened before the
+ledger: on a full disk it gives its reserve back first.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from tether.gateway.identity import GatewayIdentity
+    from tether.gateway.ledger import CommandLedger
     from tether.gateway.settings import AgentSettings
+    from tether.gateway.spool import AsyncSpool
 
 __all__ = ["EXIT_NOT_READY", "EXIT_STOPPED", "hand_over", "main", "serve", "service_argv"]
 
@@ -96,9 +99,9 @@ def _private_directory(data_dir: Path) -> None:
             log.warning("%s is readable by others and stays so: %s", data_dir, exc.strerror)
 
 
-def _open_spool(settings: AgentSettings) -> None:
-    """Open the spool once before the agent does: on a full disk it gives its reserve back
-    (the ledger needs a little room), and its errors are said plainly.
+async def _open_spool(settings: AgentSettings) -> AsyncSpool:
+    """The agent's spool, opened before its ledger: on a full disk it gives its reserve back
+    (the ledger needs a little room); its errors are said plainly.
 
     A spool SQLite cannot read ("file is not a database") is moved aside, loudly, and a fresh
     one started rather than the agent refused: its observations are unreadable whatever the
@@ -106,14 +109,13 @@ def _open_spool(settings: AgentSettings) -> None:
     commands until someone came. The fresh spool numbers its observations above any the lost
     one used, so the cloud takes none of them for duplicates.
     """
-    from tether.gateway.spool import Spool, SpoolCorrupt, SpoolError, SpoolLocked, move_aside
+    from tether.gateway.agent import open_spool
+    from tether.gateway.spool import SpoolCorrupt, SpoolError, SpoolLocked, move_aside
 
     path = settings.spool_path
     try:
         try:
-            Spool.open(
-                path, max_bytes=settings.spool_max_bytes, max_age=settings.spool_max_age
-            ).close()
+            return await open_spool(settings)
         except SpoolCorrupt as exc:
             aside = move_aside(path, now=time.time())
             log.error(
@@ -122,9 +124,7 @@ def _open_spool(settings: AgentSettings) -> None:
                 exc,
                 aside,
             )
-            Spool.open(
-                path, max_bytes=settings.spool_max_bytes, max_age=settings.spool_max_age
-            ).close()
+            return await open_spool(settings)
     except SpoolLocked:
         raise _another_agent(settings.data_dir) from None
     except SpoolError as exc:
@@ -133,10 +133,34 @@ def _open_spool(settings: AgentSettings) -> None:
         raise NotReady(f"{path}: {exc.strerror or exc}") from None
 
 
-def _preflight(data_dir: Path) -> tuple[AgentSettings, GatewayIdentity]:
-    """Settings and identity, once every file the agent needs has been checked."""
-    from tether.gateway.identity import NotEnrolled, load_identity
+def _open_ledger(settings: AgentSettings) -> CommandLedger:
     from tether.gateway.ledger import CommandLedger, LedgerError, LedgerLocked
+
+    try:
+        return CommandLedger(settings.state_db)
+    except LedgerLocked:
+        raise _another_agent(settings.data_dir) from None
+    except LedgerError as exc:
+        raise NotReady(
+            f"{exc}: the agent's command ledger must be repaired or moved aside by hand "
+            f"(moving it aside forgets which commands ran, and the configuration pushed, "
+            f"until the cloud sends it again)"
+        ) from None
+
+
+async def _open_stores(settings: AgentSettings) -> tuple[AsyncSpool, CommandLedger]:
+    """The agent's spool and command ledger, open (and locked) for it."""
+    spool = await _open_spool(settings)
+    try:
+        return spool, _open_ledger(settings)
+    except BaseException:
+        await spool.close()
+        raise
+
+
+def _preflight(data_dir: Path) -> tuple[AgentSettings, GatewayIdentity]:
+    """Settings and identity, once the files they come from have been checked."""
+    from tether.gateway.identity import NotEnrolled, load_identity
     from tether.gateway.settings import AgentSettingsError, load_agent_settings
     from tether.pki.errors import PkiError
 
@@ -151,17 +175,6 @@ def _preflight(data_dir: Path) -> tuple[AgentSettings, GatewayIdentity]:
             f"the gateway's identity in {settings.identity_dir} is unusable: {exc}"
         ) from None
     _private_directory(data_dir)
-    _open_spool(settings)
-    try:
-        CommandLedger(settings.state_db).close()
-    except LedgerLocked:
-        raise _another_agent(data_dir) from None
-    except LedgerError as exc:
-        raise NotReady(
-            f"{exc}: the agent's command ledger must be repaired or moved aside by hand "
-            f"(moving it aside forgets which commands ran, and the configuration pushed, "
-            f"until the cloud sends it again)"
-        ) from None
     return settings, identity
 
 
@@ -169,9 +182,7 @@ def serve(data_dir: Path, log_level: str, log_format: str) -> int:
     """Run the agent until SIGINT or SIGTERM; the process's exit code."""
     from tether.cli.runtime import run_async, setup_logging
     from tether.gateway.agent import Agent, AgentStopped
-    from tether.gateway.ledger import LedgerLocked
     from tether.gateway.settings import check_log_options
-    from tether.gateway.spool import SpoolLocked
 
     try:
         check_log_options(log_level, log_format)
@@ -190,16 +201,17 @@ def serve(data_dir: Path, log_level: str, log_format: str) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await Agent(settings, identity).run(stop)
+        spool, ledger = await _open_stores(settings)
+        await Agent(settings, identity, ledger=ledger, spool=spool).run(stop)
 
     try:
         run_async(run())
+    except NotReady as exc:
+        _error(str(exc))
+        return EXIT_NOT_READY
     except AgentStopped as exc:
         _error(str(exc))
         return EXIT_STOPPED
-    except (LedgerLocked, SpoolLocked):  # one started between the checks and the agent
-        _error(str(_another_agent(data_dir)))
-        return EXIT_NOT_READY
     return 0
 
 
