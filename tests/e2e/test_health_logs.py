@@ -229,6 +229,8 @@ async def test_metrics_are_prometheus_text_for_a_token_with_read_access(
         assert (await wrong.get("/metrics")).status_code == 401
     viewer_token = await _user_token(api, "scraper", "viewer")
     async with cloud.api(viewer_token) as viewer:
+        assert (await viewer.get(f"/api/v1/gateways/{gw.gateway_id}")).status_code == 200
+        assert (await viewer.get("/api/v1/audit")).status_code == 403
         response = await viewer.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -247,6 +249,18 @@ async def test_metrics_are_prometheus_text_for_a_token_with_read_access(
     assert 0.0 < families["tether_gateway_memory_percent"][mine] <= 100.0
     assert mine in families["tether_gateway_cpu_percent"]
     assert families["tether_gateway_spool_dropped"][mine] == 0.0
+    # The operator API's requests, by route template (never the path as written) and status.
+    requests = families["tether_api_requests"]
+    assert (
+        requests[(("method", "GET"), ("route", "/api/v1/gateways/{gateway_id}"), ("status", "200"))]
+        >= 1
+    )
+    assert requests[(("method", "GET"), ("route", "/api/v1/audit"), ("status", "403"))] == 1
+    assert not any(gw.gateway_id in dict(labels)["route"] for labels in requests)
+    timed = families["tether_api_request_seconds"]
+    one = (("method", "GET"), ("route", "/api/v1/audit"))
+    assert timed[(("le", "+Inf"), *one)] == 1
+    assert 0.0 < timed[one] < 60.0  # the _sum sample: the time taken, in seconds
     # The serving process's own figures, under Prometheus's usual names.
     assert families["process_resident_memory_bytes"][()] > 10 * 2**20
     assert families["process_open_fds"][()] >= 3

@@ -16,6 +16,7 @@ in this process: ``auth``, then the route's own steps, then ``total``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -486,9 +487,24 @@ def _wrap(route: ApiRoute) -> Callable[[web.Request], Awaitable[web.StreamRespon
 
     async def handler(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
+        state: CloudState = request.app[STATE_KEY]
+        status = 500
+        try:
+            response = await answer(request, state, started)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away first
+            raise
+        finally:
+            state.api_stats.record(route.method, route.path, status, time.perf_counter() - started)
+
+    async def answer(request: web.Request, state: CloudState, started: float) -> web.StreamResponse:
         steps: list[tuple[str, float]] = []
         _timing.set(steps)  # this request's task has its own context
-        state: CloudState = request.app[STATE_KEY]
         principal = await authenticate(request, state)
         if principal.role not in PERMISSIONS[route.permission]:
             words = PERMISSION_WORDS.get(route.permission, route.permission)

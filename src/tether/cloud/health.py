@@ -7,6 +7,7 @@ Prometheus text format for a scraper holding an API token with read access.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from tether.cloud.store.health import HEALTH_FIGURES, HealthStore
@@ -33,7 +34,7 @@ from tether.protocol.messages import (
     NetcheckReport,
 )
 
-__all__ = ["FleetCollector", "HealthService", "metrics_handler"]
+__all__ = ["ApiStats", "FleetCollector", "HealthService", "metrics_handler"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,55 @@ class HealthService:
         self.log_records += await self.store.add_logs(gateway_id, records)
         self.log_dropped_on_gateways += message.dropped
         return [LogBatchAck(seq=message.seq)]
+
+
+#: Upper bounds (seconds) of the API request duration histogram's buckets.
+API_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ApiStats:
+    """The operator API's requests answered by this process: counted by route (its template,
+    never the path a caller wrote), method and status, and timed into a histogram."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = {}
+        #: (method, route) -> per-bucket counts (the last: above every bound), sum of seconds.
+        self.durations: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        timing = self.durations.get((method, route))
+        if timing is None:
+            timing = self.durations[(method, route)] = ([0] * (len(API_BUCKETS) + 1), [0.0])
+        timing[0][bisect.bisect_left(API_BUCKETS, seconds)] += 1
+        timing[1][0] += seconds
+
+    def families(self) -> Iterator[Any]:
+        requests = CounterMetricFamily(
+            "tether_api_requests",
+            "Operator API requests answered by this process",
+            labels=["method", "route", "status"],
+        )
+        for (method, route, status), count in sorted(self.counts.items()):
+            requests.add_metric([method, route, str(status)], count)
+        yield requests
+        seconds = HistogramMetricFamily(
+            "tether_api_request_seconds",
+            "Time to answer an operator API request, by route",
+            labels=["method", "route"],
+        )
+        for (method, route), (buckets, total) in sorted(self.durations.items()):
+            cumulative, running = [], 0
+            for bound, count in zip((*API_BUCKETS, float("inf")), buckets, strict=True):
+                running += count
+                cumulative.append((_bound(bound), running))
+            seconds.add_metric([method, route], cumulative, sum_value=total[0])
+        yield seconds
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
 
 
 class FleetCollector(Collector):
@@ -156,6 +206,9 @@ class FleetCollector(Collector):
             counter = CounterMetricFamily(name, help_text)
             counter.add_metric([], snap.get(value, 0))
             yield counter
+        api = snap.get("api")
+        if isinstance(api, ApiStats):
+            yield from api.families()
         for figure in HEALTH_FIGURES:
             gauge = GaugeMetricFamily(
                 f"tether_gateway_{figure}",
@@ -203,6 +256,7 @@ async def snapshot(state: Any) -> dict[str, Any]:
         "log_records": state.health.log_records,
         "log_dropped": state.health.log_dropped_on_gateways,
         "health": await state.health.store.latest_all(),
+        "api": state.api_stats,
         "at": datetime.now(UTC).isoformat(),
     }
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from tether.cloud.batching import BatchLoader
-from tether.cloud.health import HealthService
+from tether.cloud.health import ApiStats, HealthService
 from tether.cloud.identity import GatewayIdentity, gateway_identity
 from tether.cloud.ingest import IngestPipeline
 from tether.cloud.link import LinkHub
@@ -34,6 +34,8 @@ class CloudState:
     links: LinkStore
     health: HealthService
     certificates: BatchLoader[str, CertificateRecord] = field(init=False)
+    #: The operator API's requests, for /metrics.
+    api_stats: ApiStats = field(default_factory=ApiStats)
 
     def __post_init__(self) -> None:
         # Certificate checks of links opening together are answered by one query.
