@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -127,6 +129,122 @@ def _status(g: GatewayRecord) -> str:
     return "revoked" if g.revoked else "linked" if g.linked else "offline"
 
 
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """An agent version in the order releases come: 0.10.0 after 0.9.2 (numbers as numbers)."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"[.+-]", version)
+    )
+
+
+def _alert_weight(r: GatewayRow) -> tuple[int, int, int]:
+    levels = [a.level for a in r.alerts]
+    return levels.count("bad"), levels.count("warn"), len(levels)
+
+
+_STATUS_RANK: Final = {"offline": 0, "linked": 1, "revoked": 2}
+_TIER_RANK: Final = {"ws": 0, "longpoll": 1, "poll": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class FleetColumn:
+    """A column of the fleet table that sorts: its ``sort`` value, its header, the order a
+    first click asks for, and the value rows sort by (None: no value, listed last either way)."""
+
+    key: str
+    label: str
+    first: str  # "asc" or "desc"
+    value: Callable[[GatewayRow, datetime], Any]
+    css: str = ""
+    title: str = ""
+
+
+FLEET_COLUMNS: Final = {
+    c.key: c
+    for c in (
+        FleetColumn("name", "Gateway", "asc", lambda r, now: r.gateway.name.casefold()),
+        FleetColumn("state", "State", "asc", lambda r, now: _STATUS_RANK[r.status]),
+        FleetColumn("tier", "Tier", "asc", lambda r, now: _TIER_RANK.get(r.gateway.tier or "")),
+        FleetColumn(
+            "last_seen",
+            "Last seen",
+            "asc",  # the longest silent first
+            lambda r, now: now if r.status == "linked" else r.gateway.last_seen,
+        ),
+        FleetColumn(
+            "agent",
+            "Agent",
+            "asc",  # the oldest agents first
+            lambda r, now: (
+                None if not r.gateway.agent_version else _version_key(r.gateway.agent_version)
+            ),
+        ),
+        FleetColumn(
+            "spool",
+            "Spool",
+            "desc",  # the fullest first
+            lambda r, now: r.spool,
+            css="num",
+            title="Observations waiting on the gateway",
+        ),
+        FleetColumn("cert", "Certificate", "asc", lambda r, now: r.gateway.cert_not_after),
+        FleetColumn("alerts", "Alerts", "desc", lambda r, now: _alert_weight(r)),
+    )
+}
+#: The fleet's order when none is asked for: offline gateways first, then linked, then revoked.
+FLEET_SORT: Final = "state"
+
+
+def fleet_order(query: Mapping[str, str]) -> tuple[str, str]:
+    """The (column, "asc" | "desc") a request asks for; the default for what is not a column."""
+    sort = query.get("sort", "")
+    if sort not in FLEET_COLUMNS:
+        sort = FLEET_SORT
+    order = query.get("order", "")
+    if order not in ("asc", "desc"):
+        order = FLEET_COLUMNS[sort].first
+    return sort, order
+
+
+def sort_fleet(rows: list[GatewayRow], sort: str, order: str, now: datetime) -> list[GatewayRow]:
+    """*rows* by column *sort* in *order*; equal values by name then id, and rows without a
+    value (never seen, no agent version, no health report…) last, in either order."""
+    column = FLEET_COLUMNS[sort]
+    by_name = sorted(rows, key=lambda r: (r.gateway.name.casefold(), r.gateway.gateway_id))
+    valued = [(column.value(r, now), r) for r in by_name]
+    present = [(v, r) for v, r in valued if v is not None]
+    present.sort(key=lambda pair: pair[0], reverse=order == "desc")  # stable: names stay in order
+    return [r for _, r in present] + [r for v, r in valued if v is None]
+
+
+@dataclass(frozen=True, slots=True)
+class SortHeader:
+    """A header of the fleet table: a link that sorts by its column (or turns the order over)."""
+
+    label: str
+    href: str
+    aria_sort: str | None  # "ascending" or "descending" on the sorted column only
+    css: str
+    title: str
+
+
+def _sort_headers(sort: str, order: str, kept: dict[str, str]) -> list[SortHeader]:
+    headers = []
+    for column in FLEET_COLUMNS.values():
+        current = column.key == sort
+        ask = ("desc" if order == "asc" else "asc") if current else column.first
+        query = urlencode({**kept, "sort": column.key, "order": ask})
+        headers.append(
+            SortHeader(
+                label=column.label,
+                href=f"{PREFIX}/?{query}",
+                aria_sort=("ascending" if order == "asc" else "descending") if current else None,
+                css=column.css,
+                title=column.title,
+            )
+        )
+    return headers
+
+
 async def _fleet(ctx: Ctx) -> dict[str, Any]:
     now = datetime.now(UTC)
     health = await ctx.state.health.store.latest_all()
@@ -139,7 +257,8 @@ async def _fleet(ctx: Ctx) -> dict[str, Any]:
         )
         for g in await ctx.state.store.list_gateways()
     ]
-    rows.sort(key=lambda r: (r.status != "offline", r.status != "linked", r.gateway.name))
+    sort, order = fleet_order(ctx.request.query)
+    rows = sort_fleet(rows, sort, order, now)
     counts = {s: sum(r.status == s for r in rows) for s in ("linked", "offline", "revoked")}
     q = ctx.request.query.get("q", "").strip().lower()
     status = ctx.request.query.get("status", "")
@@ -149,6 +268,7 @@ async def _fleet(ctx: Ctx) -> dict[str, Any]:
         if (not q or all(word in r.search for word in q.split()))
         and (not status or r.status == status)
     ]
+    kept = {k: v for k, v in (("q", ctx.request.query.get("q", "")), ("status", status)) if v}
     return {
         "rows": shown,
         "total": len(rows),
@@ -156,6 +276,10 @@ async def _fleet(ctx: Ctx) -> dict[str, Any]:
         "alerting": sum(bool(r.alerts) for r in rows),
         "q": ctx.request.query.get("q", ""),
         "status": status,
+        "sort": sort,
+        "order": order,
+        "sort_label": FLEET_COLUMNS[sort].label,
+        "headers": _sort_headers(sort, order, kept),
         "now": now,
     }
 

@@ -7,6 +7,7 @@
  * - filters: an input with data-filter="ID" hides rows of #ID whose data-search (or text)
  *   lacks every word typed; a select with data-filter-status="ID" keeps rows of one state;
  *   when every row is hidden the target says so, and [data-filter-count="ID"] tells how many show;
+ * - a table's sort links (a[data-sort-link]) keep the filters typed since the page came;
  * - forms with data-confirm ask first; buttons with data-copy copy a field;
  * - "/" focuses the page's filter box (the field with aria-keyshortcuts="/").
  */
@@ -70,11 +71,19 @@
     target.appendChild(note);
   }
 
+  /* Keep a filter in the page's address (a reload or a live refresh keeps it) and in the
+   * sort links of its table's headers (sorting keeps it). */
   function remember(input) {
     if (!input.name || !window.history.replaceState) { return; }
-    var url = new URL(window.location.href);
-    if (input.value) { url.searchParams.set(input.name, input.value); } else { url.searchParams.delete(input.name); }
-    window.history.replaceState(null, "", url.toString());
+    var keep = function (url) {
+      if (input.value) { url.searchParams.set(input.name, input.value); } else { url.searchParams.delete(input.name); }
+      return url;
+    };
+    window.history.replaceState(null, "", keep(new URL(window.location.href)).toString());
+    $all("a[data-sort-link]").forEach(function (a) {
+      var url = keep(new URL(a.getAttribute("href"), window.location.href));
+      a.setAttribute("href", url.pathname + url.search);
+    });
   }
 
   $all("[data-filter], [data-filter-status]").forEach(function (el) {
