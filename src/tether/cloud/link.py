@@ -23,7 +23,7 @@ from aiohttp import WSMsgType, web
 from sqlalchemy.exc import SQLAlchemyError
 
 from tether.cloud.identity import GatewayIdentity
-from tether.cloud.service import GatewayService, TelemetryGate
+from tether.cloud.service import GatewayService, TelemetryGate, hello_facts
 from tether.cloud.store import Store
 from tether.cloud.store.links import LinkStore
 from tether.protocol.codec import HEADER, PING_FRAME_MAX, pong_for_ping
@@ -430,15 +430,16 @@ class WebSocketLink:
             if previous is not None:
                 self.hub.replaced(self.gateway_id, old_peer=previous.peer, new_peer=self.peer)
                 await previous.close(CloseCode.REPLACED, "a newer link of this gateway took over")
+            agent_version, reason = hello_facts(event.hello)
             self._opened_at = await self.links.opened(
                 self.gateway_id,
                 tier="ws",
-                reason=event.hello.tier_reason,
-                agent_version=event.hello.agent_version,
+                reason=reason,
+                agent_version=agent_version,
                 peer=self.peer,
             )
             # What the gateway sent is logged quoted (%r): a newline in it cannot forge a line.
-            log.info("gateway %s linked (agent %r)", self.gateway_id, event.hello.agent_version)
+            log.info("gateway %s linked (agent %r)", self.gateway_id, agent_version)
         elif isinstance(event, LinkOpened):
             self._in_background(self.deliver(link_opened=True))
         elif isinstance(event, LinkClosed):

@@ -21,6 +21,7 @@ import uuid
 from aiohttp import web
 
 from tether.cloud.identity import IdentityError
+from tether.cloud.service import hello_facts
 from tether.cloud.state import STATE_KEY, CloudState
 from tether.protocol.codec import FrameDecoder, encode_frames
 from tether.protocol.errors import ProtocolError
@@ -72,11 +73,12 @@ async def exchange(request: web.Request) -> web.Response:
                     server_time=time.time(),
                 )
             )
+            agent_version, reason = hello_facts(message)
             await state.links.opened(
                 gateway_id,
                 tier=tier,
-                reason=message.tier_reason,
-                agent_version=message.agent_version,
+                reason=reason,
+                agent_version=agent_version,
                 peer=request.remote,
             )
         else:

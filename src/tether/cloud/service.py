@@ -38,18 +38,30 @@ from tether.protocol.messages import (
     ConfigAck,
     ConfigUpdate,
     ErrorReport,
+    Hello,
     Message,
     TelemetryAck,
     TelemetryBatch,
     TelemetryReject,
 )
 
-__all__ = ["GatewayService", "MessageHandler"]
+__all__ = [
+    "MAX_AGENT_VERSION",
+    "MAX_TIER_REASON",
+    "GatewayService",
+    "MessageHandler",
+    "hello_facts",
+]
 
 log = logging.getLogger(__name__)
 
 #: Commands handed out in one answer at most (the rest follow in the next).
 OUTGOING_LIMIT = 100
+#: What a gateway says of itself in its Hello is stored as it opens its link, in one write
+#: with the other gateways' openings: cut to what the store holds (``gateways.agent_version``
+#: is 64 characters), so one gateway's over-long Hello cannot fail the write for all of them.
+MAX_AGENT_VERSION = 64
+MAX_TIER_REASON = 1000
 #: Ids of commands sent from memory that a plain read of what waits skips (the latest ones).
 SENT_MEMORY = 16_384
 
@@ -78,6 +90,11 @@ _UPDATE_EVENTS = {
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def hello_facts(hello: Hello) -> tuple[str, str]:
+    """The agent version and tier reason of a Hello, cut to what the store holds."""
+    return hello.agent_version[:MAX_AGENT_VERSION], hello.tier_reason[:MAX_TIER_REASON]
 
 
 class _Pending(NamedTuple):
