@@ -307,7 +307,9 @@ async def test_every_console_route_answers_each_role_as_its_permission_says(
             await world.store.close()
 
 
-async def test_a_viewer_neither_sees_nor_may_use_the_command_form(tmp_path: Path) -> None:
+async def test_the_command_form_offers_each_role_what_it_may_send(tmp_path: Path) -> None:
+    """A viewer gets no form; support gets it for the diagnostic kinds alone (a reboot is
+    refused in words); operator and admin get every kind."""
     async with (
         running_cloud(tmp_path / "cloud") as cloud,
         cloud.api() as admin,
@@ -321,16 +323,29 @@ async def test_a_viewer_neither_sees_nor_may_use_the_command_form(tmp_path: Path
                 page = await client.get(f"/console/gateways/{gateway_id}", headers=session.cookies)
                 assert page.status_code == 200
                 has_form = 'id="send-command"' in page.text
-                assert has_form == (role in api.PERMISSIONS["command"]), role
+                assert has_form == (role in api.PERMISSIONS["diagnose"]), role
+                offers_reboot = '<option value="reboot">' in page.text
+                assert offers_reboot == (role in api.PERMISSIONS["command"]), role
                 sent = await client.post(
                     f"/console/gateways/{gateway_id}/commands",
                     data=session.form(kind="ping", args="{}", ttl="600"),
                     headers=session.cookies,
                 )
                 assert sent.status_code == (303 if has_form else 403), role
+                reboot = await client.post(
+                    f"/console/gateways/{gateway_id}/commands",
+                    data=session.form(kind="reboot", args="{}", ttl="600"),
+                    headers=session.cookies,
+                )
+                if role in api.PERMISSIONS["command"]:
+                    assert reboot.status_code == 303, role
+                elif has_form:
+                    assert reboot.status_code == 403, role
+                    assert "only diagnostic commands" in reboot.text, role
             commands = (await admin.get("/api/v1/commands", params={"gateway": gateway_id})).json()
-            assert sorted(c["created_by"] for c in commands) == sorted(
-                f"as-{r} ({r})" for r in ROLES if r in api.PERMISSIONS["command"]
+            assert sorted((c["created_by"], c["kind"]) for c in commands) == sorted(
+                [(f"as-{r} ({r})", "ping") for r in ROLES if r in api.PERMISSIONS["diagnose"]]
+                + [(f"as-{r} ({r})", "reboot") for r in ROLES if r in api.PERMISSIONS["command"]]
             )
         finally:
             await world.store.close()

@@ -37,7 +37,7 @@ from tether.cloud.store.health import HEALTH_FIGURES, figure, health_reports
 from tether.cloud.store.records import ROLES, CommandRecord, GatewayRecord
 from tether.cloud.store.store import AuditFilter, AuditFilterInvalid
 from tether.cloud.store.telemetry import observations
-from tether.protocol.commands import FINAL_STATES
+from tether.protocol.commands import DIAGNOSTIC_COMMAND_KINDS, FINAL_STATES
 
 __all__ = ["ROUTES", "gateway_alerts"]
 
@@ -457,6 +457,9 @@ async def _gateway(ctx: Ctx, gateway_id: str, regions: set[str] | None) -> dict[
         "now": now,
         "sent": ctx.request.query.get("sent", ""),
         "can_command": ctx.can("command"),
+        # A support role sends and cancels only the diagnostic kinds (ping, metrics).
+        "can_diagnose": ctx.can("diagnose"),
+        "diagnostic_kinds": DIAGNOSTIC_COMMAND_KINDS,
         "report": latest,
     }
     if wanted("gw-status"):
@@ -642,7 +645,7 @@ async def gateway_page(ctx: Ctx) -> web.StreamResponse:
         "gateway.html",
         nav="fleet",
         title=data["g"].name,
-        kinds=COMMAND_KINDS,
+        kinds=_kinds(ctx),
         ttls=TTL_CHOICES,
         form_error=None,
         form={"kind": "ping", "args": "{}", "ttl": "3600"},
@@ -666,6 +669,13 @@ async def gateway_live(ctx: Ctx) -> web.StreamResponse:
 async def _form(ctx: Ctx) -> dict[str, str]:
     form = await ctx.request.post()
     return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _kinds(ctx: Ctx) -> tuple[str, ...]:
+    """The command kinds offered to this user: all, or the diagnostic ones alone."""
+    if ctx.can("command"):
+        return COMMAND_KINDS
+    return tuple(k for k in COMMAND_KINDS if k in DIAGNOSTIC_COMMAND_KINDS)
 
 
 async def send_command(ctx: Ctx) -> web.StreamResponse:
@@ -719,7 +729,7 @@ async def _gateway_with_error(
         code=status,
         nav="fleet",
         title=data["g"].name,
-        kinds=COMMAND_KINDS,
+        kinds=_kinds(ctx),
         ttls=TTL_CHOICES,
         form_error=error,
         form=form or {"kind": "ping", "args": "{}", "ttl": "3600"},
@@ -1094,10 +1104,10 @@ ROUTES: tuple[ConsoleRoute, ...] = (
         "GET", f"{P}/gateways/{{gateway_id}}/live", gateway_live, "read", "Gateway regions"
     ),
     ConsoleRoute(
-        "POST", f"{P}/gateways/{{gateway_id}}/commands", send_command, "command", "Send a command"
+        "POST", f"{P}/gateways/{{gateway_id}}/commands", send_command, "diagnose", "Send a command"
     ),
     ConsoleRoute(
-        "POST", f"{P}/commands/{{command_id}}/cancel", cancel_command, "command", "Cancel"
+        "POST", f"{P}/commands/{{command_id}}/cancel", cancel_command, "diagnose", "Cancel"
     ),
     ConsoleRoute("POST", f"{P}/gateways/{{gateway_id}}/revoke", revoke_gateway, "revoke", "Revoke"),
     ConsoleRoute("GET", f"{P}/network", network_page, "read", "Network requirements"),
