@@ -2,8 +2,9 @@
 
 ``agent`` and ``logs`` are checked as the agent checks them (:mod:`tether.protocol.config`).
 ``connectors`` is checked for its shape, its instance names, and, for the connectors shipped
-with tether, each instance's settings against that connector's schema; a connector the cloud
-does not know (one a deployment added to its agents) is left to the agent to judge.
+with tether, each instance's settings against that connector's schema
+(:data:`tether.protocol.connectors.BUILTIN_CONNECTOR_SCHEMAS`); a connector the cloud does not
+know (one a deployment added to its agents) is left to the agent to judge.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from typing import Any
 
 import msgspec
 
-from tether.gateway.connectors.core import ConnectorsConfigInvalid, decode_connectors_config
-from tether.gateway.connectors.registry import UnknownConnector, builtin_registry
 from tether.protocol.config import (
     CONFIG_SECTIONS,
     ConfigInvalid,
     agent_section,
     check_instance_name,
     logs_section,
+)
+from tether.protocol.connectors import (
+    BUILTIN_CONNECTOR_SCHEMAS,
+    ConnectorsConfigInvalid,
+    decode_connectors_config,
 )
 
 __all__ = ["check_section"]
@@ -50,14 +54,12 @@ def _connectors(data: Mapping[str, Any]) -> None:
         config = decode_connectors_config({**data, "version": 1})
     except ConnectorsConfigInvalid as exc:
         raise ConfigInvalid(str(exc)) from None
-    registry = builtin_registry()
     for name, instance in config.instances.items():
         check_instance_name(name)
-        try:
-            registration = registry.get(instance.connector)
-        except UnknownConnector:
+        schema = BUILTIN_CONNECTOR_SCHEMAS.get(instance.connector)
+        if schema is None:
             continue  # perhaps one the deployment added to its agents: theirs to judge
         try:
-            msgspec.convert(instance.config, registration.manifest.config_schema)
+            msgspec.convert(instance.config, schema)
         except msgspec.ValidationError as exc:
             raise ConfigInvalid(f"instance {name!r} ({instance.connector}): {exc}") from None

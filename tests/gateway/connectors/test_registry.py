@@ -14,6 +14,7 @@ from tether.gateway.connectors import (
     builtin_registry,
 )
 from tether.gateway.connectors.simulated import MANIFEST as SIMULATED
+from tether.protocol.connectors import BUILTIN_CONNECTOR_SCHEMAS
 
 
 def test_registering_a_name_twice_fails_and_keeps_the_first() -> None:
@@ -48,3 +49,12 @@ def test_importing_connectors_registers_nothing() -> None:
     assert first is not second
     second.register(PROBE_MANIFEST, lambda config: Probe(Lab(), config))
     assert "probe" not in first
+
+
+def test_the_builtin_registry_and_the_shared_schemas_table_agree() -> None:
+    # The cloud checks settings against tether.protocol's table, the agent against its registry:
+    # the same connector names with the same schema types, or the two would judge differently.
+    registry = builtin_registry()
+    assert list(registry) == sorted(BUILTIN_CONNECTOR_SCHEMAS)
+    for name, schema in BUILTIN_CONNECTOR_SCHEMAS.items():
+        assert registry.get(name).manifest.config_schema is schema, name

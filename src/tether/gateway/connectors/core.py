@@ -3,7 +3,8 @@
 The runner owns everything a connector should not decide for itself:
 
 * **configuration**: a versioned :class:`ConnectorsConfig` (instance name → connector name and
-  its raw config). :meth:`ConnectorRunner.apply_config` validates every instance against its
+  its raw config; the document is shared with the cloud, :mod:`tether.protocol.connectors`, and
+  re-exported here). :meth:`ConnectorRunner.apply_config` validates every instance against its
   connector's schema (``msgspec.convert``) and starts, stops or restarts *only* the instances
   whose validated configuration changed, while the agent keeps running;
 * **retries**: ``ConnectorNotReady`` (or any unexpected error) from ``start`` or a spawned task
@@ -44,6 +45,12 @@ from tether.gateway.connectors.registry import ConnectorRegistry, Registration, 
 from tether.gateway.spool import SpoolError
 from tether.protocol.backoff import backoff_delays
 from tether.protocol.config import ConfigInvalid, check_instance_name
+from tether.protocol.connectors import (
+    ConnectorsConfig,
+    ConnectorsConfigInvalid,
+    InstanceConfig,
+    decode_connectors_config,
+)
 from tether.protocol.telemetry import Discovery, Observation
 
 __all__ = [
@@ -62,38 +69,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 
-# --- configuration -------------------------------------------------------------------------------
-
-
-class InstanceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """One configured instance: which connector, with which settings."""
-
-    connector: str
-    config: dict[str, Any] = msgspec.field(default_factory=dict)
-    enabled: bool = True
-
-
-class ConnectorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Every connector instance of a gateway, as one versioned document."""
-
-    version: int
-    instances: dict[str, InstanceConfig] = msgspec.field(default_factory=dict)
-
-
-class ConnectorsConfigInvalid(ValueError):
-    """The connectors document itself is malformed (not one instance's settings)."""
-
-
 class StaleConnectorsConfig(ValueError):
     """A configuration older than the one applied arrived; it is ignored."""
-
-
-def decode_connectors_config(raw: Mapping[str, Any]) -> ConnectorsConfig:
-    """Convert a parsed document (JSON, msgpack, TOML) into a :class:`ConnectorsConfig`."""
-    try:
-        return msgspec.convert(raw, ConnectorsConfig)
-    except msgspec.ValidationError as exc:
-        raise ConnectorsConfigInvalid(f"connectors configuration: {exc}") from exc
 
 
 # --- state and statistics ------------------------------------------------------------------------

@@ -9,6 +9,9 @@ weekdays; each meter's energy register is the exact integral of its power curve.
 
 For load tests, ``rate`` asks for that many observations per second: each poll then carries
 several evenly spaced samples per point (never fewer than one per point).
+
+The settings schema, :class:`SimulatedBuildingConfig`, lives in :mod:`tether.protocol.connectors`
+(the cloud checks settings against it) and is re-exported here.
 """
 
 from __future__ import annotations
@@ -17,9 +20,6 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
-from typing import Annotated
-
-import msgspec
 
 from tether.gateway.connectors.base import (
     ConnectorConfigError,
@@ -27,6 +27,7 @@ from tether.gateway.connectors.base import (
     ConnectorManifest,
     IotClass,
 )
+from tether.protocol.connectors import SIMULATED_BUILDING, SimulatedBuildingConfig
 from tether.protocol.telemetry import (
     DeviceInfo,
     Discovery,
@@ -44,24 +45,8 @@ EPOCH_2020 = 1_577_836_800.0  # meters were installed on 2020-01-01: energy coun
 _M64 = (1 << 64) - 1
 
 
-class SimulatedBuildingConfig(
-    msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
-):
-    """Settings of the ``simulated-building`` connector."""
-
-    seed: int = 0
-    building: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "Simulated Building"
-    air_handlers: Annotated[int, msgspec.Meta(ge=0, le=500)] = 2
-    vavs_per_ahu: Annotated[int, msgspec.Meta(ge=0, le=200)] = 6
-    meters: Annotated[int, msgspec.Meta(ge=0, le=500)] = 2
-    zone_sensors: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 6
-    poll_interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
-    rate: Annotated[float, msgspec.Meta(ge=0, le=100_000)] = 0.0  # observations/s; 0: natural
-    utc_offset_hours: Annotated[float, msgspec.Meta(ge=-14, le=14)] = 0.0
-
-
 MANIFEST = ConnectorManifest(
-    name="simulated-building",
+    name=SIMULATED_BUILDING,
     version="1.0.0",
     description="A deterministic simulated building (AHUs, VAVs, meters, zone sensors)",
     config_schema=SimulatedBuildingConfig,
