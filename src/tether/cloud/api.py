@@ -718,6 +718,14 @@ def _check_name(name: str | None) -> str | None:
 async def create_token(request: web.Request, state: CloudState, p: Principal) -> TokenOut:
     body: TokenIn = await _decode(request, TokenIn)
     body.name = _check_name(body.name)
+    if body.name is not None:
+        holder = await state.store.name_in_use(body.name, now=datetime.now(UTC))
+        if holder is not None:
+            raise _error(
+                409,
+                f"the name {body.name!r} is taken by {holder}: choose another, "
+                "or revoke that one first",
+            )
     ttl = state.settings.enrollment_token_ttl
     if body.ttl_seconds is not None:
         if not 0 < body.ttl_seconds <= 30 * 86400:

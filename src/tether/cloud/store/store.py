@@ -890,6 +890,36 @@ class Store:
             raise TokenAlreadyUsed(token.token_id, token.used_at)
         raise TokenExpired(token.token_id, token.expires_at)
 
+    async def name_in_use(self, name: str, *, now: datetime) -> str | None:
+        """What already holds gateway name *name*, in words (a gateway that is not revoked,
+        or an enrollment token that can still be used), or None when the name is free."""
+        g = gateways.c
+        t = enrollment_tokens.c
+        async with self._read() as conn:
+            gateway_id = (
+                await conn.execute(
+                    sa.select(g.gateway_id).where(g.name == name, g.revoked_at.is_(None)).limit(1)
+                )
+            ).scalar()
+            if gateway_id is not None:
+                return f"gateway {gateway_id}"
+            token = (
+                await conn.execute(
+                    sa.select(t.token_id, t.expires_at)
+                    .where(
+                        t.gateway_name == name,
+                        t.used_at.is_(None),
+                        t.revoked_at.is_(None),
+                        t.expires_at > now,
+                    )
+                    .limit(1)
+                )
+            ).first()
+        if token is not None:
+            until = f"{token.expires_at:%Y-%m-%d %H:%M} UTC"
+            return f"enrollment token {token.token_id}, unused, valid until {until}"
+        return None
+
     async def list_enrollment_tokens(self) -> list[EnrollmentTokenRecord]:
         """All enrollment tokens, newest first."""
         t = enrollment_tokens.c
