@@ -127,7 +127,7 @@ def _api_body(request_type: Any) -> Any:
     """An example body of each request type the API uses."""
     examples: dict[Any, Callable[[], Any]] = {
         api.CommandIn: lambda: {"kind": "ping"},
-        api.TokenIn: lambda: {"name": "matrix"},
+        api.TokenIn: lambda: {"name": _fresh("matrix-")},
         dict[str, Any]: lambda: {"health_interval": 60},  # a configuration section
         acc.UserIn: lambda: {"username": _fresh("new"), "role": "viewer"},
         acc.RoleIn: lambda: {"role": "support"},
@@ -243,7 +243,7 @@ def _console_cases(cloud: Cloud) -> dict[str, ConsoleCase]:
         "network_document": ConsoleCase({"fmt": "md"}, none, 200),
         "network_rules": ConsoleCase({"fmt": "fortigate", "name": rules.files[0][0]}, none, 200),
         "tokens_page": ConsoleCase({}, none, 200),
-        "create_token": ConsoleCase({}, lambda: {"name": "matrix", "hours": "1"}, 200),
+        "create_token": ConsoleCase({}, lambda: {"name": _fresh("matrix-"), "hours": "1"}, 200),
         "revoke_token": ConsoleCase({}, none, 303),
         "audit_page": ConsoleCase({}, none, 200),
         "users_page": ConsoleCase({}, none, 200),
