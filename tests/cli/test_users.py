@@ -10,7 +10,7 @@ import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from tests.cli.stub import Stub, invoke, tether
+from tests.cli.stub import Stub, invoke, no_traceback, tether
 from tests.support.cloudproc import Cloud, running_cloud, tether_script
 from tests.support.console import console_client, console_login
 
@@ -239,3 +239,110 @@ def test_audit_list_sends_local_times_with_their_offset(stub: Stub) -> None:
     assert "until=2026-09-21T14%3A13%3A20%2B00%3A00" in request
     assert "action=token.%2A" in request
     assert "limit=50" in request
+
+
+_USER = {
+    "username": "olga",
+    "role": "operator",
+    "created_at": "2025-01-02T03:04:05+00:00",
+    "created_by": "admin (admin)",
+    "password_changed_at": "2025-01-02T03:04:05+00:00",
+    "disabled": False,
+    "disabled_at": None,
+    "last_login_at": None,
+}
+_TOKEN = {
+    "token_id": "at_1",
+    "username": "olga",
+    "label": "cli",
+    "role": "operator",
+    "created_at": "2025-01-02T03:04:05+00:00",
+    "created_by": "admin (admin)",
+    "expires_at": None,
+    "revoked_at": None,
+    "last_used_at": None,
+}
+_ENTRY = {
+    "id": 7,
+    "at": "2025-01-02T03:04:05+00:00",
+    "actor": "admin (admin)",
+    "action": "token.create",
+    "target": None,
+    "detail": None,
+    "source": "127.0.0.1",
+}
+
+
+def _said_unexpected(done: subprocess.CompletedProcess[str], field: str) -> bool:
+    """One error line saying the answer's shape is unexpected, naming *field*."""
+    return (
+        done.returncode == 1
+        and done.stdout == ""
+        and done.stderr.startswith("error: the cloud's answer has an unexpected shape")
+        and field in done.stderr
+        and done.stderr.count("\n") == 1
+        and no_traceback(done)
+    )
+
+
+def test_a_malformed_answer_is_one_error_line_naming_the_field(stub: Stub) -> None:
+    for answer, args, field in (
+        ([{**_USER, "last_login_at": "soon"}], ("user", "list"), "$[0].last_login_at"),
+        ([{**_USER, "disabled": "no"}], ("user", "list"), "$[0].disabled"),
+        ({"username": "olga"}, ("user", "list"), "Expected `array`, got `object`"),
+        (
+            [_TOKEN, {**_TOKEN, "expires_at": 5}],
+            ("user", "token", "list", "olga"),
+            "$[1].expires_at",
+        ),
+        ([{"label": "cli"}], ("user", "token", "list", "olga"), "$[0]"),
+        ([{**_ENTRY, "id": "seven"}], ("audit", "list"), "$[0].id"),
+        ([{k: v for k, v in _ENTRY.items() if k != "actor"}], ("audit", "list"), "actor"),
+        ({"user": {"username": "olga"}}, ("user", "create", "olga"), "$.user"),
+        ({"role": "viewer"}, ("user", "role", "olga", "viewer"), "username"),
+        ({"password": 42}, ("user", "passwd", "olga"), "$.password"),
+        ({"token": _TOKEN}, ("user", "token", "create", "olga"), "secret"),
+    ):
+        stub.answer(200, json.dumps(answer).encode())
+        done = invoke(*args, env=stub.env())
+        assert _said_unexpected(done, field), (args, done.stdout, done.stderr)
+
+
+def _rows(shown: str) -> list[list[str]]:
+    """The cells of each row of the table in *shown* (as a pipe gets it, one line a row)."""
+    lines = [line for line in shown.splitlines() if line.startswith("│")]
+    return [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines]
+
+
+def test_json_prints_the_answer_as_it_came_and_tables_show_what_they_know(stub: Stub) -> None:
+    odd = [{**_ENTRY, "id": "seven"}]
+    stub.answer(200, json.dumps(odd).encode())
+    done = invoke("audit", "list", "--json", env=stub.env())
+    assert (done.returncode, json.loads(done.stdout)) == (0, odd)  # unchecked, as it came
+
+    stub.answer(200, json.dumps([{**_USER, "a_field_this_client_does_not_know": 1}]).encode())
+    done = invoke("user", "list", env=stub.env())
+    assert done.returncode == 0, done.stderr
+    [cells] = _rows(done.stdout)
+    assert cells[:4] == ["olga", "operator", "active", "-"]
+    assert cells[4].endswith(" d ago")
+    assert cells[5] == "admin (admin)"
+
+    revoked = {**_TOKEN, "expires_at": "2030-01-02T03:04:05Z", "revoked_at": _TOKEN["created_at"]}
+    stub.answer(200, json.dumps([_TOKEN, revoked]).encode())
+    done = invoke("user", "token", "list", "olga", env=stub.env())
+    assert done.returncode == 0, done.stderr
+    lasting, revoked_row = _rows(done.stdout)
+    assert lasting[4:] == ["never", "-", ""]
+    assert revoked_row[4] == "2030-01-02 03:04:05"
+    assert revoked_row[6].endswith(" d ago")
+
+    stub.answer(200, json.dumps([_ENTRY]).encode())
+    done = invoke("audit", "list", "--limit", "1", env=stub.env())
+    assert done.returncode == 0, done.stderr
+    assert "2025-01-02 03:04:05" in done.stdout
+    assert done.stdout.endswith("older entries: the same with --before 7\n")
+
+    stub.answer(201, json.dumps({"user": _USER, "password": None}).encode())
+    done = invoke("user", "create", "olga", env=stub.env())
+    assert (done.returncode, done.stdout) == (0, "user olga created with role operator\n")

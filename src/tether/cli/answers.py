@@ -15,6 +15,8 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "ApiToken",
+    "AuditEntry",
     "Command",
     "ConfigSection",
     "ConfigStored",
@@ -22,12 +24,16 @@ __all__ = [
     "Gateway",
     "GatewayDetail",
     "LogRecord",
+    "NewApiToken",
     "NewEnrollmentToken",
+    "NewPassword",
+    "NewUser",
     "Observation",
     "Point",
     "Preflight",
     "PreflightResult",
     "TierChange",
+    "User",
 ]
 
 #: A point's value as JSON carries it.
@@ -142,3 +148,49 @@ class LogRecord(msgspec.Struct):
     level: str
     source: str
     message: str
+
+
+class User(msgspec.Struct):
+    """An operator account."""
+
+    username: str
+    role: str
+    disabled: bool
+    last_login_at: datetime | None
+    created_at: datetime
+    created_by: str
+
+
+class NewUser(msgspec.Struct):
+    user: User
+    password: str | None = None  # generated, shown once; none when the caller gave one
+
+
+class NewPassword(msgspec.Struct):
+    password: str | None = None  # generated, shown once; none when the caller gave one
+
+
+class ApiToken(msgspec.Struct):
+    """A user's API token (never its secret)."""
+
+    token_id: str
+    label: str
+    role: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class NewApiToken(msgspec.Struct):
+    token: ApiToken
+    secret: str
+
+
+class AuditEntry(msgspec.Struct):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    source: str | None

@@ -16,7 +16,8 @@ import typer
 from rich.markup import escape
 from rich.text import Text
 
-from tether.cli.client import api_command, api_path, client_from_env
+from tether.cli.answers import ApiToken, AuditEntry, NewApiToken, NewPassword, NewUser, User
+from tether.cli.client import api_command, api_path, client_from_env, decode
 from tether.cli.ops import within
 from tether.cli.output import age, console, fail, print_json, table, utc
 from tether.cli.points import instant
@@ -45,8 +46,8 @@ def _show_secret(label: str, secret: str) -> None:
     console.print(secret, soft_wrap=True, highlight=False, markup=False)
 
 
-def _user(name: Any) -> str:
-    return f"[bold]{escape(str(name))}[/bold]"
+def _user(name: str) -> str:
+    return f"[bold]{escape(name)}[/bold]"
 
 
 @user_app.command("create")
@@ -65,13 +66,13 @@ def user_create(
     if as_json:
         print_json(data)
         return
-    user = data["user"]
+    made = decode(data, NewUser)
     console.print(
-        f"user {_user(user['username'])} created with role {escape(str(user['role']))}",
+        f"user {_user(made.user.username)} created with role {escape(made.user.role)}",
         highlight=False,
     )
-    if data.get("password"):
-        _show_secret("password", data["password"])
+    if made.password:
+        _show_secret("password", made.password)
 
 
 @user_app.command("list")
@@ -82,19 +83,20 @@ def user_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
     if as_json:
         print_json(data)
         return
+    users = decode(data, list[User])
     table(
-        f"{len(data)} users",
+        f"{len(users)} users",
         ["username", "role", "state", "last login", "created", "by"],
         [
             [
-                u["username"],
-                u["role"],
-                "disabled" if u["disabled"] else "active",
-                age(u["last_login_at"]),
-                age(u["created_at"]),
-                u["created_by"],
+                u.username,
+                u.role,
+                "disabled" if u.disabled else "active",
+                age(u.last_login_at),
+                age(u.created_at),
+                u.created_by,
             ]
-            for u in data
+            for u in users
         ],
     )
 
@@ -119,10 +121,8 @@ def user_enable(username: str) -> None:
 @api_command
 def user_role(username: str, role: str = typer.Argument(..., help=f"One of {_ROLES}.")) -> None:
     """Change a user's role (their API tokens take the new role too)."""
-    data = client_from_env().post(api_path("users", username, "role"), {"role": role})
-    console.print(
-        f"user {_user(data['username'])} is now {escape(str(data['role']))}", highlight=False
-    )
+    user = decode(client_from_env().post(api_path("users", username, "role"), {"role": role}), User)
+    console.print(f"user {_user(user.username)} is now {escape(user.role)}", highlight=False)
 
 
 @user_app.command("passwd")
@@ -136,9 +136,10 @@ def user_passwd(
     """Set a user's password (generated unless given on stdin); their sessions end."""
     body = {"password": _read_password(password_stdin)}
     data = client_from_env().post(api_path("users", username, "password"), body)
+    changed = decode(data, NewPassword)
     console.print(f"password of {_user(username)} changed; their sessions ended", highlight=False)
-    if data.get("password"):
-        _show_secret("password", data["password"])
+    if changed.password:
+        _show_secret("password", changed.password)
 
 
 @token_app.command("create")
@@ -159,11 +160,12 @@ def token_create(
     if as_json:
         print_json(data)
         return
-    token = data["token"]
+    made = decode(data, NewApiToken)
     console.print(
-        Text(f"API token {token['token_id']} for {username} ({token['role']})"), highlight=False
+        Text(f"API token {made.token.token_id} for {username} ({made.token.role})"),
+        highlight=False,
     )
-    _show_secret("TETHER_TOKEN", data["secret"])
+    _show_secret("TETHER_TOKEN", made.secret)
 
 
 @token_app.command("list")
@@ -176,20 +178,21 @@ def token_list(
     if as_json:
         print_json(data)
         return
+    tokens = decode(data, list[ApiToken])
     table(
-        f"{len(data)} tokens of {username}",
+        f"{len(tokens)} tokens of {username}",
         ["id", "label", "role", "created", "expires (UTC)", "last used", "revoked"],
         [
             [
-                t["token_id"],
-                t["label"],
-                t["role"],
-                age(t["created_at"]),
-                utc(t["expires_at"]) if t["expires_at"] else "never",
-                age(t["last_used_at"]),
-                age(t["revoked_at"]) if t["revoked_at"] else "",
+                t.token_id,
+                t.label,
+                t.role,
+                age(t.created_at),
+                utc(t.expires_at) if t.expires_at else "never",
+                age(t.last_used_at),
+                age(t.revoked_at) if t.revoked_at else "",
             ]
-            for t in data
+            for t in tokens
         ],
     )
 
@@ -328,14 +331,15 @@ def audit_list(
     if as_json:
         print_json(data)
         return
+    entries = decode(data, list[AuditEntry])
     table(
-        f"{len(data)} audit entries",
+        f"{len(entries)} audit entries",
         ["id", "at (UTC)", "actor", "action", "target", "from"],
-        [[e["id"], utc(e["at"]), e["actor"], e["action"], e["target"], e["source"]] for e in data],
+        [[e.id, utc(e.at), e.actor, e.action, e.target, e.source] for e in entries],
     )
-    if len(data) == limit:
+    if len(entries) == limit:
         console.print(
-            Text(f"older entries: the same with --before {data[-1]['id']}"), highlight=False
+            Text(f"older entries: the same with --before {entries[-1].id}"), highlight=False
         )
 
 
