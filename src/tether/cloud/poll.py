@@ -19,13 +19,14 @@ import time
 import uuid
 
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 from tether.cloud.identity import IdentityError
 from tether.cloud.service import hello_facts
 from tether.cloud.state import STATE_KEY, CloudState
 from tether.protocol.codec import FrameDecoder, encode_frames
 from tether.protocol.errors import ProtocolError
-from tether.protocol.messages import Hello, Message, Welcome
+from tether.protocol.messages import ErrorReport, Hello, Message, Welcome
 
 __all__ = ["FRAMES_CONTENT_TYPE", "MAX_WAIT", "exchange", "routes"]
 
@@ -82,7 +83,7 @@ async def exchange(request: web.Request) -> web.Response:
                 peer=request.remote,
             )
         else:
-            replies.extend(await state.service.handle(gateway_id, message))
+            replies.extend(await _answer(state, gateway_id, message))
     if not opened:
         await state.links.heard(gateway_id, tier=tier, peer=request.remote)
     outgoing = await state.service.outgoing(gateway_id, link_opened=opened, redeliver=True)
@@ -96,6 +97,21 @@ async def exchange(request: web.Request) -> web.Response:
             state.hub.forget_waiter(gateway_id, waiter)
         outgoing = await state.service.outgoing(gateway_id)
     return web.Response(body=encode_frames([*replies, *outgoing]), content_type=FRAMES_CONTENT_TYPE)
+
+
+async def _answer(state: CloudState, gateway_id: str, message: Message) -> list[Message]:
+    """The service's answer; a store failure refuses this one message (the gateway sends it
+    again later), as on the WebSocket tier, not the whole exchange."""
+    try:
+        return await state.service.handle(gateway_id, message)
+    except (SQLAlchemyError, OSError) as exc:
+        log.error("gateway %s: %s not handled: %s", gateway_id, type(message).__name__, exc)
+        return [
+            ErrorReport(
+                code="unavailable",
+                message="the cloud could not store this message now; send it again later",
+            )
+        ]
 
 
 def routes() -> list[web.RouteDef]:
