@@ -182,4 +182,8 @@ audit_log = sa.Table(
     sa.Index("ix_audit_log_at", "at"),
     # The login throttle's count: failures by source within a window.
     sa.Index("ix_audit_log_action_source_at", "action", "source", "at"),
+    # The filtered pages (actor, target or one action), read newest first by id.
+    sa.Index("ix_audit_log_actor_audit_id", "actor", "audit_id"),
+    sa.Index("ix_audit_log_target_audit_id", "target", "audit_id"),
+    sa.Index("ix_audit_log_action_audit_id", "action", "audit_id"),
 )
