@@ -338,12 +338,43 @@ def _error(status: int, message: str) -> web.HTTPException:
     )
 
 
+#: How deeply a request body may nest arrays and objects (command arguments, configuration).
+BODY_DEPTH_MAX = 32
+
+
 async def _decode(request: web.Request, kind: type[Any]) -> Any:
     body = await request.read()
     try:
-        return msgspec.json.decode(body or b"{}", type=kind)
+        value = msgspec.json.decode(body or b"{}", type=kind)
     except msgspec.DecodeError as exc:
         raise _error(400, f"invalid request body: {exc}") from None
+    except RecursionError:
+        value = None
+    if value is None or _depth(value) > BODY_DEPTH_MAX:
+        raise _error(400, f"invalid request body: nested more than {BODY_DEPTH_MAX} levels deep")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply *value* nests lists and dicts (structs count by their fields), without
+    recursion."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, msgspec.Struct):
+            children: Any = [getattr(item, name) for name in item.__struct_fields__]
+        elif isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > BODY_DEPTH_MAX:
+            return deepest
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _plain_error(request: web.Request, exc: web.HTTPException) -> str:
