@@ -25,6 +25,7 @@ from tether.protocol.messages import (
     ErrorReport,
     Hello,
     Message,
+    NetcheckReport,
 )
 from tether.protocol.session import LinkSession, Role
 
@@ -75,6 +76,7 @@ async def test_what_a_gateway_sends_cannot_forge_a_log_line(
             Hello(protocol_versions=[1], agent_version="1", max_frame=1 << 20, boot_id="b"),
             ConfigAck(section="connectors\n" + FORGED, version=1, ok=False, error=lie),
             CommandUpdate(command_id="c", state="running"),  # unknown: refused, not logged
+            NetcheckReport(ts=1.0, report={"status": lie}),
         ],
     )
     assert any(isinstance(m, ErrorReport) for m in answers)
@@ -87,6 +89,7 @@ async def test_what_a_gateway_sends_cannot_forge_a_log_line(
     lines = _lines(caplog)
     assert any("refused" in line and "FORGED" in line for line in lines)  # it was logged...
     assert any("linked (agent" in line and "FORGED" in line for line in lines)
+    assert any("ran its preflight" in line and "FORGED" in line for line in lines)
     forged = [line for line in lines if "\n" in line or "\r" in line]
     assert forged == []  # ...as one line
 

@@ -60,7 +60,10 @@ class HealthService:
         assert isinstance(message, NetcheckReport)
         await self.store.set_preflight(gateway_id, message.ts, dict(message.report))
         log.warning(
-            "gateway %s ran its preflight: %s", gateway_id, message.report.get("status", "unknown")
+            # quoted: what a gateway sends cannot start a log line of its own
+            "gateway %s ran its preflight: %r",
+            gateway_id,
+            message.report.get("status", "unknown"),
         )
         return []
 

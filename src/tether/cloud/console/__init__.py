@@ -125,10 +125,26 @@ async def login_get(request: web.Request) -> web.StreamResponse:
     return _login_form(request)
 
 
+#: A login form's size and the time it may take to arrive: an unauthenticated client may not
+#: hold a connection with a slow, large body.
+LOGIN_FORM_MAX: Final = 16 * 1024
+LOGIN_FORM_SECONDS: Final = 30.0
+
+
 async def login_post(request: web.Request) -> web.StreamResponse:
     if not is_tls(request):
         return error_page(request, 403, "TLS only", "The console is served over TLS only.")
-    form = await request.post()
+    if request.cookies.get(LOGIN_COOKIE) is None:  # no form of ours: nothing worth reading
+        return _login_form(request, error="The login form expired. Please try again.", status=403)
+    if request.content_length is None or request.content_length > LOGIN_FORM_MAX:
+        return error_page(
+            request, 413, "Login refused", f"A login form is at most {LOGIN_FORM_MAX} bytes."
+        )
+    try:
+        async with asyncio.timeout(LOGIN_FORM_SECONDS):
+            form = await request.post()
+    except TimeoutError:
+        return error_page(request, 408, "Login refused", "The login form came too slowly.")
     username = form.get("username")
     password = form.get("password")
     token = form.get("login_token")

@@ -71,6 +71,8 @@ def secure_headers(response: web.StreamResponse, *, cache: bool = False) -> None
     response.headers["Referrer-Policy"] = "same-origin"
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    # The console is served over TLS only: browsers are told to keep it that way for a year.
+    response.headers["Strict-Transport-Security"] = "max-age=31536000"
     if not cache:
         response.headers["Cache-Control"] = "no-store"
 
