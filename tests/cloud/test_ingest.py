@@ -26,6 +26,7 @@ from tether.protocol.messages import (
     DiscoveryAck,
     DropReport,
     DropReportAck,
+    ErrorReport,
     Message,
     TelemetryAck,
     TelemetryBatch,
@@ -116,6 +117,8 @@ def _malformed() -> Iterator[tuple[str, TelemetryBatch, str]]:
     yield "long point", TelemetryBatch("sim", 1, 1, long_point), "point id"
     long_text = [Observation(POINT, T0, "x" * 4097)]
     yield "long text", TelemetryBatch("sim", 1, 1, long_text), "4096"
+    odd_quality = [Observation(POINT, T0, 1.0, "stale-" * 10)]
+    yield "unknown quality", TelemetryBatch("sim", 1, 1, odd_quality), "quality"
 
 
 @pytest.mark.parametrize(
@@ -234,6 +237,35 @@ async def test_drop_reports_and_discovery_are_recorded_and_acknowledged(
     assert (point.point_id, point.unit) == (POINT, "°C")
 
 
+async def test_a_discovery_keeps_what_fits_the_store_and_names_what_it_left_out(
+    pipeline: IngestPipeline, telemetry: TelemetryStore
+) -> None:
+    found = Discovery(
+        connector="sim",
+        devices=[
+            DeviceInfo(device_id="b1/ahu-1", name="AHU-1", kind="ahu"),
+            DeviceInfo(device_id="b1/odd", name="odd", kind="k" * 65),
+        ],
+        points=[
+            PointInfo(point_id=POINT, device_id="b1/ahu-1", name="SAT", unit="°C"),
+            PointInfo(point_id="b1/ahu-1/long", device_id="b1/ahu-1", name="x", unit="u" * 33),
+            PointInfo(point_id="p" * 256, device_id="b1/ahu-1", name="long id"),
+        ],
+    )
+    answers = await pipeline.on_discovery(GW, found)
+    assert answers[0] == DiscoveryAck(connector="sim", points=1)
+    [report] = answers[1:]
+    assert isinstance(report, ErrorReport)
+    assert report.code == "invalid"
+    assert "1 device(s) and 2 point(s) left out" in report.message
+    assert "kind longer than 64" in report.message
+    assert [p.point_id for p in await telemetry.list_points(GW)] == [POINT]
+    too_long = Discovery(connector="c" * 129, devices=[], points=[])
+    [refused] = await pipeline.on_discovery(GW, too_long)
+    assert isinstance(refused, ErrorReport)
+    assert "connector name longer than 128" in refused.message
+
+
 async def test_a_store_failure_defers_the_batch_and_a_resend_is_stored(
     pipeline: IngestPipeline, store: Store, telemetry: TelemetryStore
 ) -> None:
@@ -312,6 +344,8 @@ def _row_by_row(observations: list[Observation]) -> str | None:
             return "not a finite number"
         if isinstance(o.value, str) and len(o.value) > 4096:
             return "4096"
+        if o.quality not in ("good", "uncertain", "bad"):
+            return "quality"
     return None
 
 
@@ -328,6 +362,7 @@ _observations = st.builds(
     point_id=st.one_of(st.just(POINT), st.just(""), st.just("p" * 256), st.text(max_size=4)),
     ts=st.one_of(st.just(T0), st.floats()),
     value=_values,
+    quality=st.sampled_from(["good", "uncertain", "bad", "", "GOOD", "q" * 17]),
 )
 
 

@@ -34,7 +34,9 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from tether.aio import cancel_and_wait
@@ -44,20 +46,26 @@ from tether.cloud.store.telemetry import (
     IncomingBatch,
     TelemetryStore,
     batch_rows,
+    devices,
+    points,
 )
 from tether.protocol.messages import (
     Discovery,
     DiscoveryAck,
     DropReport,
     DropReportAck,
+    ErrorReport,
     Message,
     TelemetryAck,
     TelemetryBatch,
     TelemetryReject,
 )
 from tether.protocol.telemetry import (
+    DeviceInfo,
     Observation,
     ObservationColumns,
+    PointInfo,
+    Quality,
     Value,
     observation_columns,
 )
@@ -70,6 +78,7 @@ MAX_OBSERVATIONS = 100_000
 MAX_POINT_ID = 255
 MAX_TEXT = 4096
 _NUMERIC = frozenset((float, int, bool))
+_QUALITIES = frozenset(q.value for q in Quality)
 _STREAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 
 
@@ -123,6 +132,8 @@ def _columns_pass(columns: ObservationColumns) -> bool:
         return False
     if not _finite_sum(columns.ts):
         return False
+    if not set(columns.qualities) <= _QUALITIES:
+        return False
     return set(map(type, columns.values)) <= _NUMERIC and _finite_sum(columns.values)
 
 
@@ -138,6 +149,58 @@ def _check_rows(observations: Sequence[Observation]) -> None:
             raise BatchInvalid(
                 f"point {o.point_id!r}: text value longer than {MAX_TEXT} characters"
             )
+        if o.quality not in _QUALITIES:
+            known = ", ".join(q.value for q in Quality)
+            raise BatchInvalid(
+                f"point {o.point_id!r}: quality {o.quality[:32]!r} is not one of {known}"
+            )
+
+
+def _lengths(table: sa.Table, *names: str) -> dict[str, int]:
+    """The longest string each of *names* may hold in *table* (its column's declared length)."""
+    limits: dict[str, int] = {}
+    for name in names:
+        length = getattr(table.c[name].type, "length", None)
+        if isinstance(length, int):
+            limits[name] = length
+    return limits
+
+
+#: What the store's columns hold: a discovered device or point past these is left out.
+_DEVICE_LIMITS = _lengths(devices, "device_id", "name", "kind", "vendor", "model", "location")
+_POINT_LIMITS = _lengths(points, "point_id", "device_id", "name", "kind", "unit")
+_CONNECTOR_MAX = _lengths(devices, "connector")["connector"]
+_ATTRIBUTES_MAX = 64  # attributes per device
+_Found = TypeVar("_Found", DeviceInfo, PointInfo)
+
+
+def _fitting(
+    items: Sequence[_Found], limits: dict[str, int], key: str
+) -> tuple[list[_Found], list[str]]:
+    """The items whose fields fit their columns, and a reason for each one that does not."""
+    kept: list[_Found] = []
+    errors: list[str] = []
+    for item in items:
+        reason = None
+        for name, limit in limits.items():
+            value = getattr(item, name)
+            if not value and name == key:
+                reason = f"{key} {getattr(item, key)[:64]!r}: empty {name}"
+                break
+            if len(value) > limit:
+                reason = f"{key} {getattr(item, key)[:64]!r}: {name} longer than {limit}"
+                break
+        if (
+            reason is None
+            and isinstance(item, DeviceInfo)
+            and len(item.attributes) > _ATTRIBUTES_MAX
+        ):
+            reason = f"device {item.device_id[:64]!r}: over {_ATTRIBUTES_MAX} attributes"
+        if reason is None:
+            kept.append(item)
+        else:
+            errors.append(reason)
+    return kept, errors
 
 
 @dataclass(slots=True)
@@ -301,11 +364,46 @@ class IngestPipeline:
         return future
 
     async def on_discovery(self, gateway_id: str, message: Message) -> list[Message]:
+        """Store what a connector found; devices and points the store could not hold (a field
+        over its column's length) are left out and named in an ``ErrorReport``, the rest kept."""
         assert isinstance(message, Discovery)
+        if len(message.connector) > _CONNECTOR_MAX:
+            return [
+                ErrorReport(
+                    code="invalid",
+                    message=f"discovery: connector name longer than {_CONNECTOR_MAX} characters",
+                    ref=message.connector[:64],
+                )
+            ]
+        found_devices, device_errors = _fitting(message.devices, _DEVICE_LIMITS, "device_id")
+        found_points, point_errors = _fitting(message.points, _POINT_LIMITS, "point_id")
         await self.telemetry.record_discovery(
-            gateway_id, message.connector, message.devices, message.points
+            gateway_id, message.connector, found_devices, found_points
         )
-        return [DiscoveryAck(connector=message.connector, points=len(message.points))]
+        answers: list[Message] = [
+            DiscoveryAck(connector=message.connector, points=len(found_points))
+        ]
+        errors = device_errors + point_errors
+        if errors:
+            log.warning(
+                "gateway %s: discovery of %r: %d device(s) and %d point(s) left out, first: %s",
+                gateway_id,
+                message.connector,
+                len(device_errors),
+                len(point_errors),
+                errors[0],
+            )
+            answers.append(
+                ErrorReport(
+                    code="invalid",
+                    message=(
+                        f"discovery: {len(device_errors)} device(s) and {len(point_errors)} "
+                        f"point(s) left out, e.g. {errors[0]}"
+                    ),
+                    ref=message.connector,
+                )
+            )
+        return answers
 
     async def on_drop_report(self, gateway_id: str, message: Message) -> list[Message]:
         assert isinstance(message, DropReport)
