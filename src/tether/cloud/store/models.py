@@ -22,6 +22,7 @@ __all__ = [
     "enrollment_tokens",
     "gateways",
     "metadata",
+    "support_grants",
 ]
 
 
@@ -186,4 +187,28 @@ audit_log = sa.Table(
     sa.Index("ix_audit_log_actor_audit_id", "actor", "audit_id"),
     sa.Index("ix_audit_log_target_audit_id", "target", "audit_id"),
     sa.Index("ix_audit_log_action_audit_id", "action", "audit_id"),
+)
+
+support_grants = sa.Table(
+    "support_grants",
+    metadata,
+    sa.Column("grant_id", sa.String(32), primary_key=True),
+    sa.Column(
+        "gateway_id",
+        _ID,
+        sa.ForeignKey("gateways.gateway_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("username", sa.String(64), nullable=False),  # the support user it is for
+    sa.Column("scope", sa.String(32), nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("created_by", _NAME, nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Column("revoked_by", _NAME, nullable=True),
+    # The check before each command a support user sends: their grants for one gateway.
+    sa.Index("ix_support_grants_gateway_id_username", "gateway_id", "username"),
+    # A support user's own grants.
+    sa.Index("ix_support_grants_username", "username"),
 )

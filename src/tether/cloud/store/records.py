@@ -16,6 +16,7 @@ __all__ = [
     "CommandRecord",
     "EnrollmentTokenRecord",
     "GatewayRecord",
+    "SupportGrantRecord",
 ]
 
 ROLES: Final[tuple[str, ...]] = ("admin", "operator", "viewer", "support")
@@ -105,3 +106,31 @@ class AuditRecord:
     target: str | None
     detail: dict[str, object] | None
     source: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SupportGrantRecord:
+    """A support user's access to one gateway, for one scope, from *created_at* until
+    *expires_at* (or until revoked, if sooner)."""
+
+    grant_id: str
+    gateway_id: str
+    username: str
+    scope: str
+    reason: str
+    created_at: datetime
+    created_by: str
+    expires_at: datetime
+    revoked_at: datetime | None
+    revoked_by: str | None
+
+    def active(self, now: datetime) -> bool:
+        return self.revoked_at is None and self.created_at <= now < self.expires_at
+
+    def status(self, now: datetime) -> str:
+        """``active``, ``revoked``, ``expired`` or (given ahead of its time) ``pending``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if now >= self.expires_at:
+            return "expired"
+        return "active" if now >= self.created_at else "pending"

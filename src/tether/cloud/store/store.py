@@ -77,6 +77,15 @@ from .errors import (
     TokenUnknown,
     UnknownRole,
 )
+from .grants import (
+    GrantExpired,
+    GrantInvalid,
+    GrantRevoked,
+    GrantUnknown,
+    check_reason,
+    check_scope,
+    check_username,
+)
 from .models import (
     api_tokens,
     audit_log,
@@ -84,6 +93,7 @@ from .models import (
     commands,
     enrollment_tokens,
     gateways,
+    support_grants,
 )
 from .notify import (
     CommandCallback,
@@ -100,6 +110,7 @@ from .records import (
     CommandRecord,
     EnrollmentTokenRecord,
     GatewayRecord,
+    SupportGrantRecord,
 )
 
 __all__ = [
@@ -204,6 +215,21 @@ def _api_token(row: Mapping[Any, Any]) -> ApiTokenRecord:
         expires_at=row["expires_at"],
         revoked_at=row["revoked_at"],
         last_used_at=row["last_used_at"],
+    )
+
+
+def _support_grant(row: Mapping[Any, Any]) -> SupportGrantRecord:
+    return SupportGrantRecord(
+        grant_id=row["grant_id"],
+        gateway_id=row["gateway_id"],
+        username=row["username"],
+        scope=row["scope"],
+        reason=row["reason"],
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        revoked_by=row["revoked_by"],
     )
 
 
@@ -1147,9 +1173,11 @@ class Store:
         created_by: str,
         now: datetime,
         source: str | None = None,
+        grant_id: str | None = None,
     ) -> CommandRecord:
         """Queue a command for a gateway and record who asked (audit ``command.send``, from
-        *source*) in the same transaction; raises GatewayUnknown or GatewayRevoked."""
+        *source*, naming the support grant *grant_id* it was sent under, if any) in the same
+        transaction; raises GatewayUnknown or GatewayRevoked."""
         command_id = _new_id()
         values = {
             "command_id": command_id,
@@ -1172,7 +1200,12 @@ class Store:
             "actor": created_by,
             "action": "command.send",
             "target": command_id,
-            "detail": {"gateway": gateway_id, "kind": kind, "args": redacted_args(args)},
+            "detail": {
+                "gateway": gateway_id,
+                "kind": kind,
+                "args": redacted_args(args),
+                **({} if grant_id is None else {"grant": grant_id}),
+            },
             "source": source,
         }
 
@@ -1439,6 +1472,135 @@ class Store:
         if row is None:
             raise ApiTokenUnknown(token_id)
         return _api_token(row._mapping)
+
+    # --- support grants -------------------------------------------------------------------
+
+    async def create_support_grant(
+        self,
+        *,
+        gateway_id: str,
+        username: str,
+        scope: str,
+        reason: str,
+        created_by: str,
+        now: datetime,
+        expires_at: datetime,
+    ) -> SupportGrantRecord:
+        """Give support user *username* the *scope* on a gateway from *now* until *expires_at*.
+
+        Raises GrantInvalid (a scope, reason or username the rules of
+        :mod:`~tether.cloud.store.grants` refuse, or *expires_at* not after *now*),
+        GatewayUnknown or GatewayRevoked. Whether *username* is a support user is the
+        caller's to check (users are :mod:`~tether.cloud.store.accounts`'s)."""
+        values = {
+            "grant_id": _new_id(),
+            "gateway_id": gateway_id,
+            "username": check_username(username),
+            "scope": check_scope(scope),
+            "reason": check_reason(reason),
+            "created_at": now,
+            "created_by": created_by,
+            "expires_at": expires_at,
+            "revoked_at": None,
+            "revoked_by": None,
+        }
+        if expires_at <= now:
+            raise GrantInvalid("a support grant must end after it begins")
+
+        def create(conn: Connection) -> None:
+            gateway = conn.execute(_GATEWAY_REVOKED, {"gateway_id": gateway_id}).first()
+            if gateway is None:
+                raise GatewayUnknown(gateway_id)
+            if gateway.revoked_at is not None:
+                raise GatewayRevoked(gateway_id)
+            conn.execute(support_grants.insert().values(values))
+
+        await self._transact(create)
+        return _support_grant(values)
+
+    async def get_support_grant(self, grant_id: str) -> SupportGrantRecord | None:
+        query = sa.select(support_grants).where(support_grants.c.grant_id == grant_id)
+        async with self._read() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _support_grant(row._mapping)
+
+    async def list_support_grants(
+        self,
+        *,
+        gateway_id: str | None = None,
+        username: str | None = None,
+        active_at: datetime | None = None,
+        scope: str | None = None,
+        limit: int = 200,
+    ) -> list[SupportGrantRecord]:
+        """Grants, newest first, at most *limit*: of one gateway, one user, one scope, and
+        with *active_at*, only those that count at that time (not revoked, not expired)."""
+        g = support_grants.c
+        query = (
+            sa.select(support_grants).order_by(g.created_at.desc(), g.grant_id.desc()).limit(limit)
+        )
+        if gateway_id is not None:
+            query = query.where(g.gateway_id == gateway_id)
+        if username is not None:
+            query = query.where(g.username == username)
+        if scope is not None:
+            query = query.where(g.scope == scope)
+        if active_at is not None:
+            query = query.where(
+                g.revoked_at.is_(None), g.created_at <= active_at, g.expires_at > active_at
+            )
+        async with self._read() as conn:
+            return [_support_grant(r._mapping) for r in await conn.execute(query)]
+
+    async def active_support_grant(
+        self, *, gateway_id: str, username: str, scope: str, now: datetime
+    ) -> SupportGrantRecord | None:
+        """The grant that lets *username* do *scope* on the gateway at *now* (of several, the
+        one that lasts longest), or None."""
+        g = support_grants.c
+        query = (
+            sa.select(support_grants)
+            .where(
+                g.gateway_id == gateway_id,
+                g.username == username,
+                g.scope == scope,
+                g.revoked_at.is_(None),
+                g.created_at <= now,
+                g.expires_at > now,
+            )
+            .order_by(g.expires_at.desc(), g.grant_id)
+            .limit(1)
+        )
+        async with self._read() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _support_grant(row._mapping)
+
+    async def revoke_support_grant(
+        self, grant_id: str, *, revoked_by: str, now: datetime
+    ) -> SupportGrantRecord:
+        """End a grant that still counts, at *now*; raises GrantUnknown, or GrantRevoked or
+        GrantExpired for one that already ended (the first revocation is kept)."""
+        g = support_grants.c
+
+        def revoke(conn: Connection) -> tuple[bool, RowMapping | None]:
+            updated = conn.execute(
+                support_grants.update()
+                .where(g.grant_id == grant_id, g.revoked_at.is_(None), g.expires_at > now)
+                .values(revoked_at=now, revoked_by=revoked_by)
+                .returning(*support_grants.c)
+            ).first()
+            if updated is not None:
+                return True, updated._mapping
+            row = conn.execute(sa.select(support_grants).where(g.grant_id == grant_id)).first()
+            return False, None if row is None else row._mapping
+
+        revoked, mapping = await self._transact(revoke)
+        if mapping is None:
+            raise GrantUnknown(grant_id)
+        grant = _support_grant(mapping)
+        if not revoked:
+            raise GrantRevoked(grant) if grant.revoked_at is not None else GrantExpired(grant)
+        return grant
 
     # --- audit log (append-only) ----------------------------------------------------------
 
