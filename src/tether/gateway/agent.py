@@ -5,6 +5,10 @@ function and the cloud's Welcome (whose ``server_time`` checks the host clock), 
 message from the cloud to :meth:`Agent.on_message`, and calls :meth:`Agent.on_link_closed`.
 Anything that must not be lost (command outcomes) is durable and re-sent on each new link
 until the cloud acknowledges it.
+
+Linked or not, the agent keeps ``status.json`` in its data directory current (at each health
+interval and whenever the link changes) for ``tether gateway status`` on site: see
+:mod:`tether.gateway.status`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import os
 import random
 import sqlite3
 import time
@@ -25,6 +30,7 @@ from typing import Any
 
 import aiohttp
 
+from tether import __version__
 from tether.aio import cancel_and_wait
 from tether.gateway.connectors import (
     ConnectorRunner,
@@ -52,7 +58,8 @@ from tether.gateway.link import (
 from tether.gateway.logship import LogShipper
 from tether.gateway.preflight import Preflight
 from tether.gateway.settings import AgentSettings
-from tether.gateway.spool import AsyncSpool, SpoolFull
+from tether.gateway.spool import AsyncSpool, SpoolError, SpoolFull
+from tether.gateway.status import STATUS_FILE, STATUS_FORMAT, write_status
 from tether.gateway.uploader import Uploader
 from tether.pki.errors import EstError
 from tether.protocol.backoff import backoff_delays
@@ -108,6 +115,8 @@ DROP_CHECK_EVERY = 5.0
 CLOCK_SKEW_LIMIT = 60.0
 #: The clock-skew warning comes at most once per this many seconds.
 CLOCK_WARN_EVERY = 3600.0
+#: The status file is written at most once per this many seconds (link changes come in bursts).
+STATUS_MIN_GAP = 1.0
 #: Ledger keys: the last connectors configuration received, refused or not; lost submits.
 _CONNECTORS_KEY = "config:connectors"
 _REFUSED_KEY = "lost:refused_submits"
@@ -128,6 +137,8 @@ class LinkStatus:
     probes: int = 0  # rounds of upward probes tried from a lower tier
     errors: int = 0  # link errors noted since the agent started
     retry_in: float | None = None  # the wait before the next link attempt, while waiting
+    since: float = field(default_factory=time.time)  # the link opened, or was lost (or start)
+    last_error_at: float | None = None
 
 
 class LossLog:
@@ -204,9 +215,10 @@ class Agent:
         self.clock_offset_uncertainty: float | None = None
         self._skew_warned_at: float | None = None
         self.boot_id = uuid.uuid4().hex
+        self.started_at = time.time()
         self.ledger = ledger if ledger is not None else CommandLedger(settings.state_db)
         self._opened_spool = spool
-        self.status = LinkStatus()
+        self.status = LinkStatus(since=self.started_at)
         self.runtime_config: dict[str, Any] = self.ledger.get_value("runtime_config") or {}
         self.linked = asyncio.Event()
         self._send: Callable[[Message], None] | None = None
@@ -222,6 +234,13 @@ class Agent:
         self._net = NetCounter()
         self._identity_sent: dict[str, Any] | None = None
         self._health_due = asyncio.Event()
+        #: The last health report built (linked or not) and when: the status file shows it.
+        self._health_last: dict[str, Any] | None = None
+        self._health_last_at: float | None = None
+        self._status_due = asyncio.Event()
+        self._status_path = settings.data_dir / STATUS_FILE
+        self._status_error: str | None = None  # the status file's last write error, logged
+        self._preflight_error: tuple[float, str] | None = None  # the last preflight that failed
         self._applied: dict[str, int] = {}  # section -> version applied by this process
         self.losses = LossLog()
         #: per stream: observations the spool refused (disk full), ever (kept in the ledger)
@@ -259,11 +278,14 @@ class Agent:
     ) -> None:
         self._check_clock(welcome.server_time, round_trip)
         self._send = send
+        now = time.time()
         self.status.state = "linked"
         self.status.tier = tier
         self.status.links_opened += 1
-        self.status.history.append((time.time(), f"linked on {tier}"))
+        self.status.since = now
+        self.status.history.append((now, f"linked on {tier}"))
         self.linked.set()
+        self._status_changed()
         self._flush_error_repeats()
         self._error_logged = None
         log.info("linked to %s on tier %s", self.cloud_url, tier)
@@ -316,8 +338,11 @@ class Agent:
         )
 
     def on_link_closed(self) -> None:
+        if self.linked.is_set():
+            self.status.since = time.time()
         self._send = None
         self.linked.clear()
+        self._status_changed()
         if self.uploader is not None:
             self.uploader.on_link_closed()
         self.logs.on_link_closed()
@@ -475,23 +500,36 @@ class Agent:
         return float(self.runtime_config.get("health_interval", self.settings.health_interval))
 
     async def _health_loop(self) -> None:
-        """A health report every interval (and at once after a link opens or settings
-        change); the network identity too whenever it differs from what was sent."""
+        """A health report every interval (and at once at start, after a link opens or when
+        settings change), sent while linked, and kept for the status file in any case; the
+        network identity is sent whenever it differs from what was sent."""
+        self._health_due.set()  # the status file has the figures from the start
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._health_due.wait(), self.health_interval)
             self._health_due.clear()
             self.losses.flush(due_only=True)
             self._save_refused()
-            if self._send is None:
-                continue
+            # A report built on one link is sent on that link only: one begun before a link
+            # opened is not sent when it is done (the opening asked for a fresh one already).
+            built_on = self.status.links_opened if self._send is not None else None
             try:
                 report = await self._health_report()
             except (OSError, RuntimeError, ValueError, TypeError) as exc:
                 # A report that cannot be built must not end the reporting for good.
                 log.exception("health report failed: %s", exc)
+                self._status_changed()  # the link's state and the spool's are shown still
                 continue
-            self._emit(HealthReport(ts=time.time(), data=report))
+            self._health_last, self._health_last_at = report, time.time()
+            self._status_changed()
+            if self._send is None or built_on != self.status.links_opened:
+                continue
+            data = dict(report)
+            identity = data.pop("network_identity")
+            if identity != self._identity_sent:
+                data["network_identity"] = identity
+                self._identity_sent = identity
+            self._emit(HealthReport(ts=time.time(), data=data))
             self.logs.flush()
 
     async def _log_loop(self) -> None:
@@ -499,20 +537,18 @@ class Agent:
             await asyncio.sleep(LOG_FLUSH_INTERVAL)
             self.logs.flush()
 
-    async def _health_report(self) -> dict[str, Any]:
+    async def _figures(self) -> dict[str, Any]:
+        """The agent's own figures (link, spool, connectors, uploader, time, logs), as both
+        the health report and the status file show them."""
         depth = await self.spool.depth() if self.spool is not None else None
         drops = await self.spool.drop_report() if self.spool is not None else {}
-        identity = await asyncio.to_thread(network_identity)
-        report = await asyncio.to_thread(
-            collect_health,
-            data_dir=str(self.settings.data_dir),
-            net=self._net,
-            link={
+        return {
+            "link": {
                 "tier": self.status.tier,
                 "links_opened": self.status.links_opened,
                 "last_error": self.status.last_error,
             },
-            spool={
+            "spool": {
                 "observations": depth.observations if depth else 0,
                 "bytes": depth.bytes if depth else 0,
                 "oldest_ts": depth.oldest_ts if depth else None,
@@ -520,7 +556,7 @@ class Agent:
                 # submits the spool refused (disk full): lost, like the drops
                 "refused": sum(self.refused.values()),
             },
-            connectors={
+            "connectors": {
                 name: {
                     "state": st.state.value,
                     "observations": st.observations,
@@ -531,20 +567,121 @@ class Agent:
                 }
                 for name, st in (self.connectors.stats() if self.connectors else {}).items()
             },
-            uploader=dataclasses.asdict(self.uploader.stats) if self.uploader else {},
-            time_sync={
+            "uploader": dataclasses.asdict(self.uploader.stats) if self.uploader else {},
+            "time": {
                 "clock": self.clock(),
                 "ntp_synchronized": Path("/run/systemd/timesync/synchronized").exists(),
                 # seconds to add to the host clock to read the cloud's (last link's Welcome)
                 "cloud_offset_s": _rounded(self.clock_offset),
                 "cloud_offset_uncertainty_s": _rounded(self.clock_offset_uncertainty),
             },
+            "logs": {"pending": self.logs.pending, "dropped": self.logs.dropped_total},
+        }
+
+    async def _health_report(self) -> dict[str, Any]:
+        """One health report, with the network identity (sent only when it changed)."""
+        figures = await self._figures()
+        identity = await asyncio.to_thread(network_identity)
+        report = await asyncio.to_thread(
+            collect_health,
+            data_dir=str(self.settings.data_dir),
+            net=self._net,
+            link=figures["link"],
+            spool=figures["spool"],
+            connectors=figures["connectors"],
+            uploader=figures["uploader"],
+            time_sync=figures["time"],
         )
-        report["logs"] = {"pending": self.logs.pending, "dropped": self.logs.dropped_total}
-        if identity != self._identity_sent:
-            report["network_identity"] = identity
-            self._identity_sent = identity
+        report["logs"] = figures["logs"]
+        report["network_identity"] = identity
         return report
+
+    # -- the status file ---------------------------------------------------------------------
+
+    def _status_changed(self) -> None:
+        """Have the status file rewritten soon (the link changed, a report was built)."""
+        self._status_due.set()
+
+    async def _status_loop(self) -> None:
+        """Keep the status file current: rewritten on each change, at most every
+        STATUS_MIN_GAP seconds, linked or not."""
+        while True:
+            await self._status_due.wait()
+            self._status_due.clear()
+            await self._write_status()
+            await asyncio.sleep(STATUS_MIN_GAP)
+
+    async def _status_document(self, stopped: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What ``tether gateway status`` shows: identity, link, the agent's figures now, the
+        last health report's system figures; never configuration (connector settings may
+        hold passwords) nor key material."""
+        figures = await self._figures()
+        now = time.time()
+        drops = await self.spool.drop_report(include_reported=True) if self.spool else {}
+        oldest = figures["spool"]["oldest_ts"]
+        health = self._health_last or {}
+        preflight: dict[str, Any] | None = None
+        if self.preflight.last_run_at is not None and self.preflight.last_report is not None:
+            preflight = {
+                "ran_at": self.preflight.last_run_at,
+                "status": self.preflight.last_report.get("status"),
+                "summary": self.preflight.last_summary,
+            }
+        if self._preflight_error is not None:
+            failed_at, error = self._preflight_error
+            if preflight is None or failed_at > preflight["ran_at"]:
+                preflight = {"ran_at": failed_at, "status": None, "error": error}
+        return {
+            "format": STATUS_FORMAT,
+            "agent_version": __version__,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "updated_at": now,
+            "stopped": stopped,
+            "health_interval": self.health_interval,
+            "gateway_id": self.identity.gateway_id,
+            "cloud_url": self.cloud_url,
+            "certificate_not_after": self.identity.not_after.timestamp(),
+            "link": {
+                **figures["link"],
+                "linked": self.linked.is_set() and stopped is None,
+                "state": "stopped" if stopped else self.status.state,
+                "since": self.status.since,
+                "last_error_at": self.status.last_error_at,
+                "errors": self.status.errors,
+                "last_close": self.status.last_close,
+                "retry_in": self.status.retry_in,
+            },
+            "spool": {
+                **figures["spool"],
+                "oldest_age_s": None if oldest is None else max(0.0, now - oldest),
+                "dropped_total": sum(d.total for d in drops.values()),
+            },
+            "uploader": figures["uploader"],
+            "connectors": figures["connectors"],
+            "time": figures["time"],
+            "logs": figures["logs"],
+            "preflight": preflight,
+            "health_at": self._health_last_at,
+            "system": health.get("system"),
+            "network": health.get("network"),
+            "network_identity": health.get("network_identity"),
+        }
+
+    async def _write_status(self, stopped: dict[str, Any] | None = None) -> None:
+        """Write the status file; a failure is logged (once while it repeats), not raised."""
+        try:
+            document = await self._status_document(stopped)
+            await asyncio.to_thread(write_status, self._status_path, document)
+        except (OSError, ValueError, TypeError, SpoolError) as exc:
+            message = str(exc)
+            if message != self._status_error:
+                log.warning("status file %s not written: %s", self._status_path, message)
+                self._status_error = message
+            return
+        if self._status_error is not None:
+            log.info("status file %s written again", self._status_path)
+            self._status_error = None
 
     async def _start_telemetry(self) -> None:
         self.spool = self._opened_spool or await open_spool(self.settings)
@@ -666,15 +803,21 @@ class Agent:
             saved = self.ledger.get_value(f"config:{section}")
             if saved is not None:
                 await self._apply_simple_config(section, saved["version"], saved["data"])
-        for loop_coro in (self._health_loop(), self._log_loop()):
+        self._status_changed()
+        for loop_coro in (self._health_loop(), self._log_loop(), self._status_loop()):
             self._tasks.add(asyncio.get_running_loop().create_task(loop_coro))
         link = asyncio.get_running_loop().create_task(self._link_loop())
         renewal = asyncio.get_running_loop().create_task(self._renewal_loop())
         stopper = asyncio.get_running_loop().create_task(stop.wait())
+        stop_reason = "stopped unexpectedly (see the agent's log)"
         try:
             done, _ = await asyncio.wait({link, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if link in done:
                 link.result()  # AgentStopped surfaces here
+            stop_reason = "asked to stop (a signal, or its service manager)"
+        except AgentStopped as exc:
+            stop_reason = str(exc)
+            raise
         finally:
             if self._tier is not None:
                 await self._tier.close(CloseCode.GOING_AWAY, "agent stopping")
@@ -685,6 +828,8 @@ class Agent:
                     await task
             self._flush_error_repeats()
             self.losses.flush()
+            # The last word in the status file: this agent stopped, when and why.
+            await self._write_status(stopped={"at": time.time(), "reason": stop_reason})
             await self._stop_telemetry()
             self.logs.uninstall()
             await self.logs.stop_journal()
@@ -835,6 +980,7 @@ class Agent:
 
     def _tier_changed(self, index: int, reason: str) -> None:
         self.status.history.append((time.time(), f"tier {TIERS[index]}: {reason}"))
+        self._status_changed()
         log.warning("link moves to tier %d (%s): %s", index + 1, TIERS[index], reason)
         if index > 0:
             self._start_preflight()
@@ -851,7 +997,11 @@ class Agent:
                 document = await self.preflight.run()
             except (OSError, ValueError, RuntimeError) as exc:
                 log.warning("preflight could not run: %s", exc)
+                self._preflight_error = (time.time(), f"could not run: {exc}")
+                self._status_changed()
                 return
+            self._preflight_error = None
+            self._status_changed()
             if self._send is not None:
                 self._send(NetcheckReport(ts=time.time(), report=document))
             else:
@@ -911,6 +1061,8 @@ class Agent:
         message = clean_error(message)
         self.status.errors += 1
         self.status.last_error = message
+        self.status.last_error_at = time.time()
+        self._status_changed()
         now = time.monotonic()
         if message == self._error_logged:
             self._error_repeats += 1

@@ -80,6 +80,9 @@ class Preflight:
         self.options = options  # None: the checks' defaults
         self.last_run: float | None = None
         self.last_report: dict[str, Any] | None = None
+        #: When the last report was made (Unix time) and its one-line :func:`summary`.
+        self.last_run_at: float | None = None
+        self.last_summary: str | None = None
 
     def due(self) -> bool:
         return self.last_run is None or time.monotonic() - self.last_run >= self.interval
@@ -135,5 +138,7 @@ class Preflight:
         document: dict[str, Any] = msgspec.to_builtins(report)
         document["status"] = report.status.value
         self.last_report = document
-        log.warning("preflight: %s", summary(report))
+        self.last_run_at = time.time()
+        self.last_summary = summary(report)
+        log.warning("preflight: %s", self.last_summary)
         return document
