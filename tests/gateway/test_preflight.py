@@ -16,7 +16,7 @@ import pytest
 from tests.support.cloudproc import Cloud, free_port, running_cloud
 from tests.support.testbed.dnsserver import DNSServer
 
-from tether.gateway.preflight import Preflight
+from tether.gateway.preflight import Preflight, PreflightUnavailable
 from tether.netcheck import CheckOptions
 from tether.netcheck.dns import parse_resolver
 
@@ -119,8 +119,12 @@ async def test_a_cloud_addressed_by_ip_without_its_manifest_cannot_be_checked(
         trust_env=False,
         options=loopback_options(tmp_path, dns),
     )
-    with pytest.raises(ValueError, match="not a lowercase DNS name"):
+    with pytest.raises(PreflightUnavailable) as refused:
         await preflight.run()
+    message = str(refused.value)
+    assert "names an IP address (127.0.0.1)" in message
+    assert "could not be fetched: " in message
+    assert "refused" in message.lower() or "connect" in message.lower()
 
 
 async def test_the_checks_take_the_agents_proxy_not_the_environments(

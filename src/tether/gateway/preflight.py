@@ -9,6 +9,7 @@ proxy strips WebSocket upgrades" without anyone on site.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,18 @@ log = logging.getLogger(__name__)
 
 #: The failing (then warning) checks a summary names; the report has them all.
 NAMED_IN_SUMMARY = 4
+
+
+class PreflightUnavailable(ValueError):
+    """The preflight cannot run here; the message says why and what it would need."""
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def summary(report: CheckReport) -> str:
@@ -88,6 +101,7 @@ class Preflight:
         return self.last_run is None or time.monotonic() - self.last_run >= self.interval
 
     async def _manifest(self) -> Manifest:
+        fetch_error = "the cloud answered no manifest"
         try:
             async with (
                 aiohttp.ClientSession(
@@ -101,15 +115,21 @@ class Preflight:
             ):
                 if response.status == 200:
                     return parse_manifest(await response.read(), source="cloud", fmt="json")
+                fetch_error = f"the cloud answered HTTP {response.status}"
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            fetch_error = clean_error(str(exc)) or type(exc).__name__
             log.info(
-                "manifest not fetched from the cloud (%s); building it from the URL",
-                clean_error(str(exc)),
+                "manifest not fetched from the cloud (%s); building it from the URL", fetch_error
             )
         parts = urlsplit(self.cloud_url)
-        return build_own_manifest(
-            DeploymentSettings(hostname=parts.hostname or "localhost", port=parts.port or 443)
-        )
+        host = parts.hostname or "localhost"
+        if _is_address(host):
+            # A manifest names hosts by DNS name: without the cloud's own, there is none to check.
+            raise PreflightUnavailable(
+                f"the cloud URL names an IP address ({host}), so the network requirements must "
+                f"come from the cloud, and they could not be fetched: {fetch_error}"
+            )
+        return build_own_manifest(DeploymentSettings(hostname=host, port=parts.port or 443))
 
     def _proxy_settings(self) -> ProxySettings | None:
         """The proxy the agent's link uses (None: the environment's, as the link reads it)."""
