@@ -6,12 +6,12 @@ password (hashed with argon2id); a session is a random 256-bit secret in a cooki
 ``Secure``, ``HttpOnly`` and ``SameSite=Strict``, stored hashed, with a CSRF token of its own
 that every state-changing request must echo (form field or header). A session ends after
 :attr:`AccountPolicy.session_idle` without use, and at the latest after
-:attr:`AccountPolicy.session_lifetime`. Failed logins are audited and throttled per username
-and source, counted in the audit log, which every worker process shares; a wrong current
-password given to change one's own password counts as a failed login. A process checks the
-password attempts of one source one at a time, so attempts sent together are counted as the
-ones before them were and cannot all slip under the limit. People can also hold API tokens
-with their own role.
+:attr:`AccountPolicy.session_lifetime`. Failed logins are audited (the username only when it
+names a user: people type passwords into that field) and throttled per username and source,
+counted in the audit log, which every worker process shares; a wrong current password given to
+change one's own password counts as a failed login. A process checks the password attempts of
+one source one at a time, so attempts sent together are counted as the ones before them were and
+cannot all slip under the limit. People can also hold API tokens with their own role.
 
 Errors::
 
@@ -436,17 +436,20 @@ class Accounts:
     async def _login(
         self, name: str, password: str, *, source: str | None
     ) -> tuple[str, SessionRecord]:
+        creds = await self.users.credentials(name)
+        # What was typed as a username is recorded only when it names a user: people type
+        # their password into that field, and the audit log must not keep it.
+        target = name if creds is not None else None
         wait = await self._retry_after(name, source)
         if wait is not None:
             await self.audit(
                 actor="anonymous",
                 action=LOGIN_THROTTLED,
-                target=name,
+                target=target,
                 source=source,
                 detail={"reason": "throttled", "retry_after": round(wait, 1)},
             )
             raise LoginThrottled(wait)
-        creds = await self.users.credentials(name)
         reason = None
         if creds is None:
             await self._burn(password)
@@ -459,7 +462,7 @@ class Accounts:
             await self.audit(
                 actor="anonymous",
                 action=LOGIN_FAILED,
-                target=name,
+                target=target,
                 source=source,
                 detail={"reason": reason},
             )
