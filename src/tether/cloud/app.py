@@ -446,6 +446,7 @@ async def _catch_up(state: CloudState) -> None:
 def build_app(settings: CloudSettings) -> web.Application:
     app = web.Application(client_max_size=2 * settings.max_frame, middlewares=[api.json_errors])
     app[SETTINGS_KEY] = settings
+    app.on_response_prepare.append(_server_header)
     app[PROBE_SLOTS_KEY] = ProbeSlots(per_source=PROBES_PER_SOURCE, in_all=PROBES_IN_ALL)
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
@@ -553,6 +554,11 @@ def _raise_fd_limit() -> None:
 
 #: Allocations (net of frees) between two young-generation collections; CPython's default is 700.
 GC_YOUNG_THRESHOLD = 20_000
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer names the product, not the Python and aiohttp versions behind it."""
+    response.headers["Server"] = "tether"
 
 
 def tune_collector() -> None:
