@@ -45,8 +45,14 @@ from tether.cloud.backup import (
 )
 from tether.cloud.settings import CloudSettings, load_settings
 from tether.cloud.store import Store
+from tether.pki.keys import generate_private_key, private_key_pem
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _no_database_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TETHER_DATABASE_URL", raising=False)
 
 
 def settings_for(data_dir: Path, **overrides: Any) -> CloudSettings:
@@ -143,7 +149,17 @@ async def test_backup_holds_the_database_pki_and_credentials_with_their_checksum
 ) -> None:
     out_dir = tmp_path / "backups"
     out_dir.mkdir()
-    result = create_backup(source, out_dir / "cloud.tar.gz", now=NOW)
+    seen: dict[str, list[tuple[int, int]]] = {}
+    result = create_backup(
+        source,
+        out_dir / "cloud.tar.gz",
+        now=NOW,
+        progress=lambda step, done, total: seen.setdefault(step, []).append((done, total)),
+    )
+    assert list(seen) == ["database snapshot", "checksums", "archive"]
+    for step, reports in seen.items():
+        done, total = reports[-1]
+        assert done == total > 0, step
 
     assert result.path == out_dir / "cloud.tar.gz"
     assert mode(result.path) == 0o600
@@ -480,6 +496,48 @@ def test_a_directory_without_a_ca_is_not_backed_up(tmp_path: Path) -> None:
     assert os.listdir(out) == []
 
 
+def other_key() -> bytes:
+    return private_key_pem(generate_private_key())
+
+
+def test_a_ca_key_that_is_not_the_certificates_is_not_backed_up(
+    source: CloudSettings, tmp_path: Path
+) -> None:
+    key = other_key()
+    (source.pki_dir / "ca.key").write_bytes(key)
+    with pytest.raises(SourceUnusable, match="not one pair") as refused:
+        create_backup(source, tmp_path / "b.tar.gz")
+    assert key.decode() not in str(refused.value)
+    assert not (tmp_path / "b.tar.gz").exists()
+
+
+async def test_an_archive_whose_ca_key_is_not_its_certificates_is_refused(
+    source: CloudSettings, tmp_path: Path
+) -> None:
+    archive = create_backup(source, tmp_path / "b.tar.gz").path
+    key = other_key()
+
+    def swap(document: dict[str, Any]) -> None:
+        [entry] = [e for e in document["members"] if e["path"] == "pki/ca.key"]
+        entry.update(size=len(key), sha256=hashlib.sha256(key).hexdigest())
+
+    forged = rewrite(archive, tmp_path / "f.tar.gz", manifest=swap, replace={"pki/ca.key": key})
+    target = tmp_path / "restored"
+    with pytest.raises(ArchiveInvalid) as refused:
+        restore_backup(forged, target)
+    assert refused.value.member == "pki/ca.key"
+    assert not target.exists()
+
+
+def test_a_directory_whose_cloud_never_started_has_no_database(
+    source: CloudSettings, tmp_path: Path
+) -> None:
+    (source.data_dir / "tether.db").unlink()
+    with pytest.raises(SourceUnusable, match="no database"):
+        create_backup(source, tmp_path / "b.tar.gz")
+    assert not (tmp_path / "b.tar.gz").exists()
+
+
 async def test_an_archive_is_not_written_into_the_data_directory(
     source: CloudSettings,
 ) -> None:
@@ -503,7 +561,7 @@ async def test_the_backup_command_says_what_it_wrote_but_never_a_key(
     result = CliRunner().invoke(
         cli,
         ["cloud", "backup", "--data-dir", str(source.data_dir), "-o", str(out)],
-        env={"COLUMNS": "200", "TETHER_DATABASE_URL": ""},
+        env={"COLUMNS": "200"},
     )
     assert result.exit_code == 0, result.output
     text = result.output
@@ -529,6 +587,24 @@ async def test_the_backup_command_says_what_it_wrote_but_never_a_key(
     again = CliRunner().invoke(cli, ["cloud", "restore", str(out), "--data-dir", str(restored)])
     assert again.exit_code == 1
     assert "not empty" in again.output
+
+
+def test_the_backup_command_reads_the_data_directory_from_the_settings_file(
+    source: CloudSettings, tmp_path: Path
+) -> None:
+    config = tmp_path / "cloud.toml"
+    config.write_text(f'data_dir = "{source.data_dir}"\nhostname = "tether.example.com"\n')
+    out = tmp_path / "from-config.tar.gz"
+    result = CliRunner().invoke(
+        cli, ["cloud", "backup", "--config", str(config), "-o", str(out)], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    assert verify_archive(out).database.included
+    missing = CliRunner().invoke(
+        cli, ["cloud", "backup", "--data-dir", str(tmp_path / "nowhere"), "-o", str(out)]
+    )
+    assert missing.exit_code == 2
+    assert "no data directory" in missing.output
 
 
 async def test_the_backup_command_says_in_one_line_to_use_pg_dump(

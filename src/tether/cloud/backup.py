@@ -56,6 +56,8 @@ from typing import IO, TYPE_CHECKING, Final
 import msgspec
 from alembic.script import ScriptDirectory
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -179,12 +181,6 @@ class BackupManifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ca_fingerprint: str
     members: tuple[MemberEntry, ...]
 
-    def member(self, path: str) -> MemberEntry | None:
-        for entry in self.members:
-            if entry.path == path:
-                return entry
-        return None
-
     @property
     def total_size(self) -> int:
         return sum(entry.size for entry in self.members)
@@ -215,6 +211,18 @@ def _file_mode(path: str) -> int:
     """0644 for certificates (as the cloud writes them), 0600 for everything else."""
     public = path.startswith(f"{PKI_MEMBER_DIR}/") and path.endswith(".pem")
     return 0o644 if public else 0o600
+
+
+def _ca_pair(cert_pem: bytes, key_pem: bytes) -> str:
+    """The fingerprint of the CA certificate, once its key is shown to be the certificate's;
+    ValueError (never quoting the key) if either is unreadable or they do not match."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki):
+        raise ValueError("the CA key is not the CA certificate's")
+    return certificate_fingerprint(cert)
 
 
 def _is_secret(path: str) -> bool:
@@ -399,9 +407,13 @@ def create_backup(
     database = _sqlite_path(settings)
     small = _small_files(settings)
     try:
-        ca = x509.load_pem_x509_certificate(small[f"{PKI_MEMBER_DIR}/{CA_CERT_FILE}"])
-    except ValueError as exc:
-        raise SourceUnusable(f"{settings.pki_dir / CA_CERT_FILE}: {exc}") from None
+        fingerprint = _ca_pair(
+            small[f"{PKI_MEMBER_DIR}/{CA_CERT_FILE}"], small[f"{PKI_MEMBER_DIR}/{CA_KEY_FILE}"]
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise SourceUnusable(
+            f"{settings.pki_dir}: {CA_KEY_FILE} and {CA_CERT_FILE} are unreadable or not one pair"
+        ) from None
     staging = Path(tempfile.mkdtemp(prefix=".tether-backup-", dir=output.parent))  # 0700
     try:
         members: list[MemberEntry] = []
@@ -426,7 +438,7 @@ def create_backup(
                 included=database is not None,
                 schema_revisions=revisions,
             ),
-            ca_fingerprint=certificate_fingerprint(ca),
+            ca_fingerprint=fingerprint,
             members=tuple(members),
         )
         _write_archive(output, manifest, snapshot, small, progress)
@@ -735,6 +747,19 @@ def _check_restored_database(path: Path, manifest: BackupManifest) -> None:
         )
 
 
+def _check_restored_ca(pki: Path, manifest: BackupManifest) -> None:
+    try:
+        fingerprint = _ca_pair((pki / CA_CERT_FILE).read_bytes(), (pki / CA_KEY_FILE).read_bytes())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ArchiveInvalid(
+            f"{PKI_MEMBER_DIR}/{CA_KEY_FILE}", "not a key of the archive's CA certificate"
+        ) from None
+    if fingerprint != manifest.ca_fingerprint:
+        raise ArchiveInvalid(
+            f"{PKI_MEMBER_DIR}/{CA_CERT_FILE}", "not the CA certificate the manifest names"
+        )
+
+
 def restore_backup(
     archive: Path,
     data_dir: Path,
@@ -760,6 +785,7 @@ def restore_backup(
             writer.close()
         if manifest.database.included:
             _check_restored_database(staging / DATABASE_MEMBER, manifest)
+        _check_restored_ca(staging / PKI_MEMBER_DIR, manifest)
         replaced = _install(staging, data_dir, manifest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
