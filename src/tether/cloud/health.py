@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from tether.cloud.store.health import HEALTH_FIGURES, HealthStore
+from tether.cloud.tlsserver import STATS as TLS_STATS
 from tether.protocol.messages import (
     HealthReport,
     LogBatch,
@@ -130,6 +131,15 @@ class ApiStats:
         yield seconds
 
 
+def _labelled_counter(
+    name: str, help_text: str, label: str, counts: dict[str, int]
+) -> Iterator[Any]:
+    family = CounterMetricFamily(name, help_text, labels=[label])
+    for key, count in sorted(counts.items()):
+        family.add_metric([key], count)
+    yield family
+
+
 def _bound(value: float) -> str:
     return "+Inf" if value == float("inf") else repr(value)
 
@@ -199,6 +209,23 @@ class FleetCollector(Collector):
                 "Group commits that failed (their batches deferred, sent again)",
             ),
             ("tether_health_reports", "health_reports", "Health reports received"),
+            ("tether_links_opened", "links_opened", "Links this process opened (Hello accepted)"),
+            (
+                "tether_links_replaced",
+                "links_replaced",
+                "Links taken over by a newer link of the same gateway",
+            ),
+            ("tether_tls_handshakes", "tls_completed", "TLS handshakes this process completed"),
+            (
+                "tether_tls_handshake_timeouts",
+                "tls_timed_out",
+                "TLS handshakes that did not finish in time",
+            ),
+            (
+                "tether_accept_pauses",
+                "accept_pauses",
+                "Times this process stopped accepting for a second, out of descriptors",
+            ),
             ("tether_gateway_log_records", "log_records", "Gateway log records received"),
             (
                 "tether_gateway_log_records_dropped",
@@ -212,6 +239,18 @@ class FleetCollector(Collector):
         api = snap.get("api")
         if isinstance(api, ApiStats):
             yield from api.families()
+        yield from _labelled_counter(
+            "tether_links_closed",
+            "Links of this process that ended, by close code (connection-lost: without one)",
+            "code",
+            snap.get("links_closed", {}),
+        )
+        yield from _labelled_counter(
+            "tether_tls_handshake_failures",
+            "TLS handshakes this process refused or lost, by OpenSSL's reason",
+            "reason",
+            snap.get("tls_failed", {}),
+        )
         for figure in HEALTH_FIGURES:
             gauge = GaugeMetricFamily(
                 f"tether_gateway_{figure}",
@@ -260,6 +299,13 @@ async def snapshot(state: Any) -> dict[str, Any]:
         "log_dropped": state.health.log_dropped_on_gateways,
         "health": await state.health.store.latest_all(),
         "api": state.api_stats,
+        "links_opened": state.hub.opened_total,
+        "links_closed": dict(state.hub.closed_total),
+        "links_replaced": state.hub.replaced_total,
+        "tls_completed": TLS_STATS.completed,
+        "tls_failed": dict(TLS_STATS.failed),
+        "tls_timed_out": TLS_STATS.timed_out,
+        "accept_pauses": TLS_STATS.accept_pauses,
         "at": datetime.now(UTC).isoformat(),
     }
 

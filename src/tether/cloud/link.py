@@ -68,6 +68,12 @@ REPLACED_WINDOW = 600.0
 REPLACED_TRACKED = 10_000
 
 
+#: The close codes the protocol defines: the labels links are counted under when they end.
+KNOWN_CLOSE_CODES: frozenset[str] = frozenset(
+    value for name, value in vars(CloseCode).items() if name.isupper() and isinstance(value, str)
+)
+
+
 class LinkHub:
     """The links held by this process: open ones by gateway id, and every live one (opening
     included) so that shutting down reaches them all.
@@ -89,6 +95,10 @@ class LinkHub:
         # gateway -> when its link was taken over by a newer one, within REPLACED_WINDOW
         self._replaced: dict[str, collections.deque[float]] = {}
         self._warned: dict[str, float] = {}  # gateway -> when a clone was last warned of
+        #: Links opened (their Hello accepted) and ended, by close code: for /metrics.
+        self.opened_total = 0
+        self.closed_total: dict[str, int] = {}
+        self.replaced_total = 0
 
     # -- a gateway on two hosts ------------------------------------------------------------------
 
@@ -97,6 +107,7 @@ class LinkHub:
         once per window) when that happened :data:`REPLACED_WARN` times within
         :data:`REPLACED_WINDOW`: two hosts are probably running with the same identity, each
         taking the link from the other (their telemetry is deduplicated, so one's is lost)."""
+        self.replaced_total += 1
         now = time.monotonic()
         if len(self._replaced) > REPLACED_TRACKED:  # bounded: forget the quiet ones
             for gid in [g for g, t in self._replaced.items() if now - t[-1] > REPLACED_WINDOW]:
@@ -183,7 +194,20 @@ class LinkHub:
         """Make *link* the gateway's link; return the one it replaces, if any."""
         previous = self._links.get(link.gateway_id)
         self._links[link.gateway_id] = link
+        self.opened_total += 1
         return previous
+
+    def note_closed(self, code: str | None) -> None:
+        """Count a link that was open and has ended: by its close code, one the protocol
+        knows (what a gateway sends is not a label of its own), or ``connection-lost`` when
+        the connection ended without one."""
+        if code is None:
+            label = "connection-lost"
+        elif code in KNOWN_CLOSE_CODES:
+            label = code
+        else:
+            label = "other"
+        self.closed_total[label] = self.closed_total.get(label, 0) + 1
 
     def unregister(self, link: WebSocketLink) -> bool:
         if self._links.get(link.gateway_id) is link:
@@ -265,6 +289,7 @@ class WebSocketLink:
     __slots__ = (
         "_background",
         "_backlog",
+        "_close_code",
         "_deliver_lock",
         "_flush_pending",
         "_lost",
@@ -316,6 +341,7 @@ class WebSocketLink:
         self._flush_pending = False
         self._lost = False
         self._opened_at: datetime | None = None  # when the store recorded this link's start
+        self._close_code: str | None = None  # why the session closed, once it has
         self.slot: int | None = None  # the hub's wheel slot of the next deadline
         hub.track(self)
         hub.schedule(self, self.session.next_deadline())
@@ -361,6 +387,7 @@ class WebSocketLink:
             self.session.close(CloseCode.GOING_AWAY, "link ended")
         self.hub.untrack(self)
         if self.hub.unregister(self):
+            self.hub.note_closed(self._close_code)
             # Marked offline and its delivered commands requeued in the next grouped write.
             self.links.closed_soon(self.gateway_id, opened_at=self._opened_at)
 
@@ -380,6 +407,7 @@ class WebSocketLink:
         if self.session.state is SessionState.CLOSED:
             for event in self.session.events():
                 if isinstance(event, LinkClosed):
+                    self._close_code = event.code
                     log.info(
                         "gateway %s link closed: %r %r", self.gateway_id, event.code, event.reason
                     )
@@ -443,6 +471,7 @@ class WebSocketLink:
         elif isinstance(event, LinkOpened):
             self._in_background(self.deliver(link_opened=True))
         elif isinstance(event, LinkClosed):
+            self._close_code = event.code
             log.info("gateway %s link closed: %r %r", self.gateway_id, event.code, event.reason)
         elif isinstance(event, FrameRejected):
             log.warning("gateway %s sent a refused frame: %r", self.gateway_id, event.reason)

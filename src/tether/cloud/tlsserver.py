@@ -21,7 +21,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["TLSServer", "TLSTransport", "start_tls_server"]
+__all__ = ["STATS", "TLSServer", "TLSStats", "TLSTransport", "start_tls_server"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,36 @@ _ACCEPT_BATCH = 128
 _ACCEPT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 #: After a refused handshake, how long the alert may take to reach the client (see _linger).
 _LINGER = 2.0
+
+
+class TLSStats:
+    """This process's TLS handshakes: completed, refused (by OpenSSL's reason, at most
+    :attr:`REASONS` distinct ones, then ``other``), timed out; and the times accepting paused
+    because the process ran out of descriptors."""
+
+    REASONS = 32
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.failed: dict[str, int] = {}
+        self.timed_out = 0
+        self.accept_pauses = 0
+
+    def refused(self, exc: BaseException) -> None:
+        reason = getattr(exc, "reason", None)
+        if isinstance(exc, ssl.SSLError) and isinstance(reason, str) and reason:
+            label = reason.lower().replace("_", "-")
+        elif isinstance(exc, ssl.SSLError):
+            label = "tls-error"
+        else:
+            label = "connection-error"
+        if label not in self.failed and len(self.failed) >= self.REASONS:
+            label = "other"
+        self.failed[label] = self.failed.get(label, 0) + 1
+
+
+#: The process's figures (one event loop serves every connection of a process).
+STATS = TLSStats()
 
 
 class TLSTransport(asyncio.Transport):
@@ -98,12 +128,15 @@ class TLSTransport(asyncio.Transport):
             return
         except ssl.SSLError as exc:
             log.debug("TLS handshake failed: %s", exc)
+            STATS.refused(exc)
             self._linger()
             return
         except OSError as exc:
             log.debug("TLS handshake failed: %s", exc)
+            STATS.refused(exc)
             self._teardown(None, notify=False)
             return
+        STATS.completed += 1
         self._watch_write(False, self._handshake)
         self._loop.remove_reader(self._fd)
         if self._timer is not None:
@@ -155,6 +188,7 @@ class TLSTransport(asyncio.Transport):
         self._timer = None
         if not self._connected:
             log.debug("TLS handshake timed out")
+            STATS.timed_out += 1
             self._teardown(None, notify=False)
 
     def _watch_write(self, on: bool, callback: Callable[[], None]) -> None:
@@ -419,6 +453,7 @@ class TLSServer:
                 if exc.errno in _ACCEPT_ERRNOS:
                     # Out of descriptors: stop accepting for a moment instead of spinning.
                     log.error("cannot accept connections: %s; pausing for 1 s", exc)
+                    STATS.accept_pauses += 1
                     self._loop.remove_reader(self._sock.fileno())
                     self._resume = self._loop.call_later(1.0, self._resume_accepting)
                     return
