@@ -83,6 +83,13 @@ EC_KEY = (
             "loaded key\n[redacted private key]\ndone",
         ),
         (f"key {EC_KEY}", "MHcCAQEEIBkXs0Vx9Y3c", "key [redacted private key]"),
+        # a key cut short (a truncated line, a partial read) is redacted to the end
+        (f"read {PEM_KEY[:120]}", "MIGHAgEAMBMGByqGSM49", "read [redacted private key]"),
+        (
+            f"two {EC_KEY} and {PEM_KEY[:90]}",
+            "MIGHAgEAMBMG",
+            "two [redacted private key] and [redacted private key]",
+        ),
     ],
 )
 def test_redact_removes_secrets(text: str, secret: str, kept: str) -> None:

@@ -43,7 +43,11 @@ _SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
         r"\1\2[redacted]",
     ),
     (
-        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
+        # to its END line, or to the end of the text when it was cut short before that
+        re.compile(
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----"
+            r"(?:[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----|[\s\S]*)"
+        ),
         "[redacted private key]",
     ),
 )
