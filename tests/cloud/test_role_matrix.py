@@ -5,8 +5,9 @@ The cases come from the route tables themselves (:data:`tether.cloud.api.ROUTES`
 (:data:`tether.cloud.api.PERMISSIONS`): a role the permission names must get the route's
 success status, any other role 403, no credentials 401 (the API) or the login form (the
 console). Path parameters are made fresh per call (a new gateway, command, user or token) so
-no call depends on what an earlier one changed. A new route whose request type or console
-handler has no example here fails the test until one is added.
+no call depends on what an earlier one changed; each gateway made here comes with a support
+grant for the support role's user, whose diagnostic commands need one. A new route whose request
+type or console handler has no example here fails the test until one is added.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tether.netreq.render import build_rules
 from tether.pki.ca import CertificateAuthority
 
 PASSWORD = "matrix passphrase"
+SUPPORT_USER = "as-support"
 _serial = itertools.count(1)
 
 
@@ -55,10 +57,29 @@ class World:
     sessions: dict[str, ConsoleSession]  # role -> console session of that role's user
     shared: dict[str, str] = field(default_factory=dict)  # objects for calls that are refused
 
-    async def gateway(self) -> str:
+    async def gateway(self, *, granted: bool = True) -> str:
+        """A new gateway; *granted*: with a support grant for the support role's user."""
         gateway_id = _fresh("gw-matrix-")
         await self.store.create_gateway(gateway_id=gateway_id, name=gateway_id, now=_now())
+        if granted:
+            await self.grant_support(gateway_id)
         return gateway_id
+
+    async def grant_support(self, gateway_id: str) -> str:
+        record = await self.store.create_support_grant(
+            gateway_id=gateway_id,
+            username=SUPPORT_USER,
+            scope="diagnose",
+            reason="matrix",
+            created_by="matrix",
+            now=_now(),
+            expires_at=_now() + timedelta(hours=1),
+        )
+        return record.grant_id
+
+    async def grant(self) -> str:
+        """A support grant that still counts, on a gateway of its own."""
+        return await self.grant_support(await self.gateway(granted=False))
 
     async def command(self) -> str:
         record = await self.store.create_command(
@@ -105,6 +126,7 @@ async def _path(
         "username": world.user,
         "token_id": lambda: world.own_token(role or "admin"),
         "enrollment_token_id": world.enrollment_token,
+        "grant_id": world.grant,
     }
     path = route_path
     while "{" in path:
@@ -134,6 +156,7 @@ def _api_body(request_type: Any) -> Any:
         acc.PasswordIn: lambda: {},
         acc.OwnPasswordIn: lambda: {"current_password": PASSWORD, "new_password": PASSWORD},
         acc.UserTokenIn: lambda: {"label": "matrix"},
+        api.SupportGrantIn: lambda: {"user": SUPPORT_USER, "hours": 1, "reason": "matrix"},
     }
     if request_type is None:
         return None
@@ -239,6 +262,10 @@ def _console_cases(cloud: Cloud) -> dict[str, ConsoleCase]:
         "send_command": ConsoleCase({}, lambda: {"kind": "ping", "args": "{}", "ttl": "600"}, 303),
         "cancel_command": ConsoleCase({}, none, 303),
         "revoke_gateway": ConsoleCase({}, none, 303),
+        "grant_support": ConsoleCase(
+            {}, lambda: {"user": SUPPORT_USER, "hours": "1", "reason": "matrix"}, 303
+        ),
+        "revoke_support_grant": ConsoleCase({}, none, 303),
         "network_page": ConsoleCase({}, none, 200),
         "network_document": ConsoleCase({"fmt": "md"}, none, 200),
         "network_rules": ConsoleCase({"fmt": "fortigate", "name": rules.files[0][0]}, none, 200),
@@ -308,8 +335,9 @@ async def test_every_console_route_answers_each_role_as_its_permission_says(
 
 
 async def test_the_command_form_offers_each_role_what_it_may_send(tmp_path: Path) -> None:
-    """A viewer gets no form; support gets it for the diagnostic kinds alone (a reboot is
-    refused in words); operator and admin get every kind."""
+    """A viewer gets no form; support gets it, for the diagnostic kinds alone (a reboot is
+    refused in words), once it holds a support grant for the gateway, and a note saying who
+    gives one before; operator and admin get every kind."""
     async with (
         running_cloud(tmp_path / "cloud") as cloud,
         cloud.api() as admin,
@@ -317,13 +345,29 @@ async def test_the_command_form_offers_each_role_what_it_may_send(tmp_path: Path
     ):
         world = await _world(cloud, admin, client)
         try:
-            gateway_id = await world.gateway()
+            gateway_id = await world.gateway(granted=False)
+            support = world.sessions["support"]
+            page = await client.get(f"/console/gateways/{gateway_id}", headers=support.cookies)
+            assert page.status_code == 200
+            assert 'id="send-command"' not in page.text
+            assert "only under a support grant for this gateway" in page.text
+            assert "You hold no support grant for this gateway" in page.text
+            refused = await client.post(
+                f"/console/gateways/{gateway_id}/commands",
+                data=support.form(kind="ping", args="{}", ttl="600"),
+                headers=support.cookies,
+            )
+            assert refused.status_code == 403
+            assert f"needs a support grant for gateway {gateway_id}" in refused.text
+            await world.grant_support(gateway_id)
             for role in ROLES:
                 session = world.sessions[role]
                 page = await client.get(f"/console/gateways/{gateway_id}", headers=session.cookies)
                 assert page.status_code == 200
                 has_form = 'id="send-command"' in page.text
                 assert has_form == (role in api.PERMISSIONS["diagnose"]), role
+                holds = "You hold a support grant for this gateway until" in page.text
+                assert holds == (role == "support"), role
                 offers_reboot = '<option value="reboot">' in page.text
                 assert offers_reboot == (role in api.PERMISSIONS["command"]), role
                 sent = await client.post(

@@ -1,4 +1,5 @@
-"""The support role: reads the fleet and runs diagnostics (ping, metrics), changes nothing."""
+"""The support role: reads the fleet, and runs diagnostics (ping, metrics) on a gateway only
+under a support grant the customer's side gave for it; changes nothing."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from tether.cloud.store import Store
 from tether.protocol.commands import COMMAND_KINDS, DIAGNOSTIC_COMMAND_KINDS
 
 
-async def test_support_sends_and_cancels_diagnostics_and_nothing_else(tmp_path: Path) -> None:
+async def test_support_sends_and_cancels_diagnostics_under_a_grant_and_nothing_else(
+    tmp_path: Path,
+) -> None:
     async with running_cloud(tmp_path / "cloud") as cloud, cloud.api() as admin:
         await create_user(admin, "sam", "support", "support passphrase")
         token = await user_token(admin, "sam")
@@ -31,6 +34,20 @@ async def test_support_sends_and_cancels_diagnostics_and_nothing_else(tmp_path: 
         finally:
             await store.close()
         async with cloud.api(token) as support:
+            # No grant yet: refused, saying what is missing and who can give it.
+            refused = await support.post("/api/v1/gateways/gw-site/commands", json={"kind": "ping"})
+            assert refused.status_code == 403
+            assert refused.json()["error"] == (
+                "role 'support' needs a support grant for gateway gw-site (an operator gives "
+                "one: tether support grant gw-site --user sam --hours 4 --reason TEXT)"
+            )
+            granted = await admin.post(
+                "/api/v1/gateways/gw-site/support-grants",
+                json={"user": "sam", "hours": 4, "reason": "ticket 4711"},
+            )
+            assert granted.status_code == 201, granted.text
+            grant_id = granted.json()["id"]
+
             sent = {}
             for kind in sorted(DIAGNOSTIC_COMMAND_KINDS):
                 answer = await support.post(
@@ -67,3 +84,4 @@ async def test_support_sends_and_cancels_diagnostics_and_nothing_else(tmp_path: 
             "command.send",
             "command.send",
         ]
+        assert {e["detail"]["grant"] for e in audit} == {grant_id}  # each names its grant

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import re
+import shlex
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -35,12 +37,20 @@ from tether import __version__
 from tether.cloud import accounts
 from tether.cloud.configcheck import check_section
 from tether.cloud.state import STATE_KEY, CloudState
-from tether.cloud.store import Store
+from tether.cloud.store import ROLES, Store
 from tether.cloud.store.errors import (
     CommandNotFound,
     GatewayRevoked,
     GatewayUnknown,
     TokenUnknown,
+)
+from tether.cloud.store.grants import (
+    GRANT_HOURS_MAX,
+    GrantEnded,
+    GrantInvalid,
+    GrantUnknown,
+    check_reason,
+    check_scope,
 )
 from tether.cloud.store.health import LOG_LEVELS
 from tether.cloud.store.records import (
@@ -48,6 +58,7 @@ from tether.cloud.store.records import (
     CommandRecord,
     EnrollmentTokenRecord,
     GatewayRecord,
+    SupportGrantRecord,
 )
 from tether.cloud.store.store import AUDIT_FILTER_FIELDS, AuditFilter, AuditFilterInvalid
 from tether.protocol.commands import (
@@ -80,6 +91,7 @@ PERMISSION_WORDS: Final[dict[str, str]] = {
     "read": "read the fleet",
     "command": "send or cancel commands and change configuration",
     "diagnose": "send or cancel diagnostic commands",
+    "grant": "give or revoke support grants",
     "enroll": "create or revoke enrollment tokens",
     "revoke": "revoke gateways",
     "audit": "read the audit log",
@@ -89,8 +101,11 @@ PERMISSION_WORDS: Final[dict[str, str]] = {
 PERMISSIONS: dict[str, frozenset[str]] = {
     "read": frozenset({"admin", "operator", "viewer", "support"}),
     "command": frozenset({"admin", "operator"}),
-    #: Diagnostic commands (DIAGNOSTIC_COMMAND_KINDS: they change nothing on the gateway).
+    #: Diagnostic commands (DIAGNOSTIC_COMMAND_KINDS: they change nothing on the gateway); a
+    #: role without "command" (support) sends them only under a support grant for the gateway.
     "diagnose": frozenset({"admin", "operator", "support"}),
+    #: Support grants: the customer's side gives support access to a gateway, and ends it.
+    "grant": frozenset({"admin", "operator"}),
     "enroll": frozenset({"admin", "operator"}),
     "revoke": frozenset({"admin"}),
     "audit": frozenset({"admin"}),
@@ -260,6 +275,27 @@ class LogOut(msgspec.Struct):
     fields: dict[str, Any] | None
 
 
+class SupportGrantIn(msgspec.Struct, forbid_unknown_fields=True):
+    user: str  # a support user's username
+    hours: float  # how long it lasts: more than 0, at most GRANT_HOURS_MAX
+    reason: str  # why support needs the gateway (one line, at most REASON_MAX characters)
+    scope: str = "diagnose"
+
+
+class SupportGrantOut(msgspec.Struct):
+    id: str
+    gateway_id: str
+    user: str
+    scope: str
+    reason: str
+    created_at: datetime
+    created_by: str
+    expires_at: datetime
+    revoked_at: datetime | None
+    revoked_by: str | None
+    status: str  # active, expired or revoked, when answered
+
+
 class WhoAmI(msgspec.Struct):
     name: str
     role: str
@@ -279,6 +315,22 @@ def _gateway_out(g: GatewayRecord) -> GatewayOut:
         agent_version=g.agent_version,
         peer=g.peer,
         cert_not_after=g.cert_not_after,
+    )
+
+
+def _grant_out(g: SupportGrantRecord, now: datetime) -> SupportGrantOut:
+    return SupportGrantOut(
+        id=g.grant_id,
+        gateway_id=g.gateway_id,
+        user=g.username,
+        scope=g.scope,
+        reason=g.reason,
+        created_at=g.created_at,
+        created_by=g.created_by,
+        expires_at=g.expires_at,
+        revoked_at=g.revoked_at,
+        revoked_by=g.revoked_by,
+        status=g.status(now),
     )
 
 
@@ -638,7 +690,7 @@ async def send_command(request: web.Request, state: CloudState, p: Principal) ->
     if body.kind not in COMMAND_KINDS and body.kind not in state.settings.extra_command_kinds:
         known = ", ".join(sorted({*COMMAND_KINDS, *state.settings.extra_command_kinds}))
         raise _error(400, f"unknown command kind {body.kind!r} (known: {known})")
-    _may_send(p, body.kind)
+    grant = await _may_send(state, p, gateway_id, body.kind)
     ttl = state.settings.command_ttl
     if body.ttl_seconds is not None:
         if not 0 < body.ttl_seconds <= 30 * 86400:
@@ -655,6 +707,7 @@ async def send_command(request: web.Request, state: CloudState, p: Principal) ->
             created_by=p.actor,
             now=now,
             source=request.remote,
+            grant_id=None if grant is None else grant.grant_id,
         )
     except GatewayUnknown:
         raise _error(404, f"no gateway {gateway_id!r}") from None
@@ -701,22 +754,59 @@ async def get_command(request: web.Request, state: CloudState, p: Principal) -> 
     return _command_out(record)
 
 
-def _may_send(p: Principal, kind: str) -> None:
-    """Refuse a role that may send only diagnostic commands any other kind (403)."""
-    if kind not in DIAGNOSTIC_COMMAND_KINDS and p.role not in PERMISSIONS["command"]:
+#: The grant scope a role without "command" needs to send or cancel a diagnostic command.
+DIAGNOSE_SCOPE: Final = check_scope("diagnose")
+
+
+def needs_grant(role: str) -> bool:
+    """Whether *role* reaches a gateway only under a support grant (support)."""
+    return role in PERMISSIONS["diagnose"] and role not in PERMISSIONS["command"]
+
+
+async def _may_send(
+    state: CloudState, p: Principal, gateway_id: str, kind: str
+) -> SupportGrantRecord | None:
+    """The support grant *p* sends or cancels a command of *kind* on the gateway under: None
+    for a role that may send any command. A role that needs a grant is refused (403, saying
+    what it lacks) any kind but a diagnostic one, and without a grant for that gateway."""
+    if p.role in PERMISSIONS["command"]:
+        return None
+    if kind not in DIAGNOSTIC_COMMAND_KINDS:
         diagnostic = ", ".join(sorted(DIAGNOSTIC_COMMAND_KINDS))
         raise _error(
             403, f"role {p.role!r} may send or cancel only diagnostic commands ({diagnostic})"
         )
+    now = datetime.now(UTC)
+    grant = await state.store.active_support_grant(
+        gateway_id=gateway_id, username=p.name, scope=DIAGNOSE_SCOPE, now=now
+    )
+    if grant is None:
+        raise _error(403, await _no_grant(state, p, gateway_id, now))
+    return grant
+
+
+async def _no_grant(state: CloudState, p: Principal, gateway_id: str, now: datetime) -> str:
+    """Why *p* may not reach the gateway, and who can change that."""
+    said = f"role {p.role!r} needs a support grant for gateway {gateway_id}"
+    last = await state.store.list_support_grants(
+        gateway_id=gateway_id, username=p.name, scope=DIAGNOSE_SCOPE, limit=1
+    )
+    if last and last[0].revoked_at is not None:
+        said += f": {p.name}'s last one was revoked at {_iso(last[0].revoked_at)}"
+    elif last and last[0].expires_at <= now:
+        said += f": {p.name}'s last one expired at {_iso(last[0].expires_at)}"
+    example = f"tether support grant {shlex.quote(gateway_id)} --user {shlex.quote(p.name)}"
+    return f"{said} (an operator gives one: {example} --hours 4 --reason TEXT)"
 
 
 async def cancel_command(request: web.Request, state: CloudState, p: Principal) -> CommandOut:
     command_id = request.match_info["command_id"]
+    grant = None
     if p.role not in PERMISSIONS["command"]:
         found = await state.store.get_command(command_id)
         if found is None:
             raise _error(404, f"no command {command_id!r}")
-        _may_send(p, found.kind)
+        grant = await _may_send(state, p, found.gateway_id, found.kind)
     try:
         record = await state.store.apply_command_event(
             command_id, CommandEvent.CANCEL, now=datetime.now(UTC)
@@ -725,8 +815,124 @@ async def cancel_command(request: web.Request, state: CloudState, p: Principal) 
         raise _error(409, str(exc)) from None
     except (CommandNotFound, LookupError):
         raise _error(404, f"no command {command_id!r}") from None
-    await _audit(request, state, p, "command.cancel", command_id)
+    detail = None if grant is None else {"gateway": record.gateway_id, "grant": grant.grant_id}
+    await _audit(request, state, p, "command.cancel", command_id, detail)
     return _command_out(record)
+
+
+# --- support grants -------------------------------------------------------------------------
+
+
+def _grant_detail(g: SupportGrantRecord) -> dict[str, Any]:
+    """What the audit log keeps of a grant."""
+    hours = (g.expires_at - g.created_at).total_seconds() / 3600
+    return {
+        "gateway": g.gateway_id,
+        "user": g.username,
+        "scope": g.scope,
+        "hours": round(hours, 4),
+        "until": _iso(g.expires_at),
+        "reason": g.reason,
+    }
+
+
+async def create_support_grant(
+    request: web.Request, state: CloudState, p: Principal
+) -> SupportGrantOut:
+    """Give a support user the scope on one gateway for some hours, then no longer."""
+    gateway_id = request.match_info["gateway_id"]
+    body: SupportGrantIn = await _decode(request, SupportGrantIn)
+    if not math.isfinite(body.hours) or not 0 < body.hours <= GRANT_HOURS_MAX:
+        raise _error(400, f"hours must be more than 0 and at most {GRANT_HOURS_MAX} (a week)")
+    try:
+        scope = check_scope(body.scope)
+        reason = check_reason(body.reason)
+        username = accounts.normalize_username(body.user)
+    except (GrantInvalid, accounts.InvalidUsername) as exc:
+        raise _error(400, str(exc)) from None
+    gateway = await _gateway(state, gateway_id)
+    if gateway.revoked_at is not None:
+        raise _error(409, f"gateway {gateway_id!r} is revoked: support cannot reach it")
+    user = await request.app[accounts.ACCOUNTS_KEY].users.get_user(username)
+    if user is None:
+        raise _error(404, f"no user named {username!r}")
+    if not needs_grant(user.role):
+        needing = " or ".join(repr(role) for role in ROLES if needs_grant(role))
+        raise _error(
+            409,
+            f"user {username!r} has the role {user.role!r}, which needs no grant: a support "
+            f"grant is for a user with the role {needing}",
+        )
+    if user.disabled:
+        raise _error(409, f"user {username!r} is disabled")
+    now = datetime.now(UTC)
+    try:
+        grant = await state.store.create_support_grant(
+            gateway_id=gateway_id,
+            username=username,
+            scope=scope,
+            reason=reason,
+            created_by=p.actor,
+            now=now,
+            expires_at=now + timedelta(hours=body.hours),
+        )
+    except GatewayUnknown:
+        raise _error(404, f"no gateway {gateway_id!r}") from None
+    except GatewayRevoked:
+        raise _error(409, f"gateway {gateway_id!r} is revoked: support cannot reach it") from None
+    except GrantInvalid as exc:
+        raise _error(400, str(exc)) from None
+    await _audit(request, state, p, "support.grant", grant.grant_id, _grant_detail(grant))
+    return _grant_out(grant, now)
+
+
+def _bool_param(request: web.Request, name: str) -> bool | None:
+    raw = request.query.get(name, "").strip().lower()
+    if raw == "":
+        return None
+    if raw in ("true", "1", "yes"):
+        return True
+    if raw in ("false", "0", "no"):
+        return False
+    raise _error(400, f"{name} must be true or false, not {raw[:40]!r}")
+
+
+async def list_support_grants(
+    request: web.Request, state: CloudState, p: Principal
+) -> list[SupportGrantOut]:
+    """Grants, newest first; a support user's own alone."""
+    user = request.query.get("user") or None
+    if needs_grant(p.role):
+        if user is not None and user != p.name:
+            raise _error(403, f"role {p.role!r} may read only its own support grants")
+        user = p.name
+    limit = _int_param(request, "limit", 200)
+    if not 1 <= limit <= 1000:
+        raise _error(400, "limit must be within 1..1000")
+    now = datetime.now(UTC)
+    grants = await state.store.list_support_grants(
+        gateway_id=request.query.get("gateway") or None,
+        username=user,
+        active_at=now if _bool_param(request, "active") else None,
+        limit=limit,
+    )
+    return [_grant_out(g, now) for g in grants]
+
+
+async def revoke_support_grant(
+    request: web.Request, state: CloudState, p: Principal
+) -> SupportGrantOut:
+    """End a grant before its time."""
+    grant_id = request.match_info["grant_id"]
+    now = datetime.now(UTC)
+    try:
+        grant = await state.store.revoke_support_grant(grant_id, revoked_by=p.actor, now=now)
+    except GrantUnknown:
+        raise _error(404, f"no support grant {grant_id!r}") from None
+    except GrantEnded as exc:
+        raise _error(409, str(exc)) from None
+    await _audit(request, state, p, "support.revoke", grant.grant_id, _grant_detail(grant))
+    return _grant_out(grant, now)
 
 
 #: A gateway name: printable, no control characters, at most this long.
@@ -1073,7 +1279,8 @@ ROUTES: tuple[ApiRoute, ...] = (
         "/api/v1/gateways/{gateway_id}/commands",
         send_command,
         "diagnose",
-        "Queue a command for a gateway (a support role: only diagnostic kinds, ping and metrics)",
+        "Queue a command for a gateway (a support role: only diagnostic kinds, ping and "
+        "metrics, under a support grant for that gateway)",
         CommandIn,
         CommandOut,
         201,
@@ -1100,7 +1307,8 @@ ROUTES: tuple[ApiRoute, ...] = (
         "/api/v1/commands/{command_id}/cancel",
         cancel_command,
         "diagnose",
-        "Cancel a command that has not started (a support role: only a diagnostic one)",
+        "Cancel a command that has not started (a support role: only a diagnostic one, under "
+        "a support grant for its gateway)",
         None,
         CommandOut,
     ),
@@ -1216,6 +1424,41 @@ ROUTES: tuple[ApiRoute, ...] = (
             ("level", "this level and above"),
             ("limit", "at most this many"),
         ),
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/gateways/{gateway_id}/support-grants",
+        create_support_grant,
+        "grant",
+        "Give a support user access to a gateway (scope diagnose: its diagnostic commands) "
+        f"for some hours (at most {GRANT_HOURS_MAX})",
+        SupportGrantIn,
+        SupportGrantOut,
+        201,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/support-grants",
+        list_support_grants,
+        "read",
+        "Support grants, newest first (a support user: their own alone)",
+        None,
+        list[SupportGrantOut],
+        query=(
+            ("gateway", "only this gateway's"),
+            ("user", "only this support user's"),
+            ("active", "true: only those that count now (not expired, not revoked)"),
+            ("limit", "at most this many (1..1000; default 200)"),
+        ),
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/support-grants/{grant_id}/revoke",
+        revoke_support_grant,
+        "grant",
+        "End a support grant before its time",
+        None,
+        SupportGrantOut,
     ),
     ApiRoute(
         "GET",

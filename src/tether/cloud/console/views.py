@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import sqlalchemy as sa
 from aiohttp import web
@@ -457,11 +457,10 @@ async def _gateway(ctx: Ctx, gateway_id: str, regions: set[str] | None) -> dict[
         "now": now,
         "sent": ctx.request.query.get("sent", ""),
         "can_command": ctx.can("command"),
-        # A support role sends and cancels only the diagnostic kinds (ping, metrics).
-        "can_diagnose": ctx.can("diagnose"),
         "diagnostic_kinds": DIAGNOSTIC_COMMAND_KINDS,
         "report": latest,
     }
+    data.update(await _support_access(ctx, record, now, full=regions is None))
     if wanted("gw-status"):
         data["link"] = await state.links.get(gateway_id)
         data["identity"] = _identity(await _latest_identity(ctx, gateway_id))
@@ -489,6 +488,44 @@ async def _gateway(ctx: Ctx, gateway_id: str, regions: set[str] | None) -> dict[
         data["preflight"] = await state.health.store.preflight(gateway_id)
     if regions is None:
         data["config"] = await state.service.config.all_for(gateway_id)
+    return data
+
+
+#: Who may give a support grant, as the console says it ("an admin or operator").
+GRANTERS: Final = " or ".join(role for role in ROLES if role in api.PERMISSIONS["grant"])
+
+
+async def _support_access(
+    ctx: Ctx, g: GatewayRecord, now: datetime, *, full: bool
+) -> dict[str, Any]:
+    """Who may diagnose the gateway: a support role only under its own grant for it (which
+    it is shown), the others by their role. With *full*, what the page's "Support access"
+    card needs: the grants that count now, and the support users one may be given to."""
+    needs_grant = api.needs_grant(ctx.user.role)
+    my_grant = None
+    if needs_grant:
+        my_grant = await ctx.state.store.active_support_grant(
+            gateway_id=g.gateway_id,
+            username=ctx.user.username,
+            scope=api.DIAGNOSE_SCOPE,
+            now=now,
+        )
+    data: dict[str, Any] = {
+        "needs_grant": needs_grant,
+        "my_grant": my_grant,
+        # Support sends and cancels only the diagnostic kinds (ping, metrics), under a grant.
+        "can_diagnose": ctx.can("command") or (ctx.can("diagnose") and my_grant is not None),
+        "granters": GRANTERS,
+    }
+    if full and ctx.can("grant"):
+        data["grants"] = await ctx.state.store.list_support_grants(
+            gateway_id=g.gateway_id, active_at=now
+        )
+        data["support_users"] = [
+            u.username
+            for u in await ctx.accounts.users.list_users()
+            if api.needs_grant(u.role) and not u.disabled
+        ]
     return data
 
 
@@ -649,6 +686,8 @@ async def gateway_page(ctx: Ctx) -> web.StreamResponse:
         ttls=TTL_CHOICES,
         form_error=None,
         form={"kind": "ping", "args": "{}", "ttl": "3600"},
+        grant_error=None,
+        grant_form=GRANT_FORM,
         **data,
     )
 
@@ -718,8 +757,10 @@ async def _gateway_with_error(
     status: int,
     *,
     form: dict[str, str] | None = None,
+    grant_form: dict[str, str] | None = None,
 ) -> web.Response:
-    """The gateway page again after a refused action, the refusal shown above its commands."""
+    """The gateway page again after a refused action, the refusal shown where it was asked:
+    above its commands, or with *grant_form*, in its "Support access" card."""
     try:
         data = await _gateway(ctx, gateway_id, None)
     except web.HTTPNotFound:
@@ -731,8 +772,10 @@ async def _gateway_with_error(
         title=data["g"].name,
         kinds=_kinds(ctx),
         ttls=TTL_CHOICES,
-        form_error=error,
+        form_error=error if grant_form is None else None,
         form=form or {"kind": "ping", "args": "{}", "ttl": "3600"},
+        grant_error=error if grant_form is not None else None,
+        grant_form=grant_form or GRANT_FORM,
         **data,
     )
 
@@ -754,6 +797,47 @@ async def cancel_command(ctx: Ctx) -> web.StreamResponse:
             exc.status,
         )
     raise web.HTTPSeeOther(location=f"{PREFIX}/gateways/{record.gateway_id}#commands")
+
+
+#: The "Support access" form's fields as the page first shows them.
+GRANT_FORM: Final = {"user": "", "hours": "4", "reason": ""}
+
+
+async def grant_support(ctx: Ctx) -> web.StreamResponse:
+    """Give a support user access to this gateway for some hours (the API's handler)."""
+    gateway_id = ctx.request.match_info["gateway_id"]
+    form = await _form(ctx)
+    kept = {name: form.get(name, default).strip() for name, default in GRANT_FORM.items()}
+    try:
+        hours = float(kept["hours"])
+    except ValueError:
+        hours = math.nan
+    if not math.isfinite(hours):
+        return await _gateway_with_error(
+            ctx, gateway_id, "Hours: a number of hours.", 400, grant_form=kept
+        )
+    body = {"user": kept["user"], "hours": hours, "reason": kept["reason"]}
+    try:
+        await call_api(ctx, api.create_support_grant, body, gateway_id=gateway_id)
+    except ApiRefused as exc:
+        return await _gateway_with_error(ctx, gateway_id, str(exc), exc.status, grant_form=kept)
+    raise web.HTTPSeeOther(location=f"{PREFIX}/gateways/{quote(gateway_id, safe='')}#support")
+
+
+async def revoke_support_grant(ctx: Ctx) -> web.StreamResponse:
+    """End a support grant before its time; back to its gateway's page."""
+    grant_id = ctx.request.match_info["grant_id"]
+    grant = await ctx.state.store.get_support_grant(grant_id)
+    if grant is None:
+        raise web.HTTPNotFound()
+    try:
+        await call_api(ctx, api.revoke_support_grant, grant_id=grant_id)
+    except ApiRefused as exc:
+        return await _gateway_with_error(
+            ctx, grant.gateway_id, str(exc), exc.status, grant_form=dict(GRANT_FORM)
+        )
+    location = f"{PREFIX}/gateways/{quote(grant.gateway_id, safe='')}#support"
+    raise web.HTTPSeeOther(location=location)
 
 
 async def revoke_gateway(ctx: Ctx) -> web.StreamResponse:
@@ -1110,6 +1194,20 @@ ROUTES: tuple[ConsoleRoute, ...] = (
         "POST", f"{P}/commands/{{command_id}}/cancel", cancel_command, "diagnose", "Cancel"
     ),
     ConsoleRoute("POST", f"{P}/gateways/{{gateway_id}}/revoke", revoke_gateway, "revoke", "Revoke"),
+    ConsoleRoute(
+        "POST",
+        f"{P}/gateways/{{gateway_id}}/support-grants",
+        grant_support,
+        "grant",
+        "Give a support user access",
+    ),
+    ConsoleRoute(
+        "POST",
+        f"{P}/support-grants/{{grant_id}}/revoke",
+        revoke_support_grant,
+        "grant",
+        "End a support grant",
+    ),
     ConsoleRoute("GET", f"{P}/network", network_page, "read", "Network requirements"),
     ConsoleRoute(
         "GET", f"{P}/network/document.{{fmt}}", network_document, "read", "Document download"
