@@ -39,7 +39,7 @@ def build_app() -> typer.Typer:
     """The whole ``tether`` application (built once)."""
     import typer
 
-    from tether.cli import cloud, demo, gateway, net, ops, points, users
+    from tether.cli import cloud, demo, gateway, net, ops, points, support, users
     from tether.cli.usage import TetherGroup
 
     app = typer.Typer(
@@ -61,6 +61,7 @@ def build_app() -> typer.Typer:
     app.add_typer(net.app, name="net")
     app.add_typer(users.user_app, name="user")
     app.add_typer(users.audit_app, name="audit")
+    app.add_typer(support.support_app, name="support")
     app.command("demo")(demo.demo)
 
     @app.callback()

@@ -32,6 +32,7 @@ __all__ = [
     "Point",
     "Preflight",
     "PreflightResult",
+    "SupportGrant",
     "TierChange",
     "User",
 ]
@@ -194,3 +195,19 @@ class AuditEntry(msgspec.Struct):
     action: str
     target: str | None
     source: str | None
+
+
+class SupportGrant(msgspec.Struct):
+    """A support user's access to one gateway, for one scope, until a time."""
+
+    id: str
+    gateway_id: str
+    user: str
+    scope: str
+    reason: str
+    created_at: datetime
+    created_by: str
+    expires_at: datetime
+    revoked_at: datetime | None
+    status: str
+    revoked_by: str | None = None
