@@ -291,3 +291,12 @@ def test_gateway_run_refuses_an_unknown_log_level_before_handing_over(tmp_path: 
     assert done.returncode == 2
     assert "debug, info, warning, error, critical; got 'verbose'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_gateway_status_stays_on_the_agent_side(tmp_path: Path) -> None:
+    """On a small gateway the status check loads no cloud or operator code."""
+    result = _tether("gateway", "status", "--data-dir", str(tmp_path / "nothing"))
+    assert result["code"] == 2, result["stderr"]
+    modules = _modules(result)
+    assert "tether.gateway.status" in modules
+    assert [m for m in NOT_ON_THE_AGENT if m in modules] == []

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["app", "build_app", "main"]
 
 #: ``tether gateway <these>`` run on the agent's side alone.
-AGENT_COMMANDS = frozenset({"enroll", "run"})
+AGENT_COMMANDS = frozenset({"enroll", "run", "status"})
 
 
 def _version(value: bool) -> None:
