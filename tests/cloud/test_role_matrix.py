@@ -352,6 +352,8 @@ async def test_the_command_form_offers_each_role_what_it_may_send(tmp_path: Path
             assert 'id="send-command"' not in page.text
             assert "only under a support grant for this gateway" in page.text
             assert "You hold no support grant for this gateway" in page.text
+            hidden = "Devices, points and their values are the customer's data"
+            assert hidden in page.text
             refused = await client.post(
                 f"/console/gateways/{gateway_id}/commands",
                 data=support.form(kind="ping", args="{}", ttl="600"),
@@ -368,6 +370,7 @@ async def test_the_command_form_offers_each_role_what_it_may_send(tmp_path: Path
                 assert has_form == (role in api.PERMISSIONS["diagnose"]), role
                 holds = "You hold a support grant for this gateway until" in page.text
                 assert holds == (role == "support"), role
+                assert hidden not in page.text, role
                 offers_reboot = '<option value="reboot">' in page.text
                 assert offers_reboot == (role in api.PERMISSIONS["command"]), role
                 sent = await client.post(

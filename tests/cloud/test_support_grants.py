@@ -259,3 +259,35 @@ async def test_grants_are_listed_by_gateway_user_and_status_and_support_sees_its
             assert others.status_code == 403
             assert "only its own support grants" in others.json()["error"]
             assert await listed(vic) == everything  # a viewer reads the fleet's access too
+
+
+async def test_building_data_is_read_by_support_only_under_a_grant(tmp_path: Path) -> None:
+    """Devices, points and observations are the customer's data; link, health and stream
+    figures are not, and support reads those without a grant."""
+    async with running_cloud(tmp_path / "cloud") as cloud, cloud.api() as admin:
+        await create_user(admin, "sam", "support", "support passphrase")
+        await create_user(admin, "vic", "viewer", "viewer passphrase")
+        store = await Store.open(cloud.database)
+        try:
+            await store.create_gateway(gateway_id="gw-a", name="gw-a", now=datetime.now(UTC))
+        finally:
+            await store.close()
+        customer = ("devices", "points", "observations")
+        operational = ("streams", "health", "logs")
+        async with (
+            cloud.api(await user_token(admin, "sam")) as sam,
+            cloud.api(await user_token(admin, "vic")) as vic,
+        ):
+            for path in customer:
+                refused = await sam.get(f"/api/v1/gateways/gw-a/{path}")
+                assert refused.status_code == 403, (path, refused.text)
+                assert "devices, points and observations" in refused.json()["error"]
+                assert _hint("gw-a") in refused.json()["error"]
+                assert (await vic.get(f"/api/v1/gateways/gw-a/{path}")).status_code == 200
+            for path in operational:
+                answer = await sam.get(f"/api/v1/gateways/gw-a/{path}")
+                assert answer.status_code == 200, (path, answer.text)
+            assert (await _grant(admin, "gw-a", "sam")).status_code == 201
+            for path in customer:
+                answer = await sam.get(f"/api/v1/gateways/gw-a/{path}")
+                assert answer.status_code == 200, (path, answer.text)

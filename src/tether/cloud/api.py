@@ -785,6 +785,20 @@ async def _may_send(
     return grant
 
 
+async def _customer_data(state: CloudState, p: Principal, gateway_id: str) -> None:
+    """A gateway's devices, points and observations are the customer's building data: a role
+    that needs a support grant reads them only under one for that gateway (403 otherwise)."""
+    if not needs_grant(p.role):
+        return
+    now = datetime.now(UTC)
+    grant = await state.store.active_support_grant(
+        gateway_id=gateway_id, username=p.name, scope=DIAGNOSE_SCOPE, now=now
+    )
+    if grant is None:
+        said = await _no_grant(state, p, gateway_id, now)
+        raise _error(403, f"a gateway's devices, points and observations: {said}")
+
+
 async def _no_grant(state: CloudState, p: Principal, gateway_id: str, now: datetime) -> str:
     """Why *p* may not reach the gateway, and who can change that."""
     said = f"role {p.role!r} needs a support grant for gateway {gateway_id}"
@@ -1110,6 +1124,7 @@ async def get_config(request: web.Request, state: CloudState, p: Principal) -> l
 async def list_points(request: web.Request, state: CloudState, p: Principal) -> list[PointOut]:
     gateway_id = request.match_info["gateway_id"]
     await _gateway(state, gateway_id)
+    await _customer_data(state, p, gateway_id)
     return [
         PointOut(
             point_id=r.point_id,
@@ -1128,6 +1143,7 @@ async def list_points(request: web.Request, state: CloudState, p: Principal) -> 
 async def list_devices(request: web.Request, state: CloudState, p: Principal) -> list[DeviceOut]:
     gateway_id = request.match_info["gateway_id"]
     await _gateway(state, gateway_id)
+    await _customer_data(state, p, gateway_id)
     return [
         DeviceOut(
             device_id=d["device_id"],
@@ -1175,6 +1191,7 @@ async def query_observations(
 ) -> list[ObservationOut]:
     gateway_id = request.match_info["gateway_id"]
     await _gateway(state, gateway_id)
+    await _customer_data(state, p, gateway_id)
     limit = _int_param(request, "limit", 10_000)
     if not 1 <= limit <= 100_000:
         raise _error(400, "limit must be within 1..100000")

@@ -472,8 +472,11 @@ async def _gateway(ctx: Ctx, gateway_id: str, regions: set[str] | None) -> dict[
         data["final"] = _FINAL
     if wanted("gw-health"):
         data.update(await _health(ctx, gateway_id, latest, data["commands"]))
+    # Devices, points and their values are the customer's building data: a role that needs a
+    # support grant sees them only under one for this gateway (the API says the same).
+    data["data_hidden"] = data["needs_grant"] and data["my_grant"] is None
     if wanted("gw-points"):
-        data["devices"] = await _devices(ctx, gateway_id)
+        data["devices"] = [] if data["data_hidden"] else await _devices(ctx, gateway_id)
     if wanted("gw-streams"):
         data["streams"] = await state.telemetry.streams(gateway_id)
     if wanted("gw-logs"):
