@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from tests.support.netreq import own_split
+from tests.support.testbed.certs import TestCA
 from typer.testing import CliRunner
 
 from tether.cli import app
@@ -186,6 +188,64 @@ def test_manifest_from_the_served_url(served: str) -> None:
     missing = _run("docs", "-m", served + "/nope")
     assert missing.exit_code == 1
     assert "404" in missing.stderr
+
+
+@pytest.fixture
+def served_tls(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The manifest served over HTTPS by a server whose certificate a private CA signed: its
+    URL and that CA's certificate file."""
+    ca = TestCA()
+    cert, key = ca.issue_server(["127.0.0.1"]).write(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    _Handler.body = manifest_body(own_split())
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}{MANIFEST_PATH}"
+        yield url, ca.write_cert(tmp_path / "ca.pem")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_a_manifest_served_under_a_private_ca_is_read_with_ca(
+    served_tls: tuple[str, Path],
+) -> None:
+    url, ca = served_tls
+    for args in (("docs", "-f", "csv", "-m", url), ("rules", "-f", "fqdn", "-m", url)):
+        unverified = _run(*args)
+        assert unverified.exit_code == 1, unverified.output
+        assert "CERTIFICATE_VERIFY_FAILED" in unverified.stderr
+        verified = _run(*args, "--ca", str(ca))
+        assert verified.exit_code == 0, verified.output
+        assert "ingest.tether.example.com" in verified.stdout
+    diff = _run("diff", url, url, "--ca", str(ca), "--exit-code")
+    assert diff.exit_code == 0, diff.output
+    assert "Nothing a site needs to change." in diff.stdout
+
+
+def test_net_alone_shows_its_commands() -> None:
+    result = _run()
+    assert "Missing command" not in result.output
+    for command in ("docs", "rules", "diff", "formats", "check"):
+        assert f" {command} " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "sentence"),
+    [
+        ("rules", "a wildcard on a firewall that takes exact names only, a protocol its filter"),
+        ("check", "an https:// URL is verified with that CA, and the CA must be the one the"),
+    ],
+)
+def test_help_paragraphs_are_not_broken_where_the_source_wraps(command: str, sentence: str) -> None:
+    result = runner.invoke(app, ["net", command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert any(sentence in line for line in result.stdout.splitlines()), result.stdout
 
 
 def test_formats_lists_everything() -> None:

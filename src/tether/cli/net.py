@@ -2,8 +2,9 @@
 
 ``docs``, ``rules`` and ``diff`` read tether's own manifest (generated from ``--hostname`` /
 ``TETHER_HOSTNAME``) unless ``--manifest`` names another one: an ``https://`` URL of a served
-manifest, a shipped reference (``tether net formats`` lists them; a bare reference name always
-means the reference, even beside a file or directory of that name), or a TOML or JSON file.
+manifest (verified with ``--ca`` when a private CA signed its server), a shipped reference
+(``tether net formats`` lists them; a bare reference name always means the reference, even
+beside a file or directory of that name), or a TOML or JSON file.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from tether.netreq.render import (
     render_document,
 )
 
-app = typer.Typer(help="Network requirements: documents, firewall rules, preflight check.")
+app = typer.Typer(
+    help="Network requirements: documents, firewall rules, preflight check.", no_args_is_help=True
+)
 
 _FETCH_TIMEOUT = 15.0
 
@@ -45,6 +48,23 @@ _MANIFEST_HELP = (
     "reference). Default: tether's own manifest for --hostname."
 )
 _HOSTNAME_HELP = "The cloud's hostname, for tether's own manifest."
+_CA_HELP = (
+    "CA certificate (PEM) that verifies an https:// manifest URL, e.g. a tether cloud's platform "
+    "CA (its data_dir/pki/ca.pem). Default: the system's CAs."
+)
+# Typer keeps a docstring's line breaks: help with more than one paragraph is given whole, one
+# line per paragraph.
+_RULES_HELP = (
+    "Firewall configuration generated from the manifest, in one vendor's format.\n\n"
+    "Whatever the format cannot express exactly (a wildcard on a firewall that takes exact names "
+    "only, a protocol its filter cannot see) is listed on stderr."
+)
+_CHECK_HELP = (
+    "Preflight from this network: can a gateway here reach everything the manifest lists?\n\n"
+    "With --ca, a manifest fetched from an https:// URL is verified with that CA, and the CA must "
+    "be the one the manifest pins (when it publishes the digest): a mismatch is a failure.\n\n"
+    "Exit code 0 pass, 1 warnings, 2 failures, 3 the check could not run."
+)
 _MANIFEST_SUFFIXES = (".toml", ".json")
 
 
@@ -120,10 +140,11 @@ def docs(
         DEFAULT_HOSTNAME, "--hostname", envvar="TETHER_HOSTNAME", help=_HOSTNAME_HELP
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file."),
+    ca: Path | None = typer.Option(None, "--ca", help=_CA_HELP),
 ) -> None:
     """The network-requirements document for site IT: Markdown, standalone HTML, CSV or JSON."""
     try:
-        text = render_document(_read(manifest, hostname), fmt)
+        text = render_document(_read(manifest, hostname, ca), fmt)
         if output is None:
             sys.stdout.write(text)
         else:
@@ -134,7 +155,7 @@ def docs(
         raise fail(str(exc)) from None
 
 
-@app.command("rules")
+@app.command("rules", help=_RULES_HELP)
 def rules(
     fmt: str = typer.Option(..., "--format", "-f", help=f"One of: {', '.join(RULE_FORMATS)}."),
     manifest: str | None = typer.Option(None, "--manifest", "-m", help=_MANIFEST_HELP),
@@ -149,15 +170,11 @@ def rules(
     output_dir: Path | None = typer.Option(
         None, "--output-dir", "-o", help="Write each file of the format into this directory."
     ),
+    ca: Path | None = typer.Option(None, "--ca", help=_CA_HELP),
 ) -> None:
-    """Firewall configuration generated from the manifest, in one vendor's format.
-
-    Whatever the format cannot express exactly (a wildcard on a firewall that takes exact names
-    only, a protocol its filter cannot see) is listed on stderr.
-    """
     try:
         out = build_rules(
-            _read(manifest, hostname),
+            _read(manifest, hostname, ca),
             fmt,
             RuleOptions(include_legacy=legacy, include_optional=optional, prefix=prefix),
         )
@@ -190,12 +207,13 @@ def diff(
     exit_code: bool = typer.Option(
         False, "--exit-code", help="Exit with status 3 when the site must allow something new."
     ),
+    ca: Path | None = typer.Option(None, "--ca", help=_CA_HELP),
 ) -> None:
     """What changed between two manifests, and what a site must change in its firewall."""
     if not as_json and fmt not in DIFF_FORMATS:
         raise fail(f"unknown diff format {fmt!r} (one of {', '.join(DIFF_FORMATS)})", EXIT_USAGE)
     try:
-        d = diff_manifests(_read(old, DEFAULT_HOSTNAME), _read(new, DEFAULT_HOSTNAME))
+        d = diff_manifests(_read(old, DEFAULT_HOSTNAME, ca), _read(new, DEFAULT_HOSTNAME, ca))
         sys.stdout.write(render_diff(d, "json" if as_json else fmt))
     except (_Failed, ValueError) as exc:
         raise fail(str(exc)) from None
@@ -220,7 +238,7 @@ def formats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
     )
 
 
-@app.command("check")
+@app.command("check", help=_CHECK_HELP)
 def check(
     manifest: str | None = typer.Option(None, "--manifest", "-m", help=_MANIFEST_HELP),
     hostname: str = typer.Option(
@@ -248,13 +266,6 @@ def check(
         help="Seconds the long-poll probe is held (default 25: as long as the agent holds).",
     ),
 ) -> None:
-    """Preflight from this network: can a gateway here reach everything the manifest lists?
-
-    With --ca, a manifest fetched from an https:// URL is verified with that CA, and the CA must
-    be the one the manifest pins (when it publishes the digest): a mismatch is a failure.
-
-    Exit code 0 pass, 1 warnings, 2 failures, 3 the check could not run.
-    """
     from tether.netcheck.command import EXIT_UNUSABLE, CheckCommand, UsageError, run_command
 
     command = CheckCommand(
