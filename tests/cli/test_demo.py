@@ -1,13 +1,17 @@
-"""``tether demo``'s hints name a ``tether`` that runs from where the reader is."""
+"""``tether demo``'s hints name a ``tether`` that runs from where the reader is, and work."""
 
 from __future__ import annotations
 
+import asyncio
+import shlex
 import sys
 from pathlib import Path
 
 import pytest
+from tests.cli.stub import clean_env, tether
+from tests.support.cloudproc import running_cloud
 
-from tether.cli.demo import tether_command
+from tether.cli.demo import hints, tether_command
 
 SCRIPT = Path(sys.executable).parent / "tether"
 
@@ -34,3 +38,15 @@ def test_elsewhere_it_is_absolute(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 def test_on_the_path_it_is_plain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(SCRIPT.parent))
     assert tether_command(tmp_path) == "tether"
+
+
+async def test_the_network_hint_reads_the_demo_clouds_own_manifest(tmp_path: Path) -> None:
+    async with running_cloud(tmp_path / "cloud") as cloud:
+        lines = hints("tether", tmp_path / "env.sh", "gw-1", cloud.url, cloud.ca_path)
+        (hint,) = [line for line in lines if " net docs" in line]
+        args = shlex.split(hint)
+        assert args[0] == "tether"
+        done = await asyncio.to_thread(tether, *args[1:], env=clean_env())
+    assert done.returncode == 0, done.stderr
+    assert f"TCP {cloud.port}" in done.stdout
+    assert "tether.example.com" not in done.stdout

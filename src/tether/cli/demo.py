@@ -35,6 +35,26 @@ def tether_command(cwd: Path | None = None) -> str:
         return str(script.absolute())
 
 
+def hints(tether: str, env_file: Path, gateway: str, url: str, ca: Path) -> list[str]:
+    """What to try against a running demo, each a whole shell line: *tether* is how to run the
+    command, *gateway* one demo gateway, *url* the cloud and *ca* its platform CA file."""
+    from tether.netreq.serve import MANIFEST_PATH
+
+    return [
+        f"source {env_file}",
+        f"{tether} gateways list",
+        f"{tether} command send {gateway} ping --wait",
+        f"{tether} command send {gateway} metrics --wait",
+        f"{tether} command list",
+        f"{tether} points list {gateway}",
+        f"{tether} points tail {gateway}",
+        f"{tether} token create --name another-building",
+        # the demo's own manifest, as its cloud serves it (not one for the default hostname)
+        f"{tether} net docs --manifest {url}{MANIFEST_PATH} --ca {ca}",
+        f"curl --cacert {ca} {url}/api/v1/openapi.json",
+    ]
+
+
 def _free_port(preferred: int) -> int:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself does
@@ -132,19 +152,9 @@ async def _run_demo(gateways: int, seconds: float | None, data_dir: Path, port: 
         f"export TETHER_CA={ca_path.resolve()}\n"
     )
     console.print("In another terminal:\n", style="bold")
-    tether = tether_command()
-    tries = [
-        f"source {env_file.resolve()}",
-        f"{tether} gateways list",
-        f"{tether} command send {first} ping --wait",
-        f"{tether} command send {first} metrics --wait",
-        f"{tether} command list",
-        f"{tether} points list {first}",
-        f"{tether} points tail {first}",
-        f"{tether} token create --name another-building",
-        f"{tether} net docs --format md",
-        f"curl --cacert {ca_path.resolve()} {settings.public_url}/api/v1/openapi.json",
-    ]
+    tries = hints(
+        tether_command(), env_file.resolve(), first, settings.public_url, ca_path.resolve()
+    )
     for line in tries:  # whole lines, never wrapped, to be copied as they are
         console.print(f"  {line}", highlight=False, soft_wrap=True)
     console.print(
