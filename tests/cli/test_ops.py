@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.cli.stub import Stub, invoke, no_traceback, tether_on
+from tests.cli.stub import Stub, clean_env, invoke, no_traceback, tether_on
 from tests.support.cloudproc import create_token, enroll_gateway, get_gateway, running_cloud
 
 from tether.pki.errors import EstError
@@ -128,3 +128,34 @@ def test_numbers_that_are_not_finite_or_in_range_are_refused(stub: Stub) -> None
         assert done.returncode == 2, (args, done.stderr)
         assert done.stderr, args
     assert stub.seen == []
+
+
+async def test_a_command_not_started_is_cancelled(tmp_path: Path) -> None:
+    async with running_cloud(tmp_path / "cloud") as cloud, cloud.api() as api:
+        code = (await create_token(api, name="plant-room"))["enrollment_code"]
+        gw = (await enroll_gateway(code, tmp_path / "gw")).gateway_id  # no agent: stays queued
+        sent = await tether_on(cloud, "command", "send", gw, "ping", "--json")
+        command_id = json.loads(sent.stdout)["id"]
+
+        done = await tether_on(cloud, "command", "cancel", command_id)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"command {command_id} ping → cancelled\n"
+        shown = await tether_on(cloud, "command", "show", command_id, "--json")
+        assert json.loads(shown.stdout)["state"] == "cancelled"
+
+        again = await tether_on(cloud, "command", "cancel", command_id, "--json")
+        assert (again.returncode, again.stdout) == (1, "")
+        assert json.loads(again.stderr)["status"] == 409
+        unknown = await tether_on(cloud, "command", "cancel", "no-such-command")
+        assert unknown.returncode == 1
+        assert unknown.stderr.endswith("(HTTP 404)\n")
+
+
+def test_send_help_names_the_kinds_and_the_exit_status_of_wait() -> None:
+    done = invoke("command", "send", "--help", env=clean_env(COLUMNS="200"))
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "metrics, ping, reboot, restart-service, set-config, shutdown, or a kind" in text
+    assert "Exit status with --wait: 0 it succeeded; 1 it failed, expired or was cancelled; 3" in (
+        text
+    )

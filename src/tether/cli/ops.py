@@ -14,7 +14,7 @@ from rich.text import Text
 from tether.cli.answers import Command, EnrollmentToken, Gateway, GatewayDetail, NewEnrollmentToken
 from tether.cli.client import api_command, api_path, client_from_env, decode
 from tether.cli.output import age, console, fail, print_json, table, utc
-from tether.protocol.commands import FINAL_STATES
+from tether.protocol.commands import COMMAND_KINDS, FINAL_STATES
 
 gateways_app = typer.Typer(help="Gateways in the fleet.", no_args_is_help=True)
 command_app = typer.Typer(help="Send commands to gateways and follow them.", no_args_is_help=True)
@@ -123,18 +123,29 @@ def _parse_args(pairs: list[str]) -> dict[str, Any]:
     return args
 
 
-@command_app.command("send")
+_SEND_HELP = (
+    "Queue a command; with --wait, follow it to its outcome.\n\n"
+    "Exit status with --wait: 0 it succeeded; 1 it failed, expired or was cancelled; 3 no "
+    "outcome within --timeout."
+)
+_KIND_HELP = f"{', '.join(sorted(COMMAND_KINDS))}, or a kind the cloud's extra_command_kinds adds."
+
+
+@command_app.command("send", help=_SEND_HELP)
 @api_command
 def command_send(
     gateway: str,
-    kind: str,
+    kind: str = typer.Argument(..., help=_KIND_HELP),
     arg: list[str] = typer.Option([], "--arg", help="An argument as key=value (repeatable)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for the outcome."),
-    ttl: float | None = typer.Option(None, "--ttl", help="Seconds before it expires."),
+    ttl: float | None = typer.Option(
+        None,
+        "--ttl",
+        help="Seconds before it expires; default: the cloud's command_ttl (3600 as shipped).",
+    ),
     timeout: float = typer.Option(60.0, "--timeout", help="How long --wait waits."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Queue a command; with --wait, follow it to its outcome."""
     body: dict[str, Any] = {"kind": kind, "args": _parse_args(arg)}
     if ttl is not None:
         body["ttl_seconds"] = within("--ttl", ttl, MAX_TTL)
@@ -169,6 +180,19 @@ def _show_command(c: Command) -> None:
         console.print(Text(f"  error: {c.error}"), highlight=False, soft_wrap=True)
     if c.result is not None:
         console.print_json(json.dumps(c.result))
+
+
+@command_app.command("cancel")
+@api_command
+def command_cancel(
+    command_id: str, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
+) -> None:
+    """Cancel a command its gateway has not started yet (queued, or delivered and waiting)."""
+    data = client_from_env().post(api_path("commands", command_id, "cancel"))
+    if as_json:
+        print_json(data)
+    else:
+        _show_command(decode(data, Command))
 
 
 @command_app.command("list")
@@ -212,7 +236,12 @@ def command_show(
 @api_command
 def token_create(
     name: str | None = typer.Option(None, "--name", help="Name the gateway will get."),
-    ttl: float | None = typer.Option(None, "--ttl", help="Seconds the token stays valid."),
+    ttl: float | None = typer.Option(
+        None,
+        "--ttl",
+        help="Seconds the token stays valid; default: the cloud's enrollment_token_ttl "
+        "(86400 as shipped).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Create a one-time enrollment token; prints the code for `tether gateway enroll`."""
