@@ -3,12 +3,18 @@
 Health reports and log batches arrive over any tier as link messages; they are stored (see
 :mod:`tether.cloud.store.health`) and acknowledged. ``GET /metrics`` exposes the fleet in the
 Prometheus text format for a scraper holding an API token with read access.
+
+What a gateway wrote is stored as both dialects hold it (:func:`tether.cloud.storable.storable`):
+a NUL in a log message, a log record's fields or a report becomes U+FFFD, a NaN or an infinity in
+a document becomes null; a report or a log record whose time is not a finite number is stored at
+the cloud's time. So none of them fails its write and none is sent again forever.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+import math
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,6 +31,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from tether.cloud.storable import storable
 from tether.cloud.store.health import HEALTH_FIGURES, HealthStore
 from tether.cloud.tlsserver import STATS as TLS_STATS
 from tether.protocol.messages import (
@@ -42,6 +49,12 @@ log = logging.getLogger(__name__)
 _LEVELS = {"debug", "info", "warning", "error", "critical"}
 
 
+def _time_or(ts: float, now: float) -> float:
+    """*ts*, or *now* if it is not a finite number (SQLite holds NaN as NULL, which the time
+    columns refuse, where PostgreSQL stores it)."""
+    return ts if math.isfinite(ts) else now
+
+
 class HealthService:
     def __init__(self, store: HealthStore) -> None:
         self.store = store
@@ -52,14 +65,15 @@ class HealthService:
     async def on_health(self, gateway_id: str, message: Message) -> list[Message]:
         assert isinstance(message, HealthReport)
         now = time.time()
-        ts = message.ts if abs(message.ts - now) < 86400 else now  # a wild clock is not history
-        await self.store.add_report(gateway_id, ts, dict(message.data))
+        ts = message.ts if abs(message.ts - now) < 86400 else now  # a wild clock (or NaN)
+        await self.store.add_report(gateway_id, ts, storable(dict(message.data)))
         self.reports += 1
         return []
 
     async def on_netcheck(self, gateway_id: str, message: Message) -> list[Message]:
         assert isinstance(message, NetcheckReport)
-        await self.store.set_preflight(gateway_id, message.ts, dict(message.report))
+        ts = _time_or(message.ts, time.time())
+        await self.store.set_preflight(gateway_id, ts, storable(dict(message.report)))
         log.warning(
             # quoted: what a gateway sends cannot start a log line of its own
             "gateway %s ran its preflight: %r",
@@ -70,9 +84,10 @@ class HealthService:
 
     async def on_logs(self, gateway_id: str, message: Message) -> list[Message]:
         assert isinstance(message, LogBatch)
+        now = time.time()
         records = [
             {
-                "ts": r.ts,
+                "ts": _time_or(r.ts, now),
                 "level": r.level if r.level in _LEVELS else "info",
                 "source": r.source[:128],
                 "message": r.message[:8192],
@@ -81,7 +96,7 @@ class HealthService:
             }
             for r in message.records
         ]
-        self.log_records += await self.store.add_logs(gateway_id, records)
+        self.log_records += await self.store.add_logs(gateway_id, storable(records))
         self.log_dropped_on_gateways += message.dropped
         return [LogBatchAck(seq=message.seq)]
 

@@ -23,6 +23,13 @@ its stream (already in flight when the gateway learnt of the deferral) are defer
 deferred one comes back. Committing them first would raise the stream's high-water mark over the
 deferred range, and its resend would be taken for a duplicate. If the gateway has meanwhile
 dropped that range (its spool's bound), its drop report releases the stream.
+
+What the store cannot hold alike on SQLite and PostgreSQL never reaches a group (see
+:mod:`tether.cloud.storable`): a NUL in a point id or stream name, or a sequence number past 64
+bits, refuses the batch for good, so it can neither fail the group it would join (other
+gateways' batches) nor be deferred and sent again forever. A NUL in a text value is stored as
+U+FFFD. A discovery leaves out the devices and points whose ids hold a NUL and stores the NUL
+of their names, units and attributes as U+FFFD.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from tether.aio import cancel_and_wait
+from tether.cloud.storable import MAX_INT64, has_nul, storable
 from tether.cloud.store.telemetry import (
     BatchOutcome,
     GroupWriter,
@@ -92,11 +100,15 @@ def validate_batch(batch: TelemetryBatch) -> ObservationColumns:
     The observations are checked a column at a time with C-level passes (a set of distinct point
     ids, sums that are finite only if every term is, the set of value types); only a batch those
     passes cannot clear is walked row by row, which names the first offending observation.
+    A NUL in a point id refuses the batch (one ``in`` over the joined distinct ids finds it);
+    a NUL in a text value is no reason to refuse it (the store keeps it as U+FFFD).
     """
     if not _STREAM.fullmatch(batch.stream):
         raise BatchInvalid(f"stream name {batch.stream[:64]!r} is not valid")
     if batch.first_seq < 1:
         raise BatchInvalid(f"first_seq {batch.first_seq} must be at least 1")
+    if batch.last_seq > MAX_INT64:
+        raise BatchInvalid(f"last_seq {batch.last_seq} is past the largest, {MAX_INT64}")
     if batch.last_seq < batch.first_seq:
         raise BatchInvalid(
             f"out of order: last_seq {batch.last_seq} is before first_seq {batch.first_seq}"
@@ -130,6 +142,8 @@ def _columns_pass(columns: ObservationColumns) -> bool:
     point_ids = set(columns.point_ids)
     if "" in point_ids or max(map(len, point_ids)) > MAX_POINT_ID:
         return False
+    if has_nul("".join(point_ids)):
+        return False
     if not _finite_sum(columns.ts):
         return False
     if not set(columns.qualities) <= _QUALITIES:
@@ -141,6 +155,8 @@ def _check_rows(observations: Sequence[Observation]) -> None:
     for o in observations:
         if not o.point_id or len(o.point_id) > MAX_POINT_ID:
             raise BatchInvalid("an observation has an empty or over-long point id")
+        if has_nul(o.point_id):
+            raise BatchInvalid(f"point {o.point_id[:64]!r}: the point id holds a NUL character")
         if not math.isfinite(o.ts):
             raise BatchInvalid(f"point {o.point_id!r}: timestamp is not a finite number")
         if isinstance(o.value, float) and not math.isfinite(o.value):
@@ -174,30 +190,34 @@ _ATTRIBUTES_MAX = 64  # attributes per device
 _Found = TypeVar("_Found", DeviceInfo, PointInfo)
 
 
+def _left_out(item: DeviceInfo | PointInfo, limits: dict[str, int], key: str) -> str | None:
+    """Why the store cannot hold *item*: an id with a NUL, a field over its column's length."""
+    name = getattr(item, key)[:64]
+    ids = ("point_id", "device_id") if isinstance(item, PointInfo) else ("device_id",)
+    for column in ids:
+        if has_nul(getattr(item, column)):
+            return f"{key} {name!r}: {column} holds a NUL character"
+    if not getattr(item, key):
+        return f"{key} {name!r}: empty {key}"
+    for column, limit in limits.items():
+        if len(getattr(item, column)) > limit:
+            return f"{key} {name!r}: {column} longer than {limit}"
+    if isinstance(item, DeviceInfo) and len(item.attributes) > _ATTRIBUTES_MAX:
+        return f"device {name!r}: over {_ATTRIBUTES_MAX} attributes"
+    return None
+
+
 def _fitting(
     items: Sequence[_Found], limits: dict[str, int], key: str
 ) -> tuple[list[_Found], list[str]]:
-    """The items whose fields fit their columns, and a reason for each one that does not."""
+    """The items the store can hold, as it keeps them (a NUL of their names, units and
+    attributes as U+FFFD), and a reason for each one left out."""
     kept: list[_Found] = []
     errors: list[str] = []
     for item in items:
-        reason = None
-        for name, limit in limits.items():
-            value = getattr(item, name)
-            if not value and name == key:
-                reason = f"{key} {getattr(item, key)[:64]!r}: empty {name}"
-                break
-            if len(value) > limit:
-                reason = f"{key} {getattr(item, key)[:64]!r}: {name} longer than {limit}"
-                break
-        if (
-            reason is None
-            and isinstance(item, DeviceInfo)
-            and len(item.attributes) > _ATTRIBUTES_MAX
-        ):
-            reason = f"device {item.device_id[:64]!r}: over {_ATTRIBUTES_MAX} attributes"
+        reason = _left_out(item, limits, key)
         if reason is None:
-            kept.append(item)
+            kept.append(storable(item))
         else:
             errors.append(reason)
     return kept, errors
@@ -365,14 +385,18 @@ class IngestPipeline:
 
     async def on_discovery(self, gateway_id: str, message: Message) -> list[Message]:
         """Store what a connector found; devices and points the store could not hold (a field
-        over its column's length) are left out and named in an ``ErrorReport``, the rest kept."""
+        over its column's length, a NUL in an id) are left out and named in an ``ErrorReport``,
+        the rest kept."""
         assert isinstance(message, Discovery)
+        problem = None
         if len(message.connector) > _CONNECTOR_MAX:
+            problem = f"connector name longer than {_CONNECTOR_MAX} characters"
+        elif has_nul(message.connector):
+            problem = "connector name holds a NUL character"
+        if problem is not None:
             return [
                 ErrorReport(
-                    code="invalid",
-                    message=f"discovery: connector name longer than {_CONNECTOR_MAX} characters",
-                    ref=message.connector[:64],
+                    code="invalid", message=f"discovery: {problem}", ref=message.connector[:64]
                 )
             ]
         found_devices, device_errors = _fitting(message.devices, _DEVICE_LIMITS, "device_id")
@@ -407,6 +431,17 @@ class IngestPipeline:
 
     async def on_drop_report(self, gateway_id: str, message: Message) -> list[Message]:
         assert isinstance(message, DropReport)
+        problem = None
+        if not _STREAM.fullmatch(message.stream):
+            problem = f"stream name {message.stream[:64]!r} is not valid"
+        elif not 0 <= message.dropped_total <= MAX_INT64:
+            problem = f"dropped_total {message.dropped_total} is out of range"
+        if problem is not None:
+            return [
+                ErrorReport(
+                    code="invalid", message=f"drop report: {problem}", ref=message.stream[:64]
+                )
+            ]
         key = (gateway_id, message.stream)
         if message.dropped_total > self._drops_seen.get(key, 0):
             # Drops are oldest first: a deferred batch may be among them, never to come back.

@@ -10,6 +10,11 @@ the API wakes the gateway's link: the link's next :meth:`~GatewayService.outgoin
 memory, without reading the store, and marks it delivered afterwards in a grouped write. The
 command was durable before it was offered, so nothing depends on that mark: a command whose mark
 never lands stays queued and goes again later (the agent runs an id at most once).
+
+What a gateway wrote is stored as both dialects hold it (see :mod:`tether.cloud.storable`): a NUL
+in a command id or a configuration section is refused as invalid (no such id or section can be
+stored), a NUL in a command's result or error, a configuration error or the agent version becomes
+U+FFFD. So no such message fails its write, to be sent again forever.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from tether.cloud.batching import BatchLoader
+from tether.cloud.storable import has_nul, storable, storable_text
 from tether.cloud.store import Store
 from tether.cloud.store.config import ConfigStore, gateway_config
 from tether.cloud.store.errors import CommandNotFound
@@ -62,6 +68,8 @@ OUTGOING_LIMIT = 100
 #: is 64 characters), so one gateway's over-long Hello cannot fail the write for all of them.
 MAX_AGENT_VERSION = 64
 MAX_TIER_REASON = 1000
+#: The largest configuration version (``gateway_config.version`` is a 32-bit INTEGER).
+MAX_CONFIG_VERSION = (1 << 31) - 1
 #: Ids of commands sent from memory that a plain read of what waits skips (the latest ones).
 SENT_MEMORY = 16_384
 
@@ -93,8 +101,12 @@ def _now() -> datetime:
 
 
 def hello_facts(hello: Hello) -> tuple[str, str]:
-    """The agent version and tier reason of a Hello, cut to what the store holds."""
-    return hello.agent_version[:MAX_AGENT_VERSION], hello.tier_reason[:MAX_TIER_REASON]
+    """The agent version and tier reason of a Hello, cut to what the store holds (a NUL in
+    them as U+FFFD: stored in a group with other gateways' openings, they must not fail it)."""
+    return (
+        storable_text(hello.agent_version[:MAX_AGENT_VERSION]),
+        storable_text(hello.tier_reason[:MAX_TIER_REASON]),
+    )
 
 
 class _Pending(NamedTuple):
@@ -115,15 +127,16 @@ def _request(
     )
 
 
-def _storable(result: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A result as JSON can hold it: msgpack extension values cannot be stored as they are."""
+def _as_json(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A result as JSON can hold it: msgpack extension values cannot be stored as they are,
+    and a NUL is stored as U+FFFD."""
     if result is None:
         return None
     try:
         converted: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(result))
     except (TypeError, msgspec.EncodeError, msgspec.DecodeError):
-        return {"unrepresentable": repr(result)[:2000]}
-    return converted
+        return {"unrepresentable": repr(result)[:2000]}  # repr escapes a NUL
+    return storable(converted)
 
 
 class GatewayService:
@@ -315,11 +328,25 @@ class GatewayService:
 
     async def _config_ack(self, gateway_id: str, message: Message) -> list[Message]:
         assert isinstance(message, ConfigAck)
+        problem = None
+        if has_nul(message.section):
+            problem = "the section name holds a NUL character"
+        elif not 0 <= message.version <= MAX_CONFIG_VERSION:
+            problem = f"version {message.version} is out of range"
+        if problem is not None:
+            # No such section or version can be stored: there is nothing it could be about.
+            return [
+                ErrorReport(
+                    code="invalid",
+                    message=f"config ack: {problem}",
+                    ref=storable_text(message.section[:64]),
+                )
+            ]
         await self.config.applied(
             gateway_id,
             message.section,
             message.version,
-            None if message.ok else (message.error or "refused"),
+            None if message.ok else storable_text(message.error or "refused"),
         )
         if not message.ok:
             log.warning(  # what the gateway sent is quoted (%r): it cannot forge a log line
@@ -333,6 +360,14 @@ class GatewayService:
 
     async def _command_update(self, gateway_id: str, message: Message) -> list[Message]:
         assert isinstance(message, CommandUpdate)
+        if has_nul(message.command_id):
+            return [
+                ErrorReport(
+                    code="invalid",
+                    message="the command id holds a NUL character",
+                    ref=storable_text(message.command_id[:64]),
+                )
+            ]
         event = _UPDATE_EVENTS.get(message.state)
         if event is None:
             return [
@@ -351,8 +386,8 @@ class GatewayService:
                 event,
                 now=_now(),
                 gateway_id=gateway_id,
-                result=_storable(message.result),
-                error=message.error,
+                result=_as_json(message.result),
+                error=None if message.error is None else storable_text(message.error),
             )
         except CommandNotFound:
             return [

@@ -7,6 +7,9 @@ Bulk paths: multi-row ``INSERT ... VALUES`` statements on SQLite (thousands of r
 one step of the statement, with the GIL released, inserts them all, where ``executemany`` would
 take the GIL back between rows and wait behind the event loop each time), ``COPY`` on
 PostgreSQL (asyncpg), inside the transaction.
+
+A text value is stored with its NUL characters as U+FFFD on both dialects (PostgreSQL refuses
+NUL in text): see :mod:`tether.cloud.storable`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tether.cloud.storable import storable_text
 from tether.cloud.store.models import JSONDocument, UTCDateTime, metadata
 from tether.cloud.store.store import dialect_insert, write_transaction
 from tether.protocol.telemetry import (
@@ -195,7 +199,8 @@ def batch_rows(
     """What the store writes of ``observations`` (``columns`` if the caller has them already).
 
     Numeric values (the usual case) take C-level passes over whole columns; a batch holding
-    text, or observations out of time order, takes a loop over its rows.
+    text, or observations out of time order, takes a loop over its rows. A text value's NUL
+    characters become U+FFFD, in its row and in its point's newest value.
     """
     point_ids, ts, values, qualities = columns or observation_columns(observations)
     nums: list[float | None]
@@ -276,7 +281,7 @@ def _split_value(value: object) -> tuple[float | None, str | None]:
         return (1.0 if value else 0.0), None
     if isinstance(value, int | float):
         return float(value), None
-    return None, str(value)
+    return None, storable_text(str(value))
 
 
 @dataclass(slots=True)
