@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from tests.cli.stub import Stub, invoke, tether
+from tests.cli.stub import Stub, clean_env, invoke, tether
 
 
 def _query(request_line: str) -> dict[str, list[str]]:
@@ -92,3 +93,33 @@ def test_times_shown_are_labelled_utc(stub: Stub) -> None:
     logs = invoke("logs", "GW", env=stub.env())
     assert logs.returncode == 0, logs.stderr
     assert logs.stdout == "2026-09-21 14:13:20Z warning  agent: [/bogus] link slow\n"
+
+
+def test_config_documents_are_toml_by_name_else_json_and_the_error_says_so(
+    stub: Stub, tmp_path: Path
+) -> None:
+    settings = 'level = "debug"\n'
+    misnamed = tmp_path / "logs.txt"
+    misnamed.write_text(settings)
+    done = invoke("config", "set", "GW", "logs", str(misnamed), env=stub.env())
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {misnamed}: not JSON (a TOML file's name ends in .toml)")
+    broken = tmp_path / "logs.toml"
+    broken.write_text("level =\n")
+    done = invoke("config", "set", "GW", "logs", str(broken), env=stub.env())
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {broken}: not TOML: ")
+    assert stub.seen == []
+
+    stub.answer(200, b'{"section": "logs", "version": 2}')
+    (tmp_path / "logs.toml").write_text(settings)
+    done = invoke("config", "set", "GW", "logs", str(tmp_path / "logs.toml"), env=stub.env())
+    assert done.returncode == 0, done.stderr
+    assert stub.seen == ["PUT /api/v1/gateways/GW/config/logs"]
+
+
+def test_config_set_help_names_the_sections_in_plain_text() -> None:
+    done = invoke("config", "set", "--help", env=clean_env(COLUMNS="200"))
+    assert done.returncode == 0
+    assert "``" not in done.stdout
+    assert "One of agent, connectors, logs." in done.stdout

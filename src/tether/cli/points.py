@@ -19,7 +19,7 @@ from tether.cli.answers import ConfigSection, ConfigStored, LogRecord, Observati
 from tether.cli.client import api_command, api_path, client_from_env, decode
 from tether.cli.ops import within
 from tether.cli.output import age, console, fail, print_json, table, utc
-from tether.protocol.config import LOG_LEVEL_NAMES
+from tether.protocol.config import CONFIG_SECTIONS, LOG_LEVEL_NAMES
 
 points_app = typer.Typer(help="Discovered points and their observations.", no_args_is_help=True)
 config_app = typer.Typer(help="Gateway configuration pushed from the cloud.", no_args_is_help=True)
@@ -153,11 +153,16 @@ def points_tail(
 
 
 def _load_document(path: Path) -> dict[str, Any]:
+    """The document of ``tether config set``: TOML when its name ends in ``.toml``, else JSON."""
+    toml = path.suffix.lower() == ".toml"
     try:
         text = path.read_text()
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise fail(f"{path}: {exc}", 2) from None
+        data = tomllib.loads(text) if toml else json.loads(text)
+    except OSError as exc:
+        raise fail(f"{path}: {exc.strerror or exc}", 2) from None
+    except ValueError as exc:
+        said = "not TOML" if toml else "not JSON (a TOML file's name ends in .toml)"
+        raise fail(f"{path}: {said}: {exc}", 2) from None
     if not isinstance(data, dict):
         raise fail(f"{path}: expected a table/object at the top", 2)
     return data
@@ -167,11 +172,13 @@ def _load_document(path: Path) -> dict[str, Any]:
 @api_command
 def config_set(
     gateway: str,
-    section: str,
-    document: Path = typer.Argument(..., help="A JSON or TOML file."),
+    section: str = typer.Argument(..., help=f"One of {', '.join(CONFIG_SECTIONS)}."),
+    document: Path = typer.Argument(
+        ..., help="The section's settings: a TOML file (its name ends in .toml), else JSON."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Set a configuration section (e.g. ``connectors``); the gateway applies it at once."""
+    """Set a configuration section of a gateway; the gateway applies it at once."""
     body = _load_document(document)
     data = client_from_env().request("PUT", api_path("gateways", gateway, "config", section), body)
     if as_json:
