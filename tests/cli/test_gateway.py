@@ -300,3 +300,12 @@ def test_gateway_status_stays_on_the_agent_side(tmp_path: Path) -> None:
     modules = _modules(result)
     assert "tether.gateway.status" in modules
     assert [m for m in NOT_ON_THE_AGENT if m in modules] == []
+
+
+@pytest.mark.parametrize("command", ["enroll", "run", "status"])
+def test_data_dir_says_what_it_is(command: str) -> None:
+    shown = CliRunner().invoke(app, ["gateway", command, "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0
+    assert "The agent's data directory: its identity, spool, agent.toml and status." in (
+        shown.stdout
+    )

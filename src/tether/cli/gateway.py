@@ -31,6 +31,7 @@ app = typer.Typer(
 )
 
 DEFAULT_DATA_DIR = Path("var/gateway")
+_DATA_DIR_HELP = "The agent's data directory: its identity, spool, agent.toml and status."
 
 
 #: Where ``tether gateway enroll`` also takes the code from (no code on the command line).
@@ -102,7 +103,7 @@ def enroll(
     code_file: Path | None = typer.Option(
         None, "--code-file", help="Read the enrollment code from this file (mode 0600)."
     ),
-    data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
+    data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help=_DATA_DIR_HELP),
     url: str | None = typer.Option(None, "--url", help="Reach the cloud at another URL."),
     name: str | None = typer.Option(None, "--name", help="A name hint for the operator."),
     force: bool = typer.Option(
@@ -153,7 +154,7 @@ HAND_OVER = False
 
 @app.command("run")
 def run(
-    data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir"),
+    data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help=_DATA_DIR_HELP),
     log_level: str = typer.Option(
         "info", "--log-level", help="debug, info, warning, error or critical."
     ),
@@ -185,7 +186,9 @@ _STATUS_HELP = (
 @app.command("status", help=_STATUS_HELP)
 def status(
     # readable=False: what cannot be read is said by the command, in one line
-    data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir", readable=False),
+    data_dir: Path = typer.Option(
+        DEFAULT_DATA_DIR, "--data-dir", readable=False, help=_DATA_DIR_HELP
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     from tether.cli.output import json_errors, print_json
