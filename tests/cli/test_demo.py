@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from tests.cli.stub import clean_env, tether
 from tests.support.cloudproc import running_cloud
+from typer.testing import CliRunner
 
+from tether.cli import app
 from tether.cli.demo import hints, tether_command
 
 SCRIPT = Path(sys.executable).parent / "tether"
@@ -50,3 +52,11 @@ async def test_the_network_hint_reads_the_demo_clouds_own_manifest(tmp_path: Pat
     assert done.returncode == 0, done.stderr
     assert f"TCP {cloud.port}" in done.stdout
     assert "tether.example.com" not in done.stdout
+
+
+def test_data_dir_says_what_it_holds_and_that_it_is_emptied() -> None:
+    shown = CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0
+    assert "Where the cloud, the gateways and env.sh are kept (emptied first unless --keep)." in (
+        shown.stdout
+    )

@@ -173,7 +173,11 @@ async def _run_demo(gateways: int, seconds: float | None, data_dir: Path, port: 
 def demo(
     gateways: int = typer.Option(3, "--gateways", "-n", min=1, max=500, help="How many."),
     seconds: float | None = typer.Option(None, "--for", help="Stop after this many seconds."),
-    data_dir: Path = typer.Option(Path("var/demo"), "--data-dir"),
+    data_dir: Path = typer.Option(
+        Path("var/demo"),
+        "--data-dir",
+        help="Where the cloud, the gateways and env.sh are kept (emptied first unless --keep).",
+    ),
     port: int = typer.Option(8443, "--port", help="Preferred port (a free one if taken)."),
     keep: bool = typer.Option(False, "--keep", help="Keep the previous demo's state."),
 ) -> None:
