@@ -240,6 +240,7 @@ def test_net_alone_shows_its_commands() -> None:
     [
         ("rules", "a wildcard on a firewall that takes exact names only, a protocol its filter"),
         ("check", "an https:// URL is verified with that CA, and the CA must be the one the"),
+        ("rules", "'==> NAME <==' line; --output-dir writes each to its own file, ready to load."),
     ],
 )
 def test_help_paragraphs_are_not_broken_where_the_source_wraps(command: str, sentence: str) -> None:

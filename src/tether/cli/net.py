@@ -57,7 +57,9 @@ _CA_HELP = (
 _RULES_HELP = (
     "Firewall configuration generated from the manifest, in one vendor's format.\n\n"
     "Whatever the format cannot express exactly (a wildcard on a firewall that takes exact names "
-    "only, a protocol its filter cannot see) is listed on stderr."
+    "only, a protocol its filter cannot see) is listed on stderr.\n\n"
+    "A format of several files (nftables: a ruleset and dnsmasq lines) prints each after a "
+    "'==> NAME <==' line; --output-dir writes each to its own file, ready to load."
 )
 _CHECK_HELP = (
     "Preflight from this network: can a gateway here reach everything the manifest lists?\n\n"
