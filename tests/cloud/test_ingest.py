@@ -115,6 +115,11 @@ def _malformed() -> Iterator[tuple[str, TelemetryBatch, str]]:
     yield "empty point", TelemetryBatch("sim", 1, 1, [Observation("", T0, 1.0)]), "point id"
     long_point = [Observation("p" * 256, T0, 1.0)]
     yield "long point", TelemetryBatch("sim", 1, 1, long_point), "point id"
+    nul_point = [Observation(POINT, T0, 1.0), Observation("b1\x00", T0, 1.0)]
+    yield "NUL in point", TelemetryBatch("sim", 1, 2, nul_point), "NUL character"
+    nul_text_point = [Observation("\x00", T0, "text")]
+    yield "NUL in point, text", TelemetryBatch("sim", 1, 1, nul_text_point), "NUL character"
+    yield "sequence past 64 bits", TelemetryBatch("sim", 2**63, 2**63, obs(1, 1)), "past the"
     long_text = [Observation(POINT, T0, "x" * 4097)]
     yield "long text", TelemetryBatch("sim", 1, 1, long_text), "4096"
     odd_quality = [Observation(POINT, T0, 1.0, "stale-" * 10)]
@@ -144,6 +149,8 @@ def test_a_batch_over_the_observation_limit_is_refused() -> None:
         tm(7, 20, stream="a.b:c/d-e_f"),
         TelemetryBatch("s" * 128, 1, 1, [Observation("p" * 255, T0, "x" * 4096, "bad")]),
         TelemetryBatch("sim", 1, 3, [Observation(POINT, T0, v) for v in (True, 3, -0.0)]),
+        TelemetryBatch("sim", 1, 1, [Observation(POINT, T0, "a\x00b")]),  # stored as U+FFFD
+        TelemetryBatch("sim", 2**63 - 1, 2**63 - 1, [Observation(POINT, T0, 1.0)]),
     ],
 )
 def test_well_formed_batches_pass(message: TelemetryBatch) -> None:
@@ -266,6 +273,33 @@ async def test_a_discovery_keeps_what_fits_the_store_and_names_what_it_left_out(
     assert "connector name longer than 128" in refused.message
 
 
+async def test_a_sequence_past_64_bits_is_refused_for_good_and_ingest_goes_on(
+    pipeline: IngestPipeline, telemetry: TelemetryStore
+) -> None:
+    last = 2**64 - 1  # what msgpack carries at most; the store's columns hold 63 bits
+    reply = await one(pipeline, TelemetryBatch("sim", last, last, obs(1, 1)))
+    assert isinstance(reply, TelemetryReject)
+    assert reply.permanent
+    assert await telemetry.streams(GW) == []
+    # The writer is still there: the next batch is committed.
+    assert await one(pipeline, tm(1, 5)) == TelemetryAck("sim", 5, accepted=5)
+    assert pipeline.stats.failures == 0
+
+
+async def test_a_drop_report_the_store_cannot_hold_is_refused(
+    pipeline: IngestPipeline, telemetry: TelemetryStore
+) -> None:
+    for report in (
+        DropReport(stream="bad stream", dropped_total=1),
+        DropReport(stream="s" * 129, dropped_total=1),
+        DropReport(stream="sim", dropped_total=2**63),
+    ):
+        [refused] = await pipeline.on_drop_report(GW, report)
+        assert isinstance(refused, ErrorReport)
+        assert refused.code == "invalid"
+    assert await telemetry.streams(GW) == []
+
+
 async def test_a_store_failure_defers_the_batch_and_a_resend_is_stored(
     pipeline: IngestPipeline, store: Store, telemetry: TelemetryStore
 ) -> None:
@@ -336,7 +370,7 @@ async def test_stopping_defers_what_is_still_queued(telemetry: TelemetryStore) -
 def _row_by_row(observations: list[Observation]) -> str | None:
     """The rules, one observation at a time: the first offence, named as the pipeline does."""
     for o in observations:
-        if not o.point_id or len(o.point_id) > 255:
+        if not o.point_id or len(o.point_id) > 255 or "\x00" in o.point_id:
             return "point id"
         if not math.isfinite(o.ts):
             return "timestamp"
@@ -359,7 +393,9 @@ _values = st.one_of(
 )
 _observations = st.builds(
     Observation,
-    point_id=st.one_of(st.just(POINT), st.just(""), st.just("p" * 256), st.text(max_size=4)),
+    point_id=st.one_of(
+        st.just(POINT), st.just(""), st.just("p" * 256), st.just("b1\x00"), st.text(max_size=4)
+    ),
     ts=st.one_of(st.just(T0), st.floats()),
     value=_values,
     quality=st.sampled_from(["good", "uncertain", "bad", "", "GOOD", "q" * 17]),
