@@ -585,3 +585,20 @@ async def test_login_throttling_answers_429_over_http(tmp_path: Path) -> None:
         actions = [e["action"] for e in (await api.get("/api/v1/audit")).json()]
         assert actions.count("session.login-failed") == AccountPolicy().login_failures
         assert actions.count("session.login-throttled") == 1
+
+
+async def test_a_nul_in_the_typed_username_is_an_unknown_user_on_every_store(
+    store: Store,
+) -> None:
+    accounts = accounts_on(store)
+    await accounts.create_user(
+        "olga", "operator", "correct horse battery", actor="t", source="192.0.2.9"
+    )
+    for username, password in (("olga\x00", "correct horse battery"), ("olga", "a\x00b")):
+        with pytest.raises(LoginRefused, match="wrong username or password"):
+            await accounts.login(username, password, source="192.0.2.9")
+    failed = [a for a in await _actions(store) if a[0] == "session.login-failed"]
+    assert [(target, (detail or {}).get("reason")) for _, target, detail in failed] == [
+        (None, "unknown user"),
+        ("olga", "wrong password"),
+    ]

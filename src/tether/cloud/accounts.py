@@ -429,7 +429,8 @@ class Accounts:
         try:
             name = normalize_username(username)
         except InvalidUsername:
-            name = username.strip().lower()[:64]
+            # never a user's name; kept storable (PostgreSQL refuses NUL in text)
+            name = username.strip().lower()[:64].replace("\x00", "\ufffd")
         async with self._attempts.hold(source or ""):
             return await self._login(name, password, source=source)
 
