@@ -68,3 +68,11 @@ async def test_nul_characters_are_refused_wherever_an_operator_sends_them(
             answer = await attempt
             assert answer.status_code == 400, (answer.request.url, answer.text)
             assert "NUL character" in answer.json()["error"], answer.text
+
+
+async def test_a_nul_in_a_console_path_is_refused(tmp_path: Path) -> None:
+    async with running_cloud(tmp_path / "cloud") as cloud, cloud.api() as admin:
+        for path in ("/console/gateways/gw%00x", "/console/audit?actor=a%00b"):
+            answer = await admin.get(path)
+            assert answer.status_code == 400, path
+            assert "NUL" in answer.text

@@ -470,7 +470,14 @@ async def json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Under ``/api/``, every error answer is ``{"error": ...}``: the ones aiohttp raises by
-    itself too, and a failure of a handler (logged with its traceback, answered 500)."""
+    itself too, and a failure of a handler (logged with its traceback, answered 500).
+
+    Anywhere, a path or query holding a NUL character is refused (400) before any handler
+    would take it to a store that cannot keep it."""
+    if "\x00" in request.path or any("\x00" in v for v in request.query.values()):
+        if not request.path.startswith("/api/"):
+            raise web.HTTPBadRequest(text="a NUL character in the path or query")
+        raise _error(400, "a path or query parameter holds a NUL character (\\u0000)")
     if not request.path.startswith("/api/"):
         return await handler(request)
     try:
