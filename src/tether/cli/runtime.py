@@ -30,8 +30,18 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    """Log to stderr at *level* (any case) as *fmt*, ``text`` or ``json``; a level or format
+    tether does not know is a usage error (exit 2) that names the ones it does."""
+    from tether.gateway.settings import check_log_options
+
+    try:
+        check_log_options(level, fmt)
+    except ValueError as exc:
+        from tether.cli.output import fail
+
+        raise fail(str(exc), 2) from None
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
+    if fmt.lower() == "json":
         handler.setFormatter(JsonFormatter())
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
