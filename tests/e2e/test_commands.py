@@ -128,6 +128,17 @@ async def test_commands_reach_only_their_own_gateway(
     assert first.agent.ledger.get(done["id"]) is None
 
 
+async def test_set_config_takes_every_log_level_the_agent_knows(
+    api: httpx.AsyncClient, start_agent: StartAgent
+) -> None:
+    gw = await start_agent("levels")
+    done = await run_command(api, gw.gateway_id, "set-config", {"log_level": "critical"})
+    assert done["state"] == "succeeded", done
+    refused = await run_command(api, gw.gateway_id, "set-config", {"log_level": "loud"})
+    assert refused["state"] == "failed", refused
+    assert "debug, info, warning, error, critical" in refused["error"]
+
+
 async def test_command_queued_while_offline_runs_when_the_gateway_links(
     tmp_path: Path, api: httpx.AsyncClient
 ) -> None:

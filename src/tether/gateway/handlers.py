@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from tether import __version__
+from tether.protocol.config import LOG_LEVEL_NAMES
 
 if TYPE_CHECKING:
     from tether.gateway.agent import Agent
@@ -30,7 +31,7 @@ HOOK_TIMEOUT = 60.0
 
 #: Runtime settings an operator may change with ``set-config`` (name → type).
 SETTABLE: Mapping[str, type] = {"log_level": str, "health_interval": float, "label": str}
-_LOG_LEVELS = {"debug", "info", "warning", "error"}
+_LOG_LEVELS = frozenset(LOG_LEVEL_NAMES)  # the one list every log level setting takes
 
 
 class CommandFailed(Exception):
@@ -149,7 +150,7 @@ async def set_config(ctx: CommandContext) -> dict[str, Any]:
         except (TypeError, ValueError):
             raise CommandFailed(f"setting {key!r} needs a {kind.__name__}") from None
         if key == "log_level" and converted not in _LOG_LEVELS:
-            raise CommandFailed(f"log_level must be one of {sorted(_LOG_LEVELS)}")
+            raise CommandFailed(f"log_level must be one of {', '.join(LOG_LEVEL_NAMES)}")
         if key == "health_interval" and not 5 <= converted <= 86400:
             raise CommandFailed("health_interval must be within 5..86400 seconds")
         changes[key] = converted

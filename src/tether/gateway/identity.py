@@ -48,7 +48,7 @@ _PEM_CERTIFICATE = re.compile(
 
 
 class NotEnrolled(RuntimeError):
-    """No identity in the data directory: run ``tether gateway enroll CODE`` first."""
+    """No identity in the data directory: enroll first (``tether gateway enroll -``)."""
 
 
 class IdentityDamaged(PkiFileError):
@@ -208,7 +208,10 @@ def load_identity(directory: Path) -> GatewayIdentity:
     """
     meta_path = directory / "identity.json"
     if not meta_path.exists():
-        raise NotEnrolled(f"no gateway identity in {directory}: run `tether gateway enroll CODE`")
+        raise NotEnrolled(
+            f"no gateway identity in {directory}: enroll it first "
+            "(`tether gateway enroll -` reads the enrollment code from standard input)"
+        )
     meta = _read_meta(meta_path)
     credentials = directory / "gateway.pem"
     pem = read_certificate_file(credentials)
