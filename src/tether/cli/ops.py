@@ -13,7 +13,7 @@ from rich.text import Text
 
 from tether.cli.answers import Command, EnrollmentToken, Gateway, GatewayDetail, NewEnrollmentToken
 from tether.cli.client import api_command, api_path, client_from_env, decode
-from tether.cli.output import age, console, fail, print_json, table, utc
+from tether.cli.output import age, console, count, fail, print_json, table, utc
 from tether.protocol.commands import COMMAND_KINDS, FINAL_STATES
 
 gateways_app = typer.Typer(help="Gateways in the fleet.", no_args_is_help=True)
@@ -45,7 +45,7 @@ def gateways_list(as_json: bool = typer.Option(False, "--json", help="Print JSON
         return
     gateways = decode(data, list[Gateway])
     table(
-        f"{len(gateways)} gateways",
+        count(len(gateways), "gateways"),
         ["id", "name", "link", "tier", "last seen", "agent", "cert expires (UTC)"],
         [
             [
@@ -210,7 +210,7 @@ def command_list(
         return
     commands = decode(data, list[Command])
     table(
-        f"{len(commands)} commands",
+        count(len(commands), "commands"),
         ["id", "gateway", "kind", "state", "created", "by", "error"],
         [
             [c.id, c.gateway_id, c.kind, c.state, age(c.created_at), c.created_by, c.error]
@@ -271,7 +271,7 @@ def token_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
         return
     tokens = decode(data, list[EnrollmentToken])
     table(
-        f"{len(tokens)} tokens",
+        count(len(tokens), "tokens"),
         ["id", "name", "created", "expires (UTC)", "used", "revoked"],
         [
             [

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "age",
     "console",
+    "count",
     "err",
     "error",
     "fail",
@@ -109,6 +110,12 @@ def utc(when: str | datetime | float | None, *, seconds: bool = True) -> str:
 
 def _cell(value: Any) -> Text:
     return Text("-" if value is None else str(value))
+
+
+def count(n: int, noun: str) -> str:
+    """``1 token``, ``2 tokens``: a table title's count, in the noun's singular when it is one
+    (*noun* is the plural; its last ``s`` goes for one)."""
+    return f"{n} {noun[:-1] if n == 1 and noun.endswith('s') else noun}"
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -18,7 +18,7 @@ from rich.text import Text
 from tether.cli.answers import ConfigSection, ConfigStored, LogRecord, Observation, Point
 from tether.cli.client import api_command, api_path, client_from_env, decode
 from tether.cli.ops import within
-from tether.cli.output import age, console, fail, print_json, table, utc
+from tether.cli.output import age, console, count, fail, print_json, table, utc
 from tether.protocol.config import CONFIG_SECTIONS, LOG_LEVEL_NAMES
 
 points_app = typer.Typer(help="Discovered points and their observations.", no_args_is_help=True)
@@ -73,7 +73,7 @@ def points_list(
         return
     points = decode(data, list[Point])
     table(
-        f"{len(points)} points of {gateway}",
+        count(len(points), "points") + f" of {gateway}",
         ["point", "name", "unit", "last value", "at (UTC)"],
         [[p.point_id, p.name, p.unit, p.last_value, utc(p.last_ts)] for p in points],
     )
@@ -111,7 +111,7 @@ def points_query(
             writer.writerow([_iso_utc(o.ts), o.ts, o.point_id, o.value, o.quality])
     else:
         table(
-            f"{len(observations)} observations of {point}",
+            count(len(observations), "observations") + f" of {point}",
             ["time (UTC)", "value", "quality"],
             [[utc(o.ts), o.value, o.quality] for o in observations],
         )

@@ -14,7 +14,7 @@ from rich.text import Text
 from tether.cli.answers import SupportGrant
 from tether.cli.client import api_command, api_path, client_from_env, decode
 from tether.cli.ops import within
-from tether.cli.output import age, console, print_json, table, utc
+from tether.cli.output import age, console, count, print_json, table, utc
 
 support_app = typer.Typer(
     help="Support grants: a support user's access to one gateway, for some hours.",
@@ -79,7 +79,7 @@ def support_list(
         return
     grants = decode(data, list[SupportGrant])
     table(
-        f"{len(grants)} support grants" + ("" if everything else " that count now"),
+        count(len(grants), "support grants") + ("" if everything else " that count now"),
         ["id", "gateway", "user", "scope", "status", "until (UTC)", "given", "by", "reason"],
         [
             [

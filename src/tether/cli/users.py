@@ -19,7 +19,7 @@ from rich.text import Text
 from tether.cli.answers import ApiToken, AuditEntry, NewApiToken, NewPassword, NewUser, User
 from tether.cli.client import api_command, api_path, client_from_env, decode
 from tether.cli.ops import within
-from tether.cli.output import age, console, fail, print_json, table, utc
+from tether.cli.output import age, console, count, fail, print_json, table, utc
 from tether.cli.points import instant
 
 user_app = typer.Typer(help="Operator accounts (admin only).", no_args_is_help=True)
@@ -85,7 +85,7 @@ def user_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."))
         return
     users = decode(data, list[User])
     table(
-        f"{len(users)} users",
+        count(len(users), "users"),
         ["username", "role", "state", "last login", "created", "by"],
         [
             [
@@ -180,7 +180,7 @@ def token_list(
         return
     tokens = decode(data, list[ApiToken])
     table(
-        f"{len(tokens)} tokens of {username}",
+        count(len(tokens), "tokens") + f" of {username}",
         ["id", "label", "role", "created", "expires (UTC)", "last used", "revoked"],
         [
             [

@@ -910,10 +910,10 @@ class Agent:
                 self.status.last_close = f"{ended.code}: {ended.reason}"
                 self.status.history.append((time.time(), f"closed {ended.code}"))
                 log.info(
-                    "link closed (%s %s, by %s)",
-                    ended.code,
-                    ended.reason,
+                    "link closed by the %s: %s (%s)",
                     "cloud" if ended.by_peer else "agent",
+                    ended.reason or "no reason given",
+                    ended.code,
                 )
                 if ended.code == CloseCode.REVOKED:
                     raise AgentStopped("this gateway was revoked by an operator")
