@@ -80,3 +80,17 @@ def test_the_net_commands_own_errors_follow_json_too(tmp_path: Path) -> None:
     done = invoke("net", "diff", missing, "tether", env=clean_env())  # the mode is per command line
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: {missing}")
+
+
+def test_the_top_help_groups_commands_by_who_uses_them() -> None:
+    from typer.testing import CliRunner
+
+    from tether.cli import build_app
+
+    shown = CliRunner().invoke(build_app(), ["--help"], env={"COLUMNS": "120"})
+    assert shown.exit_code == 0
+    text = shown.output
+    panels = ["Run tether", "Operate the fleet", "Site network", "Accounts and audit"]
+    at = [text.index(panel) for panel in panels]
+    assert at == sorted(at)
+    assert text.index("demo") < text.index("Operate the fleet") < text.index("support")

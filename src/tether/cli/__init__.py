@@ -50,19 +50,26 @@ def build_app() -> typer.Typer:
         pretty_exceptions_show_locals=False,
     )
     gateway.app.command("revoke")(ops.revoke)
-    app.add_typer(cloud.app, name="cloud")
-    app.add_typer(gateway.app, name="gateway")
-    app.add_typer(ops.gateways_app, name="gateways")
-    app.add_typer(ops.command_app, name="command")
-    app.add_typer(ops.token_app, name="token")
-    app.add_typer(points.points_app, name="points")
-    app.add_typer(points.config_app, name="config")
-    app.command("logs")(points.logs)
-    app.add_typer(net.app, name="net")
-    app.add_typer(users.user_app, name="user")
-    app.add_typer(users.audit_app, name="audit")
-    app.add_typer(support.support_app, name="support")
-    app.command("demo")(demo.demo)
+    # `tether --help` shows the commands in panels, by who uses them.
+    run, fleet, site, accounts = (
+        "Run tether",
+        "Operate the fleet (TETHER_URL, TETHER_TOKEN)",
+        "Site network",
+        "Accounts and audit (admin)",
+    )
+    app.command("demo", rich_help_panel=run)(demo.demo)
+    app.add_typer(cloud.app, name="cloud", rich_help_panel=run)
+    app.add_typer(gateway.app, name="gateway", rich_help_panel=run)
+    app.add_typer(ops.gateways_app, name="gateways", rich_help_panel=fleet)
+    app.add_typer(ops.command_app, name="command", rich_help_panel=fleet)
+    app.add_typer(ops.token_app, name="token", rich_help_panel=fleet)
+    app.add_typer(points.points_app, name="points", rich_help_panel=fleet)
+    app.add_typer(points.config_app, name="config", rich_help_panel=fleet)
+    app.command("logs", rich_help_panel=fleet)(points.logs)
+    app.add_typer(support.support_app, name="support", rich_help_panel=fleet)
+    app.add_typer(net.app, name="net", rich_help_panel=site)
+    app.add_typer(users.user_app, name="user", rich_help_panel=accounts)
+    app.add_typer(users.audit_app, name="audit", rich_help_panel=accounts)
 
     @app.callback()
     def _root(
