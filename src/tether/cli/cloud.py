@@ -32,12 +32,19 @@ app = typer.Typer(help="The cloud service.", no_args_is_help=True)
 
 @app.command("serve")
 def serve(
-    config: Path | None = typer.Option(None, "--config", "-c", help="cloud.toml"),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="The cloud's settings file (TOML), as `cloud serve` takes it."
+    ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Where state is kept."),
     host: str | None = typer.Option(None, "--host", help="Listen address."),
     port: int | None = typer.Option(None, "--port", help="Listen port."),
     hostname: str | None = typer.Option(None, "--hostname", help="Name gateways dial."),
-    database_url: str | None = typer.Option(None, "--database-url", envvar="TETHER_DATABASE_URL"),
+    database_url: str | None = typer.Option(
+        None,
+        "--database-url",
+        envvar="TETHER_DATABASE_URL",
+        help="PostgreSQL instead of the SQLite file: postgresql+asyncpg://user@host/db.",
+    ),
     log_level: str = typer.Option("info", "--log-level"),
     log_format: str = typer.Option("text", "--log-format", help="text or json"),
     workers: int | None = typer.Option(
@@ -180,14 +187,23 @@ def backup(
         ..., "--output", "-o", help="The archive to write (a .tar.gz, mode 0600)."
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="The cloud's data directory."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="cloud.toml"),
-    database_url: str | None = typer.Option(None, "--database-url", envvar="TETHER_DATABASE_URL"),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="The cloud's settings file (TOML), as `cloud serve` takes it."
+    ),
+    database_url: str | None = typer.Option(
+        None,
+        "--database-url",
+        envvar="TETHER_DATABASE_URL",
+        help="PostgreSQL instead of the SQLite file: postgresql+asyncpg://user@host/db.",
+    ),
 ) -> None:
     """Back up a cloud's state into one archive, while it runs.
 
-    The SQLite database (a consistent snapshot, taken with SQLite's backup API), the platform
-    CA and server credentials, the admin token and password, and a manifest with the SHA-256
-    of each. A PostgreSQL database is not included: back it up with pg_dump.
+    \b
+    The SQLite database (a consistent snapshot, taken with SQLite's backup API),
+    the platform CA and server credentials, the admin token and password,
+    and a manifest with the SHA-256 of each.
+    A PostgreSQL database is not included: back it up with pg_dump.
     """
     from tether.cloud.backup import BackupError, create_backup
 
