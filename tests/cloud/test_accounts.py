@@ -515,6 +515,8 @@ async def test_audit_export_has_every_entry_in_jsonl_and_safe_csv(tmp_path: Path
         assert rows[0] == ["id", "at", "actor", "action", "target", "source", "detail"]
         assert len(rows) == len(lines) + 1
         targets = [row[4] for row in rows[1:]]
+        # Times are written alike in both formats.
+        assert [row[1] for row in rows[1:]] == [e["at"] for e in lines]
         assert "'=HYPERLINK(1)" in targets  # a formula to a spreadsheet, defused
         assert not any(cell.startswith(("=", "+", "@")) for row in rows for cell in row)
         bad = await api.get("/api/v1/audit/export", params={"format": "xml"})

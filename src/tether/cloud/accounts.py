@@ -999,7 +999,7 @@ def audit_csv_row(a: AuditRecord) -> list[str]:
     detail = "" if a.detail is None else msgspec.json.encode(a.detail).decode()
     return [
         str(a.audit_id),
-        a.at.isoformat(),
+        msgspec.json.decode(msgspec.json.encode(a.at)),  # as the JSON lines write it
         _csv_cell(a.actor),
         _csv_cell(a.action),
         _csv_cell(a.target),
