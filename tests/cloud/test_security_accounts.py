@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
-import pytest
-from tests.support.cloudproc import Cloud, running_cloud
+from tests.support.cloudproc import Cloud
 from tests.support.console import (
     LOGIN_COOKIE,
     console_client,
@@ -25,18 +22,6 @@ from tether.cloud.accounts import AccountPolicy
 
 PASSWORD = "the right passphrase"
 LIMIT = AccountPolicy().login_failures
-
-
-@pytest.fixture
-async def cloud(tmp_path: Path) -> AsyncIterator[Cloud]:
-    async with running_cloud(tmp_path / "cloud") as running:
-        yield running
-
-
-@pytest.fixture
-async def api(cloud: Cloud) -> AsyncIterator[httpx.AsyncClient]:
-    async with cloud.api() as client:
-        yield client
 
 
 async def test_login_attempts_sent_together_are_throttled_as_if_one_by_one(

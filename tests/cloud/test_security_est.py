@@ -4,9 +4,7 @@ spends nothing, a body that arrives in pieces is read whole, one token enrolls o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
@@ -14,24 +12,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from tests.support.cloudproc import Cloud, create_token, running_cloud
+from tests.support.cloudproc import Cloud, create_token
 
 from tether.pki.ca import GATEWAY_URN_PREFIX, gateway_id_from_certificate
 from tether.pki.est import SIMPLEENROLL_PATH, decode_certs_only, encode_csr
 from tether.pki.keys import build_csr, generate_private_key
 from tether.protocol.enrollment import decode_code
-
-
-@pytest.fixture
-async def cloud(tmp_path: Path) -> AsyncIterator[Cloud]:
-    async with running_cloud(tmp_path / "cloud") as running:
-        yield running
-
-
-@pytest.fixture
-async def api(cloud: Cloud) -> AsyncIterator[httpx.AsyncClient]:
-    async with cloud.api() as client:
-        yield client
 
 
 async def _secret(api: httpx.AsyncClient, name: str) -> str:

@@ -43,12 +43,6 @@ async def cloud(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield running
 
 
-@pytest.fixture
-async def api(cloud: Cloud) -> AsyncIterator[httpx.AsyncClient]:
-    async with cloud.api() as client:
-        yield client
-
-
 async def _credentials(api: httpx.AsyncClient, tmp_path: Path, name: str) -> Path:
     code = (await create_token(api, name=name))["enrollment_code"]
     return (await enroll_gateway(code, tmp_path / name)).credentials_path

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import httpx
 import pytest
-from tests.support.cloudproc import Cloud, RawLink, create_token, enroll_gateway, running_cloud
+from tests.support.cloudproc import Cloud, RawLink, create_token, enroll_gateway
 
 from tether.cloud.accounts import ADMIN_PASSWORD_FILE
 from tether.pki.estclient import client_ssl_context
@@ -30,18 +29,6 @@ from tether.protocol.messages import (
 from tether.protocol.session import LinkSession, Role
 
 FORGED = "2026-01-01 00:00:00,000 INFO    tether.cloud.app: FORGED"
-
-
-@pytest.fixture
-async def cloud(tmp_path: Path) -> AsyncIterator[Cloud]:
-    async with running_cloud(tmp_path / "cloud") as running:
-        yield running
-
-
-@pytest.fixture
-async def api(cloud: Cloud) -> AsyncIterator[httpx.AsyncClient]:
-    async with cloud.api() as client:
-        yield client
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
