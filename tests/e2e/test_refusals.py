@@ -296,11 +296,12 @@ async def test_a_used_enrollment_token_cannot_be_revoked(
     tmp_path: Path, api: httpx.AsyncClient
 ) -> None:
     token = await create_token(api, name="used")
-    await enroll_gateway(token["enrollment_code"], tmp_path / "gw")
+    identity = await enroll_gateway(token["enrollment_code"], tmp_path / "gw")
     answer = await api.post(f"/api/v1/enrollment-tokens/{token['token_id']}/revoke")
     assert answer.status_code == 409
     assert "already used" in answer.json()["error"]
-    assert "revoke the gateway" in answer.json()["error"]
+    # It names the gateway the token enrolled, and how to revoke that.
+    assert f"tether gateway revoke {identity.gateway_id}" in answer.json()["error"]
 
 
 @pytest.mark.parametrize(

@@ -1053,10 +1053,18 @@ async def revoke_token(request: web.Request, state: CloudState, p: Principal) ->
         at = _iso(found.revoked_at)
         raise _error(409, f"enrollment token {token_id} was already revoked at {at}")
     if found.used_at is not None:
+        # The enrollment it was spent on is in the audit log, under the token as its actor.
+        enrolled = await state.store.list_audit(
+            actor=f"token:{token_id}", action="gateway.enroll", limit=1
+        )
+        gateway = enrolled[0].target if enrolled and enrolled[0].target else None
+        instead = (
+            f"revoke the gateway it enrolled instead: tether gateway revoke {shlex.quote(gateway)}"
+            if gateway
+            else "revoke the gateway it enrolled instead"
+        )
         raise _error(
-            409,
-            f"enrollment token {token_id} was already used at {_iso(found.used_at)}; "
-            "revoke the gateway it enrolled instead",
+            409, f"enrollment token {token_id} was already used at {_iso(found.used_at)}; {instead}"
         )
     try:
         record = await state.store.revoke_enrollment_token(token_id, now=datetime.now(UTC))
