@@ -291,3 +291,31 @@ async def test_building_data_is_read_by_support_only_under_a_grant(tmp_path: Pat
             for path in customer:
                 answer = await sam.get(f"/api/v1/gateways/gw-a/{path}")
                 assert answer.status_code == 200, (path, answer.text)
+
+
+async def test_a_support_user_may_end_its_own_grant_and_no_other(tmp_path: Path) -> None:
+    async with running_cloud(tmp_path / "cloud") as cloud, cloud.api() as admin:
+        await create_user(admin, "sam", "support", "support passphrase")
+        await create_user(admin, "sue", "support", "support passphrase")
+        await create_user(admin, "vic", "viewer", "viewer passphrase")
+        store = await Store.open(cloud.database)
+        try:
+            await store.create_gateway(gateway_id="gw-a", name="gw-a", now=datetime.now(UTC))
+        finally:
+            await store.close()
+        mine = (await _grant(admin, "gw-a", "sam")).json()["id"]
+        theirs = (await _grant(admin, "gw-a", "sue")).json()["id"]
+        async with (
+            cloud.api(await user_token(admin, "sam")) as sam,
+            cloud.api(await user_token(admin, "vic")) as vic,
+        ):
+            refused = await sam.post(f"/api/v1/support-grants/{theirs}/revoke")
+            assert refused.status_code == 403
+            assert "only its own support grants" in refused.json()["error"]
+            assert (await vic.post(f"/api/v1/support-grants/{mine}/revoke")).status_code == 403
+            ended = await sam.post(f"/api/v1/support-grants/{mine}/revoke")
+            assert ended.status_code == 200, ended.text
+            assert ended.json()["status"] == "revoked"
+            assert (await _ping(sam, "gw-a")).status_code == 403
+        audit = (await admin.get("/api/v1/audit", params={"action": "support.revoke"})).json()
+        assert [(e["actor"], e["target"]) for e in audit] == [("sam (support)", mine)]

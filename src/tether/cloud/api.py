@@ -966,9 +966,15 @@ async def list_support_grants(
 async def revoke_support_grant(
     request: web.Request, state: CloudState, p: Principal
 ) -> SupportGrantOut:
-    """End a grant before its time."""
+    """End a grant before its time: any grant (admin, operator), or one's own (support)."""
     grant_id = request.match_info["grant_id"]
     now = datetime.now(UTC)
+    if p.role not in PERMISSIONS["grant"]:
+        found = await state.store.get_support_grant(grant_id)
+        if found is None:
+            raise _error(404, f"no support grant {grant_id!r}")
+        if found.username != p.name:
+            raise _error(403, f"role {p.role!r} may end only its own support grants")
     try:
         grant = await state.store.revoke_support_grant(grant_id, revoked_by=p.actor, now=now)
     except GrantUnknown:
@@ -1510,8 +1516,8 @@ ROUTES: tuple[ApiRoute, ...] = (
         "POST",
         "/api/v1/support-grants/{grant_id}/revoke",
         revoke_support_grant,
-        "grant",
-        "End a support grant before its time",
+        "diagnose",
+        "End a support grant before its time (a support user: only its own)",
         None,
         SupportGrantOut,
     ),
