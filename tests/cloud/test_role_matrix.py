@@ -13,6 +13,7 @@ type or console handler has no example here fails the test until one is added.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -389,6 +390,19 @@ async def test_the_command_form_offers_each_role_what_it_may_send(tmp_path: Path
                 elif has_form:
                     assert reboot.status_code == 403, role
                     assert "only diagnostic commands" in reboot.text, role
+            # Support may end its own access early, from the same card.
+            page = await client.get(f"/console/gateways/{gateway_id}", headers=support.cookies)
+            found = re.search(r'action="/console/support-grants/([^/"]+)/revoke"', page.text)
+            assert found is not None
+            assert 'id="end-my-grant"' in page.text
+            ended = await client.post(
+                f"/console/support-grants/{found.group(1)}/revoke",
+                data=support.form(),
+                headers=support.cookies,
+            )
+            assert ended.status_code == 303, ended.text
+            page = await client.get(f"/console/gateways/{gateway_id}", headers=support.cookies)
+            assert "You hold no support grant for this gateway" in page.text
             commands = (await admin.get("/api/v1/commands", params={"gateway": gateway_id})).json()
             assert sorted((c["created_by"], c["kind"]) for c in commands) == sorted(
                 [(f"as-{r} ({r})", "ping") for r in ROLES if r in api.PERMISSIONS["diagnose"]]

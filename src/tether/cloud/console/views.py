@@ -1208,7 +1208,7 @@ ROUTES: tuple[ConsoleRoute, ...] = (
         "POST",
         f"{P}/support-grants/{{grant_id}}/revoke",
         revoke_support_grant,
-        "grant",
+        "diagnose",
         "End a support grant",
     ),
     ConsoleRoute("GET", f"{P}/network", network_page, "read", "Network requirements"),
