@@ -14,20 +14,18 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import asyncpg
 import httpx
 import pytest
+from tests.cloud.conftest import STORES
 from tests.support.cloudproc import (
     Cloud,
     create_token,
     enroll_gateway,
     get_gateway,
-    running_cloud,
 )
-from tests.support.postgres import PostgresServer, postgres_server
 
 from tether.pki.estclient import client_ssl_context
 from tether.protocol.codec import FrameDecoder, encode_frames
@@ -52,26 +50,10 @@ from tether.protocol.messages import (
 )
 from tether.protocol.telemetry import DeviceInfo, Observation, PointInfo
 
-__all__ = ["postgres_server"]  # the fixture, for the PostgreSQL runs
+pytestmark = pytest.mark.parametrize("cloud", STORES, indirect=True)
 
 NUL = "\x00"
 FFFD = "\ufffd"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def cloud(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cloud]:
-    overrides: dict[str, Any] = {}
-    if request.param == "postgresql":
-        server: PostgresServer = request.getfixturevalue("postgres_server")
-        overrides["database_url"] = await server.create_database()
-    async with running_cloud(tmp_path / "cloud", **overrides) as running:
-        yield running
-
-
-@pytest.fixture
-async def api(cloud: Cloud) -> AsyncIterator[httpx.AsyncClient]:
-    async with cloud.api() as client:
-        yield client
 
 
 async def _exchange(cloud: Cloud, credentials: Path, messages: Sequence[Message]) -> list[Message]:

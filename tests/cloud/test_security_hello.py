@@ -5,21 +5,19 @@ PostgreSQL, over the WebSocket and over the HTTPS tiers."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
 import pytest
+from tests.cloud.conftest import STORES
 from tests.support.cloudproc import (
     Cloud,
     RawLink,
     create_token,
     enroll_gateway,
-    running_cloud,
 )
-from tests.support.postgres import PostgresServer, postgres_server
 
 from tether.cloud.service import MAX_AGENT_VERSION, MAX_TIER_REASON
 from tether.pki.estclient import client_ssl_context
@@ -27,20 +25,10 @@ from tether.protocol.codec import FrameDecoder, encode_frames
 from tether.protocol.messages import Hello, Welcome
 from tether.protocol.session import LinkSession, Role
 
-__all__ = ["postgres_server"]  # the fixture, for the PostgreSQL runs
+pytestmark = pytest.mark.parametrize("cloud", STORES, indirect=True)
 
 LONG_VERSION = "9." * 200
 LONG_REASON = "the proxy said no " * 2000
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def cloud(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cloud]:
-    overrides: dict[str, Any] = {}
-    if request.param == "postgresql":
-        server: PostgresServer = request.getfixturevalue("postgres_server")
-        overrides["database_url"] = await server.create_database()
-    async with running_cloud(tmp_path / "cloud", **overrides) as running:
-        yield running
 
 
 async def _credentials(api: httpx.AsyncClient, tmp_path: Path, name: str) -> Path:
