@@ -37,6 +37,7 @@ from tether import __version__
 from tether.cloud import accounts
 from tether.cloud.configcheck import check_section
 from tether.cloud.state import STATE_KEY, CloudState
+from tether.cloud.storable import has_nul, holds_nul
 from tether.cloud.store import ROLES, Store
 from tether.cloud.store.errors import (
     CommandNotFound,
@@ -404,28 +405,9 @@ async def _decode(request: web.Request, kind: type[Any]) -> Any:
         value = None
     if value is None or _depth(value) > BODY_DEPTH_MAX:
         raise _error(400, f"invalid request body: nested more than {BODY_DEPTH_MAX} levels deep")
-    if _holds_nul(value):
+    if holds_nul(value):
         raise _error(400, "invalid request body: a string holds a NUL character (\\u0000)")
     return value
-
-
-def _holds_nul(value: Any) -> bool:
-    """Whether any string in *value* (keys included) holds U+0000, which the store cannot
-    keep (PostgreSQL refuses it in text and JSON)."""
-    pending: list[Any] = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-        elif isinstance(item, msgspec.Struct):
-            pending.extend(getattr(item, name) for name in item.__struct_fields__)
-        elif isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list | tuple):
-            pending.extend(item)
-    return False
 
 
 def _depth(value: Any) -> int:
@@ -474,7 +456,7 @@ async def json_errors(
 
     Anywhere, a path or query holding a NUL character is refused (400) before any handler
     would take it to a store that cannot keep it."""
-    if "\x00" in request.path or any("\x00" in v for v in request.query.values()):
+    if has_nul(request.path, *request.query.values()):
         if not request.path.startswith("/api/"):
             raise web.HTTPBadRequest(text="a NUL character in the path or query")
         raise _error(400, "a path or query parameter holds a NUL character (\\u0000)")
@@ -621,7 +603,7 @@ def _wrap(route: ApiRoute) -> Callable[[web.Request], Awaitable[web.StreamRespon
             words = PERMISSION_WORDS.get(route.permission, route.permission)
             raise _error(403, f"role {principal.role!r} may not {words}")
         _step("auth", started)
-        if any("\x00" in v for v in (*request.match_info.values(), *request.query.values())):
+        if has_nul(*request.match_info.values(), *request.query.values()):
             raise _error(400, "a path or query parameter holds a NUL character (\\u0000)")
         try:
             result = await route.handler(request, state, principal)

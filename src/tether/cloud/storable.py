@@ -24,7 +24,15 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 
-__all__ = ["MAX_INT64", "NUL", "REPLACEMENT", "has_nul", "storable", "storable_text"]
+__all__ = [
+    "MAX_INT64",
+    "NUL",
+    "REPLACEMENT",
+    "has_nul",
+    "holds_nul",
+    "storable",
+    "storable_text",
+]
 
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
@@ -37,6 +45,26 @@ _T = TypeVar("_T")
 def has_nul(*texts: str) -> bool:
     """Whether any of *texts* holds a NUL character."""
     return any(NUL in text for text in texts)
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether any string in *value* holds a NUL, at any depth (dict keys and values, list
+    and tuple items, msgspec struct fields): for input refused whole (an operator's request)
+    rather than made storable."""
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if NUL in item:
+                return True
+        elif isinstance(item, msgspec.Struct):
+            pending.extend(getattr(item, name) for name in item.__struct_fields__)
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+    return False
 
 
 def storable_text(text: str) -> str:
